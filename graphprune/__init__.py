@@ -1,0 +1,39 @@
+"""graphprune: structural pruning of any PyTorch model, from its torch.fx graph.
+
+>>> import timm, graphprune
+>>> small = graphprune.shrink(timm.create_model("resnet18"), 0.3)
+>>> type(small).__name__
+'ResNet'
+"""
+from .api import shrink
+from .config import ShrinkConfig
+from .coupling import RULES, register_rule
+from .errors import (ConfigError, GraphPruneError, PlanError, RegistryError, SurgeryError, TraceError,
+                     UnsupportedOpError)
+from .groups import Group, Groups, Member, find_groups
+from .plan import Plan, count_params, make_plan
+from .report import Report, count_macs
+from .scores import list_scorers, register_scorer, score
+from .surgery import SLICERS, apply_plan_, register_slicer
+from .trace import Traced, trace
+
+__version__ = "0.1.0"
+
+
+def list_rules() -> list[str]:
+    """Canonical ops that have a coupling rule.
+
+    >>> "aten.conv2d" in list_rules()
+    True
+    """
+    from . import rules  # noqa: F401
+
+    return RULES.names()
+
+
+__all__ = [
+    "ConfigError", "GraphPruneError", "Group", "Groups", "Member", "Plan", "PlanError", "RegistryError",
+    "Report", "ShrinkConfig", "SurgeryError", "TraceError", "Traced", "UnsupportedOpError", "apply_plan_",
+    "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
+    "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
+]

@@ -1,0 +1,80 @@
+"""Options for ``shrink`` and ``make_plan``: one frozen, validated, serialisable dataclass."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+VERSION = 1
+TARGETS = ("params", "macs")
+
+
+@dataclass(frozen=True)
+class ShrinkConfig:
+    """What to prune and how much.
+
+    ``ratio``: fraction of the target (parameters, or MACs with ``target="macs"``) to remove.
+    ``ignore``: module FQNs (a prefix matches the subtree) or module class names left untouched.
+    ``round_to``: kept widths are multiples of it. ``min_keep``: units every group keeps.
+    ``cost_power``: units are ranked by ``score / cost**cost_power`` (cost = parameters or MACs a unit
+    carries): 0 ranks by importance alone, 1 by importance per parameter.
+
+    >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
+    0.5
+    """
+
+    ratio: float
+    target: str = "params"
+    scorer: str = "l2"
+    round_to: int = 1
+    min_keep: int = 1
+    ignore: tuple[str, ...] = ()
+    cost_power: float = 0.0
+    strict: bool = False
+    version: int = field(default=VERSION)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:
+            raise ConfigError(f"ratio={self.ratio!r} is outside [0, 1): it is the fraction of the "
+                              f"model's {self.target} to remove, e.g. ratio=0.5 halves them")
+        if self.target not in TARGETS:
+            raise ConfigError(f"target={self.target!r} is not one of {TARGETS}")
+        for name in ("round_to", "min_keep"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+        if not isinstance(self.cost_power, (int, float)) or not 0 <= self.cost_power <= 2:
+            raise ConfigError(f"cost_power={self.cost_power!r} must be a number in [0, 2]")
+        object.__setattr__(self, "ignore", _ignore_names(self.ignore))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ignore"] = list(self.ignore)
+        if not isinstance(self.scorer, str):
+            data["scorer"] = getattr(self.scorer, "__qualname__", repr(self.scorer))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ShrinkConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        data = dict(data)
+        data["ignore"] = tuple(data.get("ignore", ()))
+        return cls(**data)
+
+
+def _ignore_names(ignore: Any) -> tuple[str, ...]:
+    if isinstance(ignore, (str, type)):
+        ignore = (ignore,)
+    names = []
+    for item in ignore:
+        if isinstance(item, type):
+            names.append(item.__qualname__)
+        elif isinstance(item, str):
+            names.append(item)
+        else:
+            raise ConfigError(f"ignore= takes module FQNs or module classes, got {item!r}")
+    return tuple(names)

@@ -1,0 +1,299 @@
+"""Stage 2, coupling: run one rule per graph node to build a networkx graph over (node, dim) slots.
+
+A slot is ``(node_name, dim)``; parameters and buffers are placeholder nodes, so their dims are
+slots too. Edges carry index mappings between slots. Reshapes that split or merge a dim produce
+*factor* records that the groups stage resolves. Every dim a rule does not mention is frozen, so a
+rule can only ever be too strict, never silently wrong.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import fx
+
+from .errors import UnsupportedOpError
+from .registry import Registry
+from .trace import Traced
+
+Slot = tuple[str, Hashable]
+Rule = Callable[["Builder", fx.Node], None]
+
+RULES = Registry("coupling rule")
+
+
+def register_rule(*ops: Any, override: bool = False) -> Callable[[Rule], Rule]:
+    """Register a coupling rule for one or more ops (canonicalised, so overloads share a rule).
+
+    >>> import torch
+    >>> @register_rule(torch.ops.aten.my_identity, override=True)   # doctest: +SKIP
+    ... def my_identity(b, node): b.link_same(b.slots(node.args[0]), b.slots(node))
+    """
+    return RULES.register(*[canonical(op) for op in ops], override=override)
+
+
+def canonical(target: Any) -> str:
+    """One key per op: ``aten.add.Tensor``, ``aten.add_.Tensor`` and ``operator.add`` -> 'aten.add'.
+
+    >>> canonical(torch.ops.aten.add_.Tensor), canonical(torch.ops.aten.conv2d.default)
+    ('aten.add', 'aten.conv2d')
+    """
+    if isinstance(target, str):
+        return target
+    if target is operator.getitem:
+        return "getitem"
+    if isinstance(target, torch._ops.OpOverload):
+        target = target.overloadpacket
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        ns, name = target._qualified_op_name.split("::")
+        if name.endswith("_") and not name.startswith("_"):
+            name = name[:-1]  # in-place variant couples exactly like the functional one
+        return f"{ns}.{name}"
+    if getattr(target, "__module__", None) == "_operator":
+        return f"aten.{target.__name__}"
+    return getattr(target, "__qualname__", str(target))
+
+
+def is_pointwise(target: Any) -> bool:
+    """ATen ops tagged pointwise couple like broadcasting elementwise ops."""
+    return isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags
+
+
+@dataclass
+class Factor:
+    """``whole`` (size prod(sizes)) is the row-major flattening of ``parts``; resolved later."""
+
+    whole: Slot
+    parts: tuple[Slot, ...]
+    sizes: tuple[int, ...]
+    why: str
+
+
+@dataclass
+class Binding:
+    """After pruning, ``setattr(module fqn, attr, kept width of slot)`` keeps the module consistent."""
+
+    slot: Slot
+    fqn: str
+    attr: str
+    scale: int = 1
+
+
+@dataclass
+class Coupling:
+    """The result of the coupling stage: slot graph, factors, bindings and the traced model."""
+
+    traced: Traced
+    graph: nx.Graph
+    factors: list[Factor] = field(default_factory=list)
+    bindings: list[Binding] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+
+    def explain(self, a: Slot, b: Slot) -> list[str]:
+        """Why two slots are coupled: the chain of edge reasons from ``a`` to ``b``."""
+        path = nx.shortest_path(self.graph, a, b)
+        return [self.graph.edges[u, v]["why"] for u, v in zip(path, path[1:])]
+
+
+class Builder:
+    """What a rule sees: slot helpers plus ``link`` / ``factor`` / ``freeze`` / ``inexact``."""
+
+    def __init__(self, traced: Traced):
+        self.traced = traced
+        self.g = nx.Graph()
+        self.c = Coupling(traced, self.g)
+        self.node: fx.Node | None = None
+        self.rule_name = ""
+        self._touched: set[Slot] = set()
+
+    # -- slots -------------------------------------------------------------
+    @staticmethod
+    def shape(node: Any) -> tuple[int, ...] | None:
+        val = node.meta.get("val") if isinstance(node, fx.Node) else None
+        return tuple(int(s) for s in val.shape) if isinstance(val, torch.Tensor) else None
+
+    def slots(self, node: Any) -> list[Slot]:
+        """All dim slots of a tensor-valued node (empty for non-tensors)."""
+        shape = self.shape(node)
+        if shape is None:
+            return []
+        out = [(node.name, d) for d in range(len(shape))]
+        for s, size in zip(out, shape):
+            self._add(s, size)
+        return out
+
+    def slot(self, node: fx.Node, dim: int) -> Slot:
+        shape = self.shape(node)
+        dim = dim % len(shape)
+        self._add((node.name, dim), shape[dim])
+        return (node.name, dim)
+
+    def virtual(self, node: fx.Node, name: str, size: int) -> Slot:
+        """A slot that is no tensor dim, e.g. the groups of a grouped conv."""
+        s = (node.name, name)
+        self._add(s, size)
+        self._touched.add(s)
+        return s
+
+    def size(self, s: Slot) -> int:
+        return self.g.nodes[s]["size"]
+
+    def _add(self, s: Slot, size: int) -> None:
+        if s not in self.g:
+            self.g.add_node(s, size=size, frozen=[], inexact=[], roles=set(), fqn=self.traced.tensor_fqn.get(s[0]))
+
+    # -- couplings ---------------------------------------------------------
+    def link(self, a: Slot, b: Slot, a_idx: np.ndarray, b_idx: np.ndarray, why: str = "") -> None:
+        """Channel ``a_idx[i]`` of ``a`` must be removed together with channel ``b_idx[i]`` of ``b``."""
+        self._touched.update((a, b))
+        why = why or f"{self.rule_name} at {self.where()}"
+        maps = self.g.edges[a, b]["maps"] if self.g.has_edge(a, b) else []
+        maps.append((a, np.asarray(a_idx, dtype=np.int64), np.asarray(b_idx, dtype=np.int64)))
+        self.g.add_edge(a, b, maps=maps, why=why)
+
+    def link_same(self, a: Slot, b: Slot, why: str = "") -> None:
+        """Identity coupling between two slots of equal size (freezes both if sizes differ)."""
+        if self.size(a) != self.size(b):
+            self.freeze(a, f"size mismatch with {b}")
+            self.freeze(b, f"size mismatch with {a}")
+            return
+        idx = np.arange(self.size(a))
+        self.link(a, b, idx, idx, why)
+
+    def link_offset(self, part: Slot, whole: Slot, offset: int, why: str = "") -> None:
+        """``part[i]`` is ``whole[offset + i]`` (cat inputs, split outputs)."""
+        idx = np.arange(self.size(part))
+        self.link(part, whole, idx, idx + offset, why)
+
+    def link_blocks(self, fine: Slot, coarse: Slot, why: str = "") -> None:
+        """``fine[i]`` belongs to unit ``coarse[i // block]`` (depthwise multiplier, GQA, groups)."""
+        nf, nc = self.size(fine), self.size(coarse)
+        if nf % nc:
+            self.freeze(fine, f"{nf} is not a multiple of {nc}")
+            self.freeze(coarse, f"{nf} is not a multiple of {nc}")
+            return
+        idx = np.arange(nf)
+        self.link(fine, coarse, idx, idx // (nf // nc), why)
+
+    def factor(self, whole: Slot, parts: list[Slot], why: str = "") -> None:
+        """``whole`` is the row-major flattening of ``parts`` (reshape split or merge)."""
+        self._touched.update([whole, *parts])
+        sizes = tuple(self.size(p) for p in parts)
+        self.c.factors.append(Factor(whole, tuple(parts), sizes, why or f"{self.rule_name} at {self.where()}"))
+        for p in parts:
+            self.g.add_edge(whole, p, maps=[], why=f"factor of {why or self.where()}")
+
+    def freeze(self, s: Slot, why: str) -> None:
+        self._touched.add(s)
+        self.g.nodes[s]["frozen"].append(f"{why} ({self.where()})" if self.node is not None else why)
+
+    def inexact(self, s: Slot, why: str) -> None:
+        """Pruning this slot is allowed but changes the op's statistics (norms, softmax, mean)."""
+        self._touched.add(s)
+        self.g.nodes[s]["inexact"].append(f"{why} ({self.where()})")
+
+    def touch(self, s: Slot) -> None:
+        """Mark a slot as handled without coupling it (e.g. size-1 dims, which nothing prunes)."""
+        self._touched.add(s)
+
+    def role(self, s: Slot, role: str) -> None:
+        """Tag a parameter slot as consuming ('in') or producing ('out') the coupled channels."""
+        self.g.nodes[s]["roles"].add(role)
+
+    def bind(self, s: Slot, fqn: str, attr: str, scale: int = 1) -> None:
+        self.c.bindings.append(Binding(s, fqn, attr, scale))
+
+    # -- helpers for rules -------------------------------------------------
+    def where(self) -> str:
+        return self.traced.where(self.node) if self.node is not None else "<graph>"
+
+    def module(self, node: fx.Node | None = None) -> tuple[str, Any]:
+        path = self.traced.module_path(node or self.node)
+        try:
+            return path, self.traced.model.get_submodule(path)
+        except AttributeError:
+            return path, None
+
+    def run(self, node: fx.Node, rule: Rule, name: str) -> None:
+        self.node, self.rule_name, self._touched = node, name, set()
+        rule(self, node)
+        for s in self._owned(node):
+            if s not in self._touched:
+                self.freeze(s, f"dim {s[1]} not handled by rule {name}")
+
+    def _owned(self, node: fx.Node) -> list[Slot]:
+        ins = [a for a in node.all_input_nodes if self.shape(a) is not None]
+        return [s for n in [*ins, node] for s in self.slots(n)]
+
+
+def build_coupling(traced: Traced, strict: bool = False) -> Coupling:
+    """Run the registered rule of every node; unknown ops freeze what they touch (or raise if strict).
+
+    >>> import timm
+    >>> from graphprune.trace import trace
+    >>> c = build_coupling(trace(timm.create_model("resnet18")))
+    >>> c.graph.number_of_nodes() > 100
+    True
+    """
+    from . import rules  # noqa: F401  (registers the built-in rules)
+
+    b = Builder(traced)
+    for node in traced.graph.nodes:
+        _visit(b, node, strict)
+    _tie(b)
+    return b.c
+
+
+def _tie(b: Builder) -> None:
+    """Placeholders of one shared tensor (tied weights) are pruned as one."""
+    by_fqn: dict[str, list[fx.Node]] = {}
+    for node in b.traced.graph.nodes:
+        if node.op == "placeholder" and node.name in b.traced.tensor_fqn:
+            by_fqn.setdefault(b.traced.tensor_fqn[node.name], []).append(node)
+    for nodes in by_fqn.values():
+        for other in nodes[1:]:
+            for s, o in zip(b.slots(nodes[0]), b.slots(other)):
+                b.link_same(s, o, "the same tensor is used under two names (tied weights)")
+
+
+def _visit(b: Builder, node: fx.Node, strict: bool) -> None:
+    if node.op == "placeholder":
+        b.node = node
+        for s in b.slots(node):
+            if node.name in b.traced.user_inputs:
+                b.freeze(s, "model input")
+            elif node.name in b.traced.constants:
+                b.freeze(s, "lifted constant tensor (not a parameter or buffer)")
+        return
+    if node.op == "output":
+        b.node = node
+        for arg in node.all_input_nodes:
+            for s in b.slots(arg):
+                b.freeze(s, "model output")
+        return
+    if node.op != "call_function":
+        b.node = node
+        for s in b.slots(node):
+            b.freeze(s, f"{node.op} node")
+        return
+    key = canonical(node.target)
+    rule = RULES.get(key) or (RULES.get("pointwise") if is_pointwise(node.target) else None)
+    if rule is None:
+        _unsupported(b, node, key, strict)
+        return
+    b.run(node, rule, key)
+
+
+def _unsupported(b: Builder, node: fx.Node, key: str, strict: bool) -> None:
+    b.node = node
+    msg = (f"no coupling rule for {key} ({b.where()}): register one with @graphprune.register_rule, "
+           f"or add {b.traced.module_path(node) or '<root>'!r} to ignore=")
+    if strict:
+        raise UnsupportedOpError(msg)
+    b.c.unsupported.append(msg)
+    for s in b._owned(node):
+        b.freeze(s, f"no coupling rule for {key}")

@@ -1,0 +1,33 @@
+"""Error hierarchy: every failure graphprune raises on purpose derives from ``GraphPruneError``."""
+from __future__ import annotations
+
+
+class GraphPruneError(Exception):
+    """Base class of all graphprune errors."""
+
+
+class ConfigError(GraphPruneError, ValueError):
+    """An option has a value outside its range; the message names the option and the fix."""
+
+
+class TraceError(GraphPruneError):
+    """The model could not be turned into a graph (neither torch.export nor symbolic_trace)."""
+
+
+class UnsupportedOpError(GraphPruneError):
+    """An op has no coupling rule and ``strict=True`` was asked for."""
+
+
+class PlanError(GraphPruneError):
+    """The requested target cannot be met, or a plan does not fit the model it is applied to."""
+
+
+class SurgeryError(GraphPruneError):
+    """Slicing the model failed or produced a model whose forward breaks; the model was rolled back."""
+
+
+class RegistryError(GraphPruneError, KeyError):
+    """A registry lookup or registration conflict."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,206 @@
+"""Stage 5, plan: pick which units of which groups to remove so the target ratio is met.
+
+A ``Plan`` is self-contained: it lists, per tensor, the indices kept along each pruned dim and the
+new values of module attributes, so it serialises to JSON and re-applies to a fresh copy of the
+model without tracing again.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .config import ShrinkConfig
+from .errors import PlanError
+from .groups import Group, Groups
+from .scores import score
+
+TOLERANCE = 0.01  # achieved ratio within one percentage point of the request
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which indices every pruned tensor keeps, and the module attributes that change."""
+
+    keep: dict[str, dict[int, list[int]]]
+    attrs: dict[str, dict[str, Any]]
+    removed: dict[int, list[int]]
+    config: dict[str, Any]
+    params_before: int
+    params_after: int
+    output_shapes: list[list[int]] = field(default_factory=list)
+    version: int = 1
+
+    @property
+    def ratio(self) -> float:
+        return 1 - self.params_after / self.params_before if self.params_before else 0.0
+
+    def to_json(self, path: str | None = None) -> str:
+        """Serialise; ``Plan.from_json`` reads it back.
+
+        >>> p = Plan({}, {}, {}, {"ratio": 0.0}, 10, 10)
+        >>> Plan.from_json(p.to_json()) == p
+        True
+        """
+        data = {**self.__dict__, "keep": {f: {str(d): ix for d, ix in dims.items()}
+                                          for f, dims in self.keep.items()},
+                "removed": {str(k): v for k, v in self.removed.items()}}
+        text = json.dumps(data)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> "Plan":
+        text = text_or_path
+        if not text_or_path.lstrip().startswith("{"):
+            with open(text_or_path) as fh:
+                text = fh.read()
+        data = json.loads(text)
+        data["keep"] = {f: {int(d): ix for d, ix in dims.items()} for f, dims in data["keep"].items()}
+        data["removed"] = {int(k): v for k, v in data["removed"].items()}
+        return cls(**data)
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters counted once each (tied weights once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any = None) -> Plan:
+    """Rank every prunable unit globally and remove the least important ones until ``config.ratio``.
+
+    >>> import timm
+    >>> from graphprune.groups import find_groups
+    >>> m = timm.create_model("resnet18")
+    >>> plan = make_plan(m, find_groups(m), ShrinkConfig(ratio=0.3))
+    >>> abs(plan.ratio - 0.3) <= 0.01
+    True
+    """
+    live = [g for g in groups.prunable if not _ignored(model, g, config.ignore)]
+    scores = score(model, Groups(tuple(live), groups.coupling), scorer or config.scorer)
+    cost = Cost(model, live, groups, config.target)
+    removed = _search(live, scores, cost, config)
+    return _build(model, live, scores, removed, config, groups)
+
+
+def _ignored(model: nn.Module, g: Group, ignore: tuple[str, ...]) -> bool:
+    if not ignore:
+        return False
+    for m in g.members:
+        owner = m.fqn.rsplit(".", 1)[0] if "." in m.fqn else ""
+        if any(owner == i or owner.startswith(i + ".") for i in ignore):
+            return True
+        path = owner.split(".") if owner else []
+        for k in range(len(path) + 1):
+            cls = type(model.get_submodule(".".join(path[:k]))).__qualname__
+            if cls in ignore:
+                return True
+    return False
+
+
+class Cost:
+    """Exact size of the model (parameters, or estimated MACs) for per-group removal counts."""
+
+    def __init__(self, model: nn.Module, live: list[Group], groups: Groups, target: str):
+        params = dict(model.named_parameters())
+        self.shapes = {f: list(p.shape) for f, p in params.items()}
+        self.weight = {f: float(p.numel()) for f, p in params.items()}
+        self.total = float(sum(p.numel() for p in model.parameters()))
+        if target == "macs":
+            from .report import macs_by_param
+            self.weight, self.total = macs_by_param(model, groups.traced.inputs)
+        self.terms = [[(m.fqn, m.dim, m.indices.shape[1]) for m in g.members if m.fqn in params] for g in live]
+        self.touched = sorted({f for t in self.terms for f, _, _ in t})
+        self.fixed = self.total - sum(self.weight.get(f, 0.0) for f in self.touched)
+
+    def size(self, counts: list[int]) -> float:
+        dims = {f: list(self.shapes[f]) for f in self.touched}
+        for terms, r in zip(self.terms, counts):
+            for f, d, k in terms:
+                dims[f][d] -= r * k
+        return self.fixed + sum(self.weight.get(f, 0.0) * math.prod(dims[f]) / math.prod(self.shapes[f])
+                                for f in self.touched)
+
+    def unit_cost(self, i: int) -> float:
+        return sum(self.weight.get(f, 0.0) * k / self.shapes[f][d] for f, d, k in self.terms[i]) or 1e-12
+
+
+def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config: ShrinkConfig) -> list[int]:
+    """Smallest global prefix of units (by score per unit of cost) that reaches the ratio."""
+    if config.ratio == 0 or not live:
+        if config.ratio > 0:
+            raise PlanError(f"nothing in the model can be pruned (all groups frozen or ignored); "
+                            f"largest reachable ratio is 0.0, asked for {config.ratio}")
+        return [0] * len(live)
+    unit_costs = np.array([cost.unit_cost(i) for i in range(len(live))])
+    rel = (unit_costs / np.median(unit_costs)) ** config.cost_power
+    keys = np.concatenate([np.sort(scores[g.id]) / rel[i] for i, g in enumerate(live)])
+    owner = np.concatenate([np.full(g.width, i) for i, g in enumerate(live)])
+    order = owner[np.argsort(keys, kind="stable")]
+    counts_at = lambda k: [_capped(int(c), g, config) for c, g in zip(np.bincount(order[:k], minlength=len(live)), live)]
+    frac = lambda k: 1 - cost.size(counts_at(k)) / cost.total
+    best = frac(len(order))
+    if best < config.ratio - TOLERANCE:
+        raise PlanError(f"ratio={config.ratio} is not reachable: the largest reachable ratio is "
+                        f"{best:.4f} (the rest is frozen, ignored or kept by min_keep/round_to); "
+                        f"see find_groups(model) for the frozen groups and why")
+    lo, hi = 0, len(order)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if frac(mid) < config.ratio else (lo, mid)
+    k = min((lo, max(lo - 1, 0)), key=lambda j: abs(frac(j) - config.ratio))
+    return counts_at(k)
+
+
+def _capped(count: int, g: Group, config: ShrinkConfig) -> int:
+    keep = max(g.width - count, config.min_keep)
+    if config.round_to > 1 and g.width >= config.round_to:
+        keep = min(g.width, math.ceil(keep / config.round_to) * config.round_to)
+    return max(g.width - keep, 0)
+
+
+def _build(model: nn.Module, live: list[Group], scores: dict[int, np.ndarray], counts: list[int],
+           config: ShrinkConfig, groups: Groups) -> Plan:
+    drop: dict[str, dict[int, set[int]]] = {}
+    attr_drop: dict[tuple[str, str], int] = {}
+    removed: dict[int, list[int]] = {}
+    for g, r in zip(live, counts):
+        if r == 0:
+            continue
+        units = sorted(np.argsort(scores[g.id], kind="stable")[:r].tolist())
+        removed[g.id] = units
+        for m in g.members:
+            drop.setdefault(m.fqn, {}).setdefault(m.dim, set()).update(m.indices[units].ravel().tolist())
+        for a in g.attrs:
+            attr_drop[(a.fqn, a.attr)] = attr_drop.get((a.fqn, a.attr), 0) + a.indices[units].size
+    return plan_from_drops(model, drop, attr_drop, removed, config.to_dict(),
+                           [list(s) for s in groups.traced.output_shapes])
+
+
+def plan_from_drops(model: nn.Module, drop: dict[str, dict[int, set[int]]], attr_drop: dict[tuple[str, str], int],
+                    removed: dict[int, list[int]], config: dict[str, Any], output_shapes: list) -> Plan:
+    """Turn removed indices into the kept indices and attribute values a ``Plan`` stores."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    keep = {f: {d: sorted(set(range(tensors[f].shape[d])) - ix) for d, ix in sorted(dims.items())}
+            for f, dims in sorted(drop.items())}
+    attrs: dict[str, dict[str, Any]] = {}
+    for (fqn, attr), n in sorted(attr_drop.items()):
+        old = getattr(model.get_submodule(fqn), attr)
+        attrs.setdefault(fqn, {})[attr] = (old[0] - n,) if isinstance(old, tuple) else old - n
+    before = count_params(model)
+    after = before - sum(_lost(tensors[f], dims) for f, dims in keep.items() if f in dict(model.named_parameters()))
+    return Plan(keep=keep, attrs=attrs, removed=removed, config=config, params_before=before,
+                params_after=int(after), output_shapes=output_shapes)
+
+
+def _lost(t: Any, dims: dict[int, list[int]]) -> int:
+    shape = list(t.shape)
+    for d, ix in dims.items():
+        shape[d] = len(ix)
+    return t.numel() - math.prod(shape)

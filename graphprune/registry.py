@@ -1,0 +1,67 @@
+"""Generic registry used by the plug-in packages (rules, slicers, scorers)."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterator
+
+from .errors import RegistryError
+
+
+def _where(fn: Any) -> str:
+    try:
+        return f"{fn.__module__}.{fn.__qualname__} ({inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]})"
+    except (TypeError, OSError, AttributeError):
+        return repr(fn)
+
+
+class Registry:
+    """A named table of plug-ins, filled by a decorator and strict about duplicates.
+
+    >>> r = Registry("demo")
+    >>> @r.register("twice")
+    ... def twice(x): return 2 * x
+    >>> r.get("twice")(3), r.names()
+    (6, ['twice'])
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[Any, Callable] = {}
+
+    def register(self, *keys: Any, override: bool = False) -> Callable[[Callable], Callable]:
+        """Decorator registering ``fn`` under every key in ``keys``."""
+
+        def deco(fn: Callable) -> Callable:
+            for key in keys:
+                if key in self._items and not override:
+                    raise RegistryError(
+                        f"{self.kind} {key!r} is registered twice: by {_where(self._items[key])} and by "
+                        f"{_where(fn)}; pass override=True to replace it")
+                self._items[key] = fn
+            return fn
+
+        return deco
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._items.get(key, default)
+
+    def __getitem__(self, key: Any) -> Callable:
+        if key not in self._items:
+            raise RegistryError(f"no {self.kind} named {key!r}; known: {', '.join(map(str, self.names()))}")
+        return self._items[key]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def names(self) -> list[str]:
+        return sorted(str(k) if not isinstance(k, type) else k.__qualname__ for k in self._items)
+
+    def lookup_mro(self, obj: Any) -> Callable | None:
+        """First entry registered for a class along ``type(obj).__mro__`` (singledispatch-style)."""
+        for cls in type(obj).__mro__:
+            if cls in self._items:
+                return self._items[cls]
+        return None

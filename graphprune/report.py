@@ -1,0 +1,107 @@
+"""Stage 7, report: what changed (parameters, MACs, groups) and what was frozen and why."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .inputs import Inputs, run_model
+
+if TYPE_CHECKING:
+    from .groups import Groups
+    from .plan import Plan
+
+
+def count_macs(model: nn.Module, inputs: Inputs) -> int:
+    """Multiply-accumulates of one forward, counted by ``torch.utils.flop_counter``.
+
+    >>> count_macs(nn.Linear(4, 3), ((torch.zeros(2, 4),), {}))
+    24
+    """
+    with FlopCounterMode(display=False) as counter:
+        run_model(model, inputs)
+    return counter.get_total_flops() // 2
+
+
+def macs_by_param(model: nn.Module, inputs: Inputs) -> tuple[dict[str, float], float]:
+    """MACs of each leaf module, attributed to its ``weight`` (they scale with its kept fraction)."""
+    with FlopCounterMode(display=False) as counter:
+        run_model(model, inputs)
+    root = type(model).__name__
+    out: dict[str, float] = {}
+    for key, ops in counter.get_flop_counts().items():
+        fqn = key[len(root) + 1:] if key.startswith(root + ".") else None
+        if fqn is None:
+            continue
+        mod = model.get_submodule(fqn)
+        if next(mod.children(), None) is None and isinstance(getattr(mod, "weight", None), torch.Tensor):
+            out[f"{fqn}.weight"] = sum(ops.values()) / 2
+    return out, counter.get_total_flops() / 2
+
+
+@dataclass(frozen=True)
+class Report:
+    """Before/after numbers and the list of what was pruned, frozen and not understood."""
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    pruned: tuple[str, ...]
+    frozen: tuple[str, ...]
+    unsupported: tuple[str, ...] = field(default=())
+
+    @property
+    def ratio(self) -> float:
+        return 1 - self.params_after / self.params_before
+
+    def __str__(self) -> str:
+        lines = [f"parameters {self.params_before:,} -> {self.params_after:,} (-{self.ratio:.1%})",
+                 f"MACs       {self.macs_before:,} -> {self.macs_after:,} "
+                 f"(-{1 - self.macs_after / max(self.macs_before, 1):.1%})",
+                 f"pruned {len(self.pruned)} groups, {len(self.frozen)} frozen, "
+                 f"{len(self.unsupported)} ops without a rule"]
+        lines += [f"  pruned: {p}" for p in self.pruned[:8]]
+        lines += [f"  frozen: {f}" for f in self.frozen[:5]]
+        lines += [f"  no rule: {u}" for u in self.unsupported[:5]]
+        return "\n".join(lines)
+
+
+def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Groups") -> Report:
+    inputs = groups.traced.inputs
+    by_id = {g.id: g for g in groups}
+    pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
+                   f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))
+    return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),
+                  macs_before=count_macs(before, inputs), macs_after=count_macs(after, inputs), pruned=pruned,
+                  frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported))
+
+
+def _frozen_lines(groups: "Groups") -> list[str]:
+    """Frozen groups that would otherwise be prunable channel dims (kernel sizes and the like are
+    never prunable and would only be noise)."""
+    out = []
+    for g in groups:
+        if g.frozen and g.width > 1 and any(m.roles for m in g.members):
+            out.append(f"{g.module or '<root>'} ({g.structure}): {g.frozen}")
+    return out
+
+
+def groups_table(groups: "Groups", limit: int = 60) -> str:
+    """Readable table of groups: id, width, structure, members, frozen/inexact reason."""
+    rows = [f"{'id':>4}  {'structure':<16} {'members':<64} status"]
+    shown = [g for g in groups if g.prunable or (g.frozen and any(m.roles for m in g.members))]
+    for g in shown[:limit]:
+        members = ", ".join(f"{m.fqn}:{m.dim}" for m in g.members)
+        members = members if len(members) <= 64 else members[:61] + "..."
+        status = f"frozen: {g.frozen}" if g.frozen else ("inexact: " + g.inexact if g.inexact else "prunable")
+        rows.append(f"{g.id:>4}  {g.structure:<16} {members:<64} {status}")
+    if len(shown) > limit:
+        rows.append(f"... {len(shown) - limit} more (print(groups.to_json()) has all)")
+    n_unsupported = len(groups.coupling.unsupported)
+    rows.append(f"{len(groups.prunable)} prunable groups, {len(shown) - len(groups.prunable)} frozen, "
+                f"{n_unsupported} ops without a rule")
+    return "\n".join(rows)

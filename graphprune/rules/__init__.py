@@ -1,0 +1,2 @@
+"""Coupling rules, one module per op family; importing this package registers them all."""
+from . import attention, concat_split, conv, elementwise, embedding, linear, norm, pooling, reduction, shape  # noqa: F401

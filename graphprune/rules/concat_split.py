@@ -1,0 +1,101 @@
+"""Rules for cat/stack and split/chunk/unbind (via their getitem users), with channel offsets."""
+from __future__ import annotations
+
+from itertools import accumulate
+
+import numpy as np
+from torch import fx
+
+from ..coupling import Builder, register_rule
+
+aten = __import__("torch").ops.aten
+
+PRODUCER_HANDLED = {aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.unsafe_split}
+
+
+@register_rule(aten.cat, aten.concat, aten.concatenate)
+def cat(b: Builder, node: fx.Node) -> None:
+    """Input i's channel j is output channel offset_i + j along the cat dim; other dims couple."""
+    parts = [p for p in node.args[0] if b.shape(p) is not None and 0 not in b.shape(p)]
+    out = b.slots(node)
+    dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(out)
+    offset = 0
+    for p in parts:
+        ps = b.slots(p)
+        for i, (s, o) in enumerate(zip(ps, out)):
+            if i == dim:
+                b.link_offset(s, o, offset, "concatenation")
+            else:
+                b.link_same(s, o)
+        offset += b.size(ps[dim])
+
+
+@register_rule(aten.stack)
+def stack(b: Builder, node: fx.Node) -> None:
+    """Every input couples to the output; the new stacking dim is fixed."""
+    out = b.slots(node)
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(out)
+    rest = out[:dim] + out[dim + 1:]
+    for p in node.args[0]:
+        for s, o in zip(b.slots(p), rest):
+            b.link_same(s, o)
+
+
+def _pieces(b: Builder, node: fx.Node, size: int) -> tuple[list[int], bool]:
+    """Sizes of the pieces and whether they are equal by construction (chunk / uniform split)."""
+    key = node.target.overloadpacket
+    if key is aten.split_with_sizes:
+        return list(node.args[1]), False
+    if key is aten.chunk:
+        n = node.args[1]
+        step = -(-size // n)
+    else:
+        step = node.args[1]
+    sizes = [min(step, size - o) for o in range(0, size, step)]
+    return sizes, len(set(sizes)) == 1
+
+
+@register_rule(aten.split, aten.split_with_sizes, aten.chunk, aten.unsafe_split)
+def split(b: Builder, node: fx.Node) -> None:
+    """Piece i holds channels [offset_i, offset_i + size_i). Pieces of a chunk/uniform split are
+    pruned in parallel so that the model's own split still cuts them at the right place."""
+    x = node.args[0]
+    xs = b.slots(x)
+    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(xs)
+    sizes, uniform = _pieces(b, node, b.size(xs[dim]))
+    offsets = [0, *accumulate(sizes)][:-1]
+    if not uniform:
+        b.freeze(xs[dim], "split sizes are fixed in the model's code")
+    elif len(sizes) > 1:
+        idx = np.arange(sizes[0])
+        for off in offsets[1:]:
+            b.link(xs[dim], xs[dim], idx, idx + off, "pieces of an even split are pruned in parallel")
+    for user in node.users:
+        if user.target.__name__ == "getitem":
+            i = user.args[1]
+            for d, (s, o) in enumerate(zip(xs, b.slots(user))):
+                b.link_offset(o, s, offsets[i], "split") if d == dim else b.link_same(s, o)
+    for s in xs:
+        b.touch(s)
+
+
+@register_rule(aten.unbind)
+def unbind(b: Builder, node: fx.Node) -> None:
+    """Each output is one index of the unbound dim; that dim is fixed, the others couple."""
+    xs = b.slots(node.args[0])
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(xs)
+    b.freeze(xs[dim], "unbind gives each index of this dim its own tensor")
+    rest = xs[:dim] + xs[dim + 1:]
+    for user in node.users:
+        if user.target.__name__ == "getitem":
+            for s, o in zip(rest, b.slots(user)):
+                b.link_same(s, o)
+
+
+@register_rule("getitem")
+def getitem(b: Builder, node: fx.Node) -> None:
+    """Outputs of split/chunk/unbind are coupled by their producer's rule."""
+    parent = node.args[0]
+    if getattr(parent.target, "overloadpacket", None) in PRODUCER_HANDLED:
+        for s in b.slots(node):
+            b.touch(s)

@@ -1,0 +1,39 @@
+"""Rules for elementwise ops: broadcasting couples dims of equal size, aligned from the right."""
+from __future__ import annotations
+
+from torch import fx
+
+from ..coupling import Builder, register_rule
+
+aten = __import__("torch").ops.aten
+
+
+def tensor_args(b: Builder, node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.all_input_nodes if b.shape(a) is not None]
+
+
+@register_rule("pointwise", aten.dropout, aten.feature_dropout, aten.alpha_dropout, aten.contiguous,
+               aten.alias, aten.detach, aten._to_copy, aten.to, aten.type_as, aten.lift_fresh_copy,
+               aten.hardswish, aten.mish, aten.zeros_like, aten.ones_like, aten.empty_like,
+               aten.full_like, aten.rand_like, aten.randn_like, aten.masked_fill, aten.copy)
+def pointwise(b: Builder, node: fx.Node) -> None:
+    """Broadcasting: an input dim couples to the output dim it lines up with when sizes agree."""
+    out = b.slots(node)
+    out_shape = b.shape(node)
+    for arg in tensor_args(b, node):
+        shape = b.shape(arg)
+        shift = len(out_shape) - len(shape)
+        for i, s in enumerate(b.slots(arg)):
+            if 0 <= i + shift and shape[i] == out_shape[i + shift]:
+                b.link_same(s, out[i + shift])
+            elif shape[i] == 1:
+                b.touch(s)  # broadcast from size 1: nothing to prune there
+
+
+@register_rule(aten._assert_tensor_metadata, aten._assert_scalar, aten.sym_constrain_range_for_size,
+               aten._assert_async)
+def assertion(b: Builder, node: fx.Node) -> None:
+    """Runtime shape assertions carry no data; their inputs stay free."""
+    for arg in tensor_args(b, node):
+        for s in b.slots(arg):
+            b.touch(s)

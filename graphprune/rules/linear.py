@@ -1,0 +1,70 @@
+"""Rules for linear layers and matrix products: linear, matmul/mm/bmm, einsum."""
+from __future__ import annotations
+
+from torch import fx
+
+from ..coupling import Builder, register_rule
+
+aten = __import__("torch").ops.aten
+
+
+@register_rule(aten.linear)
+def linear(b: Builder, node: fx.Node) -> None:
+    """Leading dims pass through; in-features couple to weight dim 1, out-features to dim 0 and bias."""
+    x, w = node.args[0], node.args[1]
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    xs, ws, out = b.slots(x), b.slots(w), b.slots(node)
+    for s, o in zip(xs[:-1], out[:-1]):
+        b.link_same(s, o)
+    if len(ws) == 1:  # weight is a vector: output has no feature dim
+        b.link_same(xs[-1], ws[0])
+        b.role(ws[0], "in")
+        return
+    b.link_same(xs[-1], ws[1])
+    b.link_same(ws[0], out[-1])
+    b.role(ws[1], "in")
+    b.role(ws[0], "out")
+    if bias is not None:
+        b.link_same(b.slot(bias, 0), out[-1])
+        b.role(b.slot(bias, 0), "out")
+
+
+@register_rule(aten.matmul, aten.mm, aten.bmm)
+def matmul(b: Builder, node: fx.Node) -> None:
+    """(..., n, k) @ (..., k, m): the contraction dims couple; batch dims broadcast."""
+    x, y = node.args[0], node.args[1]
+    xs, ys, out = b.slots(x), b.slots(y), b.slots(node)
+    if len(xs) < 2 or len(ys) < 2:
+        return  # vector products: leave every dim to the automatic freeze
+    b.link_same(xs[-1], ys[-2], "contraction of a matrix product")
+    b.link_same(xs[-2], out[-2])
+    b.link_same(ys[-1], out[-1])
+    for operand in (xs, ys):
+        for k in range(1, len(operand) - 1):
+            if b.size(operand[-2 - k]) == b.size(out[-2 - k]):
+                b.link_same(operand[-2 - k], out[-2 - k])
+            elif b.size(operand[-2 - k]) == 1:
+                b.touch(operand[-2 - k])
+    for s, p in [(xs[-1], y), (ys[-2], x)]:
+        if b.g.nodes[s]["fqn"]:
+            b.role(s, "in")
+
+
+@register_rule(aten.einsum)
+def einsum(b: Builder, node: fx.Node) -> None:
+    """Every subscript letter couples the dims it names, across operands and output."""
+    eq, operands = node.args[0].replace(" ", ""), list(node.args[1])
+    if "..." in eq:
+        return
+    lhs, rhs = eq.split("->") if "->" in eq else (eq, None)
+    terms = lhs.split(",")
+    if rhs is None:
+        rhs = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    seen: dict[str, tuple] = {}
+    for term, node_ in [*zip(terms, operands), (rhs, node)]:
+        for letter, s in zip(term, b.slots(node_)):
+            if letter in seen:
+                b.link_same(seen[letter], s, f"einsum subscript {letter!r}")
+            else:
+                seen[letter] = s
+                b.touch(s)

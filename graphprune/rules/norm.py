@@ -1,0 +1,67 @@
+"""Rules for normalisations: batch/instance norm (per channel), layer/RMS norm, group norm."""
+from __future__ import annotations
+
+from torch import fx
+
+from ..coupling import Builder, register_rule
+
+aten = __import__("torch").ops.aten
+
+
+def _per_channel(b: Builder, node: fx.Node, x: fx.Node, tensors: list, dim: int) -> None:
+    xs, out = b.slots(x), b.slots(node)
+    for s, o in zip(xs, out):
+        b.link_same(s, o)
+    for t in tensors:
+        if t is not None:
+            b.link_same(b.slot(t, 0), out[dim])
+
+
+@register_rule(aten.batch_norm, aten.instance_norm)
+def batch_norm(b: Builder, node: fx.Node) -> None:
+    """Per-channel affine and statistics: channel i only ever sees channel i (exact to prune)."""
+    x, *rest = node.args[:5]
+    _per_channel(b, node, x, list(rest), 1)
+
+
+@register_rule(aten.layer_norm, aten.rms_norm)
+def layer_norm(b: Builder, node: fx.Node) -> None:
+    """Normalised dims couple to weight and bias; pruning them changes the mean and variance."""
+    x, shape = node.args[0], node.args[1]
+    weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
+    bias = node.args[3] if len(node.args) > 3 and canonical_key(node) == "layer_norm" else None
+    xs, out = b.slots(x), b.slots(node)
+    for s, o in zip(xs, out):
+        b.link_same(s, o)
+    k = len(shape)
+    for i, o in enumerate(out[-k:]):
+        b.inexact(o, "normalised over by a layer/RMS norm")
+        for t in (weight, bias):
+            if t is not None:
+                b.link_same(b.slot(t, i), o)
+    fqn, mod = b.module()
+    if k == 1 and mod is not None and hasattr(mod, "normalized_shape") and weight is None:
+        b.bind(out[-1], fqn, "normalized_shape")
+
+
+def canonical_key(node: fx.Node) -> str:
+    return node.target.overloadpacket.__name__
+
+
+@register_rule(aten.group_norm)
+def group_norm(b: Builder, node: fx.Node) -> None:
+    """Whole groups are the unit (their statistics stay intact); one group behaves like layer norm."""
+    x, groups, weight, bias = node.args[0], node.args[1], *(list(node.args[2:4]) + [None, None])[:2]
+    _per_channel(b, node, x, [weight, bias], 1)
+    out = b.slots(node)
+    if groups == 1:
+        for o in out[1:]:
+            b.inexact(o, "normalised over by a one-group group norm")
+        return
+    unit = b.virtual(node, "groups", groups)
+    fqn, mod = b.module()
+    if mod is not None and getattr(mod, "num_groups", None) == groups:
+        b.bind(unit, fqn, "num_groups")
+    else:
+        b.freeze(unit, "group norm outside a module with .num_groups")
+    b.link_blocks(out[1], unit, "channels of a group-norm group")

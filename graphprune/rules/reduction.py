@@ -1,0 +1,48 @@
+"""Rules for reductions and softmax: kept dims couple, reduced dims may shrink (inexactly)."""
+from __future__ import annotations
+
+from torch import fx
+
+from ..coupling import Builder, register_rule
+
+aten = __import__("torch").ops.aten
+
+
+def _reduced(node: fx.Node, ndim: int) -> set[int]:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dims is None or dims == []:
+        return set(range(ndim))
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return {d % ndim for d in dims}
+
+
+@register_rule(aten.mean, aten.sum, aten.amax, aten.amin, aten.var, aten.std, aten.prod, aten.logsumexp,
+               aten.linalg_vector_norm, aten.norm, aten.var_mean, aten.std_mean)
+def reduction(b: Builder, node: fx.Node) -> None:
+    """Reduced dims are marked inexact: removing entries changes the statistic."""
+    x = node.args[0]
+    xs = b.slots(x)
+    out = b.slots(node)
+    red = _reduced(node, len(xs))
+    j = 0
+    keep = len(out) == len(xs)
+    for i, s in enumerate(xs):
+        if i in red:
+            b.inexact(s, f"reduced over by {node.target.overloadpacket.__name__}")
+            if keep:
+                b.touch(out[j])
+                j += 1
+        elif j < len(out):
+            b.link_same(s, out[j])
+            j += 1
+
+
+@register_rule(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax)
+def softmax(b: Builder, node: fx.Node) -> None:
+    """Same shape in and out; the softmax dim is normalised over."""
+    xs, out = b.slots(node.args[0]), b.slots(node)
+    dim = node.args[1] % len(xs)
+    for i, (s, o) in enumerate(zip(xs, out)):
+        b.link_same(s, o)
+        if i == dim:
+            b.inexact(o, "softmax normalises over this dim")

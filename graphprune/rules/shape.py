@@ -1,0 +1,167 @@
+"""Rules for view-like ops: reshape (split/merge of dims), permute, transpose, expand, select, slice."""
+from __future__ import annotations
+
+import math
+
+from torch import fx
+
+from ..coupling import Builder, register_rule
+
+aten = __import__("torch").ops.aten
+
+
+def match_dims(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of dims of ``a`` and ``b`` with equal products (size-1 dims skipped).
+
+    >>> match_dims((2, 6), (2, 2, 3))
+    [([0], [0]), ([1], [1, 2])]
+    """
+    ia = [i for i, s in enumerate(a) if s != 1]
+    ib = [j for j, s in enumerate(b) if s != 1]
+    runs, i, j = [], 0, 0
+    while i < len(ia) and j < len(ib):
+        ra, rb = [ia[i]], [ib[j]]
+        pa, pb = a[ia[i]], b[ib[j]]
+        i, j = i + 1, j + 1
+        while pa != pb and (i < len(ia) if pa < pb else j < len(ib)):
+            if pa < pb:
+                ra.append(ia[i])
+                pa, i = pa * a[ia[i]], i + 1
+            else:
+                rb.append(ib[j])
+                pb, j = pb * b[ib[j]], j + 1
+        runs.append((ra, rb))
+    return runs
+
+
+@register_rule(aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten, aten.squeeze,
+               aten.unsqueeze, aten.view_as, aten.reshape_as)
+def reshape(b: Builder, node: fx.Node) -> None:
+    """1:1 runs couple, 1:n runs split (factor), n:1 runs merge (factor); n:m runs stay frozen."""
+    src = node.args[0]
+    ins, outs = b.slots(src), b.slots(node)
+    for i, s in enumerate(b.shape(src)):
+        if s == 1:
+            b.touch(ins[i])
+    for j, s in enumerate(b.shape(node)):
+        if s == 1:
+            b.touch(outs[j])
+    for ra, rb in match_dims(b.shape(src), b.shape(node)):
+        if len(ra) == 1 and len(rb) == 1:
+            b.link_same(ins[ra[0]], outs[rb[0]])
+        elif len(ra) == 1 and rb:
+            b.factor(ins[ra[0]], [outs[j] for j in rb])
+            _bind_sizes(b, [ins[ra[0]], *(outs[j] for j in rb)])
+        elif len(rb) == 1 and ra:
+            b.factor(outs[rb[0]], [ins[i] for i in ra])
+            _bind_sizes(b, [outs[rb[0]], *(ins[i] for i in ra)])
+        # n:m runs are left to the automatic freeze
+
+
+# Attributes a module's forward reads to reshape into heads; kept in step with the pruned widths.
+SIZE_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
+              "num_kv_heads", "n_kv_heads", "attn_dim", "all_head_size", "inner_dim", "head_dim",
+              "attention_head_size")
+
+
+def _bind_sizes(b: Builder, slots: list) -> None:
+    """Bind the module's head-count/width attributes to the reshape dims whose size they equal."""
+    fqn, mod = b.module()
+    if mod is None:
+        return
+    for name in SIZE_ATTRS:
+        value = getattr(mod, name, None)
+        if type(value) is int:
+            for s in slots:
+                if b.size(s) == value and value > 1:
+                    b.bind(s, fqn, name)
+
+
+def _link_perm(b: Builder, node: fx.Node, perm: list[int]) -> None:
+    ins, outs = b.slots(node.args[0]), b.slots(node)
+    for j, i in enumerate(perm):
+        b.link_same(ins[i % len(ins)], outs[j])
+
+
+@register_rule(aten.permute)
+def permute(b: Builder, node: fx.Node) -> None:
+    _link_perm(b, node, list(node.args[1]))
+
+
+@register_rule(aten.transpose, aten.swapaxes, aten.swapdims)
+def transpose(b: Builder, node: fx.Node) -> None:
+    n = len(b.shape(node))
+    perm = list(range(n))
+    d0, d1 = node.args[1] % n, node.args[2] % n
+    perm[d0], perm[d1] = d1, d0
+    _link_perm(b, node, perm)
+
+
+@register_rule(aten.t, aten.numpy_T)
+def t(b: Builder, node: fx.Node) -> None:
+    _link_perm(b, node, list(range(len(b.shape(node))))[::-1])
+
+
+@register_rule(aten.expand, aten.expand_as, aten.repeat)
+def expand(b: Builder, node: fx.Node) -> None:
+    """Dims that keep their size couple; dims grown from 1 (or repeated) are new and stay frozen."""
+    src = node.args[0]
+    ins, outs = b.slots(src), b.slots(node)
+    shape, out_shape = b.shape(src), b.shape(node)
+    shift = len(outs) - len(ins)
+    reps = list(node.args[1]) if canonical_is(node, aten.repeat) else [1] * len(outs)
+    for i, s in enumerate(ins):
+        if shape[i] == out_shape[i + shift] and reps[i + shift] == 1:
+            b.link_same(s, outs[i + shift])
+        elif shape[i] == 1:
+            b.touch(s)
+
+
+def canonical_is(node: fx.Node, packet) -> bool:
+    return getattr(node.target, "overloadpacket", None) is packet
+
+
+@register_rule(aten.select)
+def select(b: Builder, node: fx.Node) -> None:
+    """Picking one index of a dim fixes that dim; the others shift down by one."""
+    ins, outs = b.slots(node.args[0]), b.slots(node)
+    dim = node.args[1] % len(ins)
+    b.freeze(ins[dim], "select picks a fixed index of this dim")
+    for i, s in enumerate(ins):
+        if i != dim:
+            b.link_same(s, outs[i - (i > dim)])
+
+
+@register_rule(aten.slice)
+def slice_(b: Builder, node: fx.Node) -> None:
+    """A full-range slice is an identity; a partial one fixes the sliced dim."""
+    ins, outs = b.slots(node.args[0]), b.slots(node)
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(ins)
+    for i, (s, o) in enumerate(zip(ins, outs)):
+        if i != dim or b.size(s) == b.size(o):
+            b.link_same(s, o)
+        else:
+            b.freeze(s, "a partial slice fixes the indices of this dim")
+            b.freeze(o, "a partial slice fixes the indices of this dim")
+
+
+@register_rule(aten.roll, aten.flip, aten.cumsum, aten.constant_pad_nd, aten.pad)
+def along_dims(b: Builder, node: fx.Node) -> None:
+    """Ops acting along some dims: same-size dims couple; the dims they act on are fixed."""
+    ins, outs = b.slots(node.args[0]), b.slots(node)
+    acted = _acted_dims(b, node, len(ins))
+    for i, (s, o) in enumerate(zip(ins, outs)):
+        if i not in acted and b.size(s) == b.size(o):
+            b.link_same(s, o)
+
+
+def _acted_dims(b: Builder, node: fx.Node, ndim: int) -> set[int]:
+    key = node.target.overloadpacket
+    if key in (aten.constant_pad_nd, aten.pad):
+        pads = list(node.args[1])
+        return {ndim - 1 - k // 2 for k, p in enumerate(pads) if p}
+    dims = node.args[2] if key is aten.roll else node.args[1]
+    if key is aten.roll and len(node.args) < 3:
+        return set(range(ndim))  # roll without dims works on the flattened tensor
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return {d % ndim for d in dims}

@@ -1,0 +1,148 @@
+"""Surgery mechanics: slice every tensor a plan names, set attributes, sync modules, roll back on error."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import PlanError, SurgeryError
+from ..inputs import Inputs, normalize_inputs, output_shapes, run_model
+from ..plan import Plan
+from ..registry import Registry
+
+SLICERS = Registry("slicer")
+
+
+def register_slicer(*types: type, override: bool = False) -> Callable:
+    """Register ``fn(module)`` that fixes a module after its tensors were sliced, found along the MRO.
+
+    >>> from torch import nn
+    >>> @register_slicer(nn.Identity, override=True)
+    ... def identity(module): pass
+    """
+    return SLICERS.register(*types, override=override)
+
+
+def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None) -> nn.Module:
+    """Prune ``model`` in place as ``plan`` says; with example inputs, check the forward still runs
+    and gives the shapes it gave before. On any failure the model is restored and SurgeryError raised.
+
+    >>> import timm, graphprune
+    >>> m = timm.create_model("resnet18")
+    >>> plan = graphprune.make_plan(m, graphprune.find_groups(m), graphprune.ShrinkConfig(ratio=0.2))
+    >>> apply_plan_(m, plan) is m
+    True
+    """
+    _check(model, plan)
+    snapshot = _Snapshot(model, plan)
+    try:
+        _slice_tensors(model, plan)
+        _set_attrs(model, plan)
+        for fqn in snapshot.modules:
+            fix = SLICERS.lookup_mro(model.get_submodule(fqn))
+            if fix is not None:
+                fix(model.get_submodule(fqn))
+        if example_inputs is not None:
+            _validate(model, plan, example_inputs)
+    except Exception as err:
+        snapshot.restore()
+        if isinstance(err, SurgeryError):
+            raise
+        raise SurgeryError(f"surgery failed and the model was restored: {type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    return model
+
+
+def _owner(fqn: str) -> tuple[str, str]:
+    return tuple(fqn.rsplit(".", 1)) if "." in fqn else ("", fqn)  # type: ignore[return-value]
+
+
+def _check(model: nn.Module, plan: Plan) -> None:
+    tensors = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers())}
+    for fqn, dims in plan.keep.items():
+        if fqn not in tensors:
+            raise PlanError(f"plan prunes {fqn!r}, which this model does not have; "
+                            f"apply the plan to the architecture it was made for")
+        for d, ix in dims.items():
+            size = tensors[fqn].shape[d]
+            if ix and (max(ix) >= size or min(ix) < 0):
+                raise PlanError(f"plan keeps index {max(ix)} of {fqn}:{d}, which has size {size}; "
+                                f"the plan was made for a different (or already pruned) model")
+
+
+def _aliases(model: nn.Module) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        out.setdefault(id(t), []).append(name)
+    return out
+
+
+def _slice_tensors(model: nn.Module, plan: Plan) -> None:
+    aliases = _aliases(model)
+    tensors = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    for fqn, dims in plan.keep.items():
+        old = tensors[fqn]
+        new = old.detach()
+        for d, ix in dims.items():
+            new = new.index_select(d, torch.tensor(ix, dtype=torch.long, device=new.device))
+        if isinstance(old, nn.Parameter):
+            new = nn.Parameter(new.clone(), requires_grad=old.requires_grad)
+        else:
+            new = new.clone()
+        for name in aliases[id(old)]:  # tied weights stay one tensor
+            owner, attr = _owner(name)
+            mod = model.get_submodule(owner)
+            (mod._parameters if attr in mod._parameters else mod._buffers)[attr] = new
+
+
+def _set_attrs(model: nn.Module, plan: Plan) -> None:
+    for fqn, attrs in plan.attrs.items():
+        mod = model.get_submodule(fqn)
+        for attr, value in attrs.items():
+            setattr(mod, attr, tuple(value) if isinstance(value, list) else value)
+
+
+def _validate(model: nn.Module, plan: Plan, example_inputs: Any) -> None:
+    inputs: Inputs = example_inputs if _is_inputs(example_inputs) else normalize_inputs(example_inputs)
+    try:
+        shapes = output_shapes(run_model(model, inputs))
+    except Exception as err:
+        raise SurgeryError(f"the pruned model's forward fails, so the model was restored: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+                           f"A module computes a shape from a constant; add it to ignore=") from err
+    if plan.output_shapes and [list(s) for s in shapes] != [list(s) for s in plan.output_shapes]:
+        raise SurgeryError(f"the pruned model's output shapes {shapes} differ from the original "
+                           f"{plan.output_shapes}; the model was restored")
+
+
+def _is_inputs(x: Any) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple) and isinstance(x[1], dict)
+
+
+class _Snapshot:
+    """What surgery may change, so a failure can put the model back exactly as it was."""
+
+    def __init__(self, model: nn.Module, plan: Plan):
+        self.model = model
+        tensors = {**dict(model.named_parameters(remove_duplicate=False)),
+                   **dict(model.named_buffers(remove_duplicate=False))}
+        aliases = _aliases(model)
+        owners = {_owner(n)[0] for f in plan.keep for n in aliases[id(tensors[f])]}
+        self.modules = sorted(owners | set(plan.attrs))
+        self.saved = {fqn: self._save(model.get_submodule(fqn)) for fqn in self.modules}
+
+    @staticmethod
+    def _save(mod: nn.Module) -> dict[str, Any]:
+        return {"_parameters": dict(mod._parameters), "_buffers": dict(mod._buffers),
+                "attrs": {k: v for k, v in mod.__dict__.items() if not k.startswith("_") and not isinstance(v, (nn.Module, torch.Tensor))}}
+
+    def restore(self) -> None:
+        for fqn, saved in self.saved.items():
+            mod = self.model.get_submodule(fqn)
+            mod._parameters.clear()
+            mod._parameters.update(saved["_parameters"])
+            mod._buffers.clear()
+            mod._buffers.update(saved["_buffers"])
+            mod.__dict__.update(saved["attrs"])
+

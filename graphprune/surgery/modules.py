@@ -1,0 +1,44 @@
+"""Slicers for torch.nn modules: recompute size attributes from the sliced tensors."""
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.conv import _ConvNd
+
+from .core import register_slicer
+
+
+@register_slicer(_ConvNd)
+def conv(m: _ConvNd) -> None:
+    """Weight is (out, in/groups, ...) or, transposed, (in, out/groups, ...); ``groups`` is set by the plan."""
+    a, b = m.weight.shape[:2]
+    m.in_channels, m.out_channels = (a, b * m.groups) if m.transposed else (b * m.groups, a)
+
+
+@register_slicer(nn.Linear)
+def linear(m: nn.Linear) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+@register_slicer(_NormBase)
+def batch_norm(m: _NormBase) -> None:
+    t = m.weight if m.weight is not None else m.running_mean
+    if t is not None:
+        m.num_features = t.shape[0]
+
+
+@register_slicer(nn.LayerNorm, nn.RMSNorm)
+def layer_norm(m: nn.LayerNorm) -> None:
+    if m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+
+
+@register_slicer(nn.GroupNorm)
+def group_norm(m: nn.GroupNorm) -> None:
+    if m.weight is not None:
+        m.num_channels = m.weight.shape[0]
+
+
+@register_slicer(nn.Embedding)
+def embedding(m: nn.Embedding) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape

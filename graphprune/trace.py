@@ -1,0 +1,153 @@
+"""Stage 1, trace: model -> ATen-level torch.fx graph with parameters and nodes mapped to FQNs."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import fx, nn
+
+from .errors import TraceError
+from .inputs import Inputs, default_inputs, normalize_inputs, output_shapes, run_model
+
+
+@dataclass(frozen=True, eq=False)
+class Traced:
+    """A traced model: the ATen graph plus the maps every later stage needs.
+
+    ``tensor_fqn`` maps placeholder node names to parameter/buffer FQNs (tied weights resolve to one
+    canonical FQN, ``aliases`` lists the others); ``constants`` are lifted tensors we cannot slice.
+    """
+
+    model: nn.Module
+    graph: fx.Graph
+    inputs: Inputs
+    tensor_fqn: dict[str, str]
+    params: frozenset[str]
+    aliases: dict[str, tuple[str, ...]]
+    constants: frozenset[str]
+    user_inputs: tuple[str, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
+    method: str = "torch.export"
+    notes: tuple[str, ...] = field(default=())
+
+    def module_path(self, node: fx.Node) -> str:
+        """The FQN of the innermost module that produced ``node`` ('' for the root)."""
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            return ""
+        path = list(stack.values())[-1][0]
+        return _clean_path(path)
+
+    def where(self, node: fx.Node) -> str:
+        """'node 'x' in blocks.0.attn, file.py:12' for error messages."""
+        loc = f"node {node.name!r} in {self.module_path(node) or '<root>'}"
+        trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+        lines = [ln.strip() for ln in trace if ln.strip().startswith("File ")]
+        if lines:
+            loc += f", {_short_file(lines[-1])}"
+        return loc
+
+
+def _clean_path(path: str) -> str:
+    # export writes module paths as "L['self'].blocks[0].attn" in strict mode; normalise to FQN
+    path = path.replace("L['self'].", "").replace("L['self']", "")
+    return path.replace("[", ".").replace("]", "").replace("._modules", "").strip(".")
+
+
+def _short_file(line: str) -> str:
+    parts = line.split('"')
+    if len(parts) < 3:
+        return line
+    fname = parts[1].rsplit("/", 1)[-1]
+    lineno = parts[2].split(",")[1].strip().replace("line ", "") if "," in parts[2] else "?"
+    return f"{fname}:{lineno}"
+
+
+def trace(model: nn.Module, example_inputs: Any = None) -> Traced:
+    """Trace ``model`` with ``torch.export`` (non-strict), falling back to ``symbolic_trace``.
+
+    >>> import timm
+    >>> t = trace(timm.create_model("resnet18"))
+    >>> t.tensor_fqn["p_conv1_weight"], t.method
+    ('conv1.weight', 'torch.export')
+    """
+    inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
+    with _eval_mode(model):
+        shapes = _reference_output(model, inputs)
+        try:
+            return _from_export(model, model, inputs, shapes, "torch.export")
+        except Exception as err:  # noqa: BLE001 - every export failure is retried via symbolic_trace
+            first = err
+        try:
+            gm = fx.symbolic_trace(model)
+            return _from_export(model, gm, inputs, shapes, "symbolic_trace+export")
+        except Exception as err:  # noqa: BLE001
+            raise TraceError(
+                f"cannot trace {type(model).__qualname__}: torch.export failed with "
+                f"{type(first).__name__}: {_first_line(first)}; symbolic_trace fallback failed with "
+                f"{type(err).__name__}: {_first_line(err)}. Fix the data-dependent code the message "
+                f"points to, or pass ignore= for the submodule and prune the rest") from first
+
+
+def _reference_output(model: nn.Module, inputs: Inputs) -> tuple[tuple[int, ...], ...]:
+    try:
+        return tuple(output_shapes(run_model(model, inputs)))
+    except Exception as err:  # noqa: BLE001
+        raise TraceError(
+            f"{type(model).__qualname__} does not run on the example inputs "
+            f"({_describe(inputs)}): {type(err).__name__}: {_first_line(err)}; pass example_inputs= "
+            f"that the model's forward accepts") from err
+
+
+def _describe(inputs: Inputs) -> str:
+    args, kwargs = inputs
+    fmt = lambda v: f"Tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+    return ", ".join([fmt(a) for a in args] + [f"{k}={fmt(v)}" for k, v in kwargs.items()])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # export in eval mode so batch norm uses running stats and dropout is a no-op
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes: Any, method: str) -> Traced:
+    args, kwargs = inputs
+    ep = torch.export.export(traced_obj, args, kwargs, strict=False)
+    sig = ep.graph_signature
+    canonical = _canonical_names(model)
+    fqn_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    tensor_fqn = {ph: canonical.get(fqn, fqn) for ph, fqn in fqn_of.items()}
+    params = frozenset(canonical.get(f, f) for f in sig.inputs_to_parameters.values())
+    aliases: dict[str, list[str]] = {}
+    for name, canon in canonical.items():
+        if name != canon:
+            aliases.setdefault(canon, []).append(name)
+    return Traced(
+        model=model, graph=ep.graph_module.graph, inputs=inputs, tensor_fqn=tensor_fqn, params=params,
+        aliases={k: tuple(v) for k, v in aliases.items()},
+        constants=frozenset(sig.inputs_to_lifted_tensor_constants),
+        user_inputs=tuple(sig.user_inputs), output_shapes=tuple(shapes), method=method)
+
+
+def _canonical_names(model: nn.Module) -> dict[str, str]:
+    """Map every parameter/buffer name to the first name of the same tensor (tied weights)."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    for name, t in named:
+        out[name] = first.setdefault(id(t), name)
+    return out
