@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import warnings
 from typing import Any
 
 from torch import nn
 
 from .config import ShrinkConfig
 from .groups import find_groups
-from .plan import make_plan
+from .errors import SurgeryError
+from .plan import Plan, make_plan
 from .report import Report, make_report
 from .surgery import apply_plan_
 from .trace import trace
@@ -29,11 +32,41 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
     traced = trace(model, example_inputs)
     groups = find_groups(traced, strict=config.strict)
-    plan = make_plan(model, groups, config, scorer=scorer)
     target = model if inplace else copy.deepcopy(model)
     original = copy.deepcopy(model) if inplace and return_report else model
-    apply_plan_(target, plan, traced.inputs)
+    plan = _plan_and_apply_(target, model, groups, config, scorer, traced.inputs)
     if not return_report:
         return target
     report: Report = make_report(original, target, plan, groups)
     return target, report
+
+
+MAX_RETRIES = 16
+
+
+def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: ShrinkConfig, scorer: Any,
+                     inputs: Any) -> Plan:
+    """Plan and prune; if the pruned forward breaks inside a module (its code derives a width from a
+    constant or another tensor's shape, invisible in the traced graph), leave every module of that
+    type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done stays."""
+    for _ in range(MAX_RETRIES):
+        plan = make_plan(model, groups, config, scorer=scorer)
+        try:
+            return apply_plan_(target, plan, inputs) and plan
+        except SurgeryError as err:
+            culprits = _same_type(model, getattr(err, "module", None))
+            if not culprits or set(culprits) <= set(config.ignore):
+                raise
+            warnings.warn(f"graphprune: {err}; leaving {len(culprits)} module(s) like {culprits[0]!r} unpruned")
+            config = dataclasses.replace(config, ignore=(*config.ignore, *culprits))
+    raise SurgeryError(f"the pruned forward still fails after leaving {MAX_RETRIES} module types unpruned")
+
+
+def _same_type(model: nn.Module, fqn: str | None) -> list[str]:
+    """Modules sharing the failing module's code: same type, or just itself for torch.nn built-ins."""
+    if not fqn:
+        return []  # the root's own forward: ignoring it would leave nothing to prune
+    kind = type(model.get_submodule(fqn))
+    if kind.__module__.startswith("torch.nn."):
+        return [fqn]
+    return [name for name, mod in model.named_modules() if type(mod) is kind]

@@ -19,6 +19,7 @@ class ShrinkConfig:
     ``round_to``: kept widths are multiples of it. ``min_keep``: units every group keeps.
     ``cost_power``: units are ranked by ``score / cost**cost_power`` (cost = parameters or MACs a unit
     carries): 0 ranks by importance alone, 1 by importance per parameter.
+    ``tolerance``: how far the achieved ratio may be from ``ratio`` before ``PlanError`` is raised.
 
     >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
     0.5
@@ -31,6 +32,7 @@ class ShrinkConfig:
     min_keep: int = 1
     ignore: tuple[str, ...] = ()
     cost_power: float = 0.0
+    tolerance: float = 0.01
     strict: bool = False
     version: int = field(default=VERSION)
 
@@ -44,6 +46,8 @@ class ShrinkConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+        if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance <= 1:
+            raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 1]")
         if not isinstance(self.cost_power, (int, float)) or not 0 <= self.cost_power <= 2:
             raise ConfigError(f"cost_power={self.cost_power!r} must be a number in [0, 2]")
         object.__setattr__(self, "ignore", _ignore_names(self.ignore))

@@ -144,7 +144,8 @@ class Builder:
 
     def _add(self, s: Slot, size: int) -> None:
         if s not in self.g:
-            self.g.add_node(s, size=size, frozen=[], inexact=[], roles=set(), fqn=self.traced.tensor_fqn.get(s[0]))
+            self.g.add_node(s, size=size, frozen=[], inexact=[], unit=[], roles=set(),
+                            fqn=self.traced.tensor_fqn.get(s[0]))
 
     # -- couplings ---------------------------------------------------------
     def link(self, a: Slot, b: Slot, a_idx: np.ndarray, b_idx: np.ndarray, why: str = "") -> None:
@@ -204,6 +205,10 @@ class Builder:
         """Tag a parameter slot as consuming ('in') or producing ('out') the coupled channels."""
         self.g.nodes[s]["roles"].add(role)
 
+    def unit(self, s: Slot, name: str) -> None:
+        """Name what one index of this slot is (e.g. 'head'), for tables and reports."""
+        self.g.nodes[s]["unit"].append(name)
+
     def bind(self, s: Slot, fqn: str, attr: str, scale: int = 1) -> None:
         self.c.bindings.append(Binding(s, fqn, attr, scale))
 
@@ -245,7 +250,21 @@ def build_coupling(traced: Traced, strict: bool = False) -> Coupling:
     for node in traced.graph.nodes:
         _visit(b, node, strict)
     _tie(b)
+    _freeze_unused(b)
     return b.c
+
+
+def _freeze_unused(b: Builder) -> None:
+    """A tensor the traced forward never reads (HF's ``original_inv_freq``, kept for rope rescaling)
+    has no coupling that says how to slice it, so it stays as it is."""
+    used = {b.traced.tensor_fqn[n.name] for n in b.traced.graph.nodes
+            if n.op == "placeholder" and n.users and n.name in b.traced.tensor_fqn}
+    for node in b.traced.graph.nodes:
+        fqn = b.traced.tensor_fqn.get(node.name) if node.op == "placeholder" else None
+        if fqn is not None and fqn not in used:
+            b.node = node
+            for s in b.slots(node):
+                b.freeze(s, "not read by the traced forward")
 
 
 def _tie(b: Builder) -> None:

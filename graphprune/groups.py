@@ -221,6 +221,7 @@ def _make_groups(c: Coupling, slots: list[Slot], base: dict[Slot, int], labels: 
     g = c.graph
     frozen_why = _label_reasons(g, slots, base, labels, "frozen")
     inexact_why = _label_reasons(g, slots, base, labels, "inexact")
+    unit_of = _label_reasons(g, slots, base, labels, "unit")
     bound: dict[Slot, list] = {}
     for bnd in c.bindings:
         bound.setdefault(bnd.slot, []).append(bnd)
@@ -242,7 +243,7 @@ def _make_groups(c: Coupling, slots: list[Slot], base: dict[Slot, int], labels: 
         buckets.setdefault(sig, []).append(l)
     groups = []
     for labs in buckets.values():
-        grp = _group(entries, labs, frozen_why, inexact_why, c)
+        grp = _group(entries, labs, frozen_why, inexact_why, unit_of)
         if grp is not None:
             groups.append(grp)
     groups.sort(key=lambda gr: (gr.members[0].fqn, gr.members[0].dim, int(gr.members[0].indices.min())))
@@ -263,17 +264,23 @@ HEAD_ATTRS = {"num_heads", "num_attention_heads", "n_heads", "n_head", "heads", 
               "num_kv_heads", "n_kv_heads"}
 
 
-def _group(entries, labs, frozen_why, inexact_why, c: Coupling) -> Group | None:
+def _group(entries, labs, frozen_why, inexact_why, unit_of) -> Group | None:
     first = entries[labs[0]]
     params = [(k, ix) for k, ix in first if k[2] is not None]
     if not params:
         return None
     labs = sorted(labs, key=lambda l: int(min(ix.min() for k, ix in entries[l] if k == params[0][0])))
+    # one dict per label, first occurrence wins (as a scan would): scanning entries[l] once per key
+    # was quadratic in the number of members, seconds on a ViT's residual stream
+    by_key: dict[int, dict] = {l: {} for l in labs}
+    for l in labs:
+        for k, ix in entries[l]:
+            by_key[l].setdefault(k, ix)
     members, attrs = [], []
     # parameters producing the channels first, then consumers, then buffers: the table reads naturally
     first = sorted(first, key=lambda e: (e[0][2] is None, "out" not in (e[0][2] or ()), e[0][2] == (), str(e[0])))
     for key, _ in first:
-        stacked = np.stack([next(ix for k, ix in entries[l] if k == key) for l in labs])
+        stacked = np.stack([by_key[l][key] for l in labs])
         if key[2] is None:
             # an attribute bound at both the split and the merge of one head dim counts once
             if all((a.fqn, a.attr) != key[:2] for a in attrs):
@@ -281,6 +288,7 @@ def _group(entries, labs, frozen_why, inexact_why, c: Coupling) -> Group | None:
         else:
             members.append(Member(key[0], key[1], stacked, key[2]))
     names = {a.attr for a in attrs}
-    unit = "head" if names & HEAD_ATTRS else "group" if names & {"groups", "num_groups"} else "channel"
+    unit = ("head" if names & HEAD_ATTRS or unit_of.get(labs[0]) == "head"
+            else "group" if names & {"groups", "num_groups"} else "channel")
     return Group(id=-1, width=len(labs), unit=unit, members=tuple(members), attrs=tuple(attrs),
                  frozen=frozen_why.get(labs[0]), inexact=inexact_why.get(labs[0]))

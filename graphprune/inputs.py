@@ -61,6 +61,8 @@ def _hf_inputs(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, An
     kwargs: dict[str, Any] = {main: ids}
     if getattr(cfg, "is_encoder_decoder", False):
         kwargs["decoder_input_ids"] = ids[:, :4]
+    if "use_cache" in _forward_params(model):
+        kwargs["use_cache"] = False  # a returned KV cache is no pytree export can flatten, nor a shape to keep
     if "pixel_values" in _forward_params(model) and hasattr(cfg, "vision_config"):
         size = cfg.vision_config.image_size
         kwargs["pixel_values"] = torch.randn(1, 3, size, size, device=device)

@@ -19,9 +19,6 @@ from .errors import PlanError
 from .groups import Group, Groups
 from .scores import score
 
-TOLERANCE = 0.01  # achieved ratio within one percentage point of the request
-
-
 @dataclass(frozen=True)
 class Plan:
     """Which indices every pruned tensor keeps, and the module attributes that change."""
@@ -146,7 +143,7 @@ def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config
     counts_at = lambda k: [_capped(int(c), g, config) for c, g in zip(np.bincount(order[:k], minlength=len(live)), live)]
     frac = lambda k: 1 - cost.size(counts_at(k)) / cost.total
     best = frac(len(order))
-    if best < config.ratio - TOLERANCE:
+    if best < config.ratio - config.tolerance:
         raise PlanError(f"ratio={config.ratio} is not reachable: the largest reachable ratio is "
                         f"{best:.4f} (the rest is frozen, ignored or kept by min_keep/round_to); "
                         f"see find_groups(model) for the frozen groups and why")
@@ -155,6 +152,10 @@ def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if frac(mid) < config.ratio else (lo, mid)
     k = min((lo, max(lo - 1, 0)), key=lambda j: abs(frac(j) - config.ratio))
+    if abs(frac(k) - config.ratio) > config.tolerance:
+        raise PlanError(f"ratio={config.ratio} cannot be met within +-{config.tolerance}: the units are "
+                        f"coarse here and the nearest reachable ratios are {frac(max(lo - 1, 0)):.4f} and "
+                        f"{frac(lo):.4f}; ask for one of those or pass a larger tolerance=")
     return counts_at(k)
 
 
@@ -167,36 +168,33 @@ def _capped(count: int, g: Group, config: ShrinkConfig) -> int:
 
 def _build(model: nn.Module, live: list[Group], scores: dict[int, np.ndarray], counts: list[int],
            config: ShrinkConfig, groups: Groups) -> Plan:
+    chosen = [(g, sorted(np.argsort(scores[g.id], kind="stable")[:r].tolist())) for g, r in zip(live, counts) if r]
+    return plan_from_units(model, chosen, config.to_dict(), groups)
+
+
+def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], config: dict[str, Any],
+                    groups: Groups) -> Plan:
+    """The plan that removes the given units of the given groups (kept indices, attribute values)."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     drop: dict[str, dict[int, set[int]]] = {}
     attr_drop: dict[tuple[str, str], int] = {}
-    removed: dict[int, list[int]] = {}
-    for g, r in zip(live, counts):
-        if r == 0:
-            continue
-        units = sorted(np.argsort(scores[g.id], kind="stable")[:r].tolist())
-        removed[g.id] = units
+    for g, units in chosen:
         for m in g.members:
             drop.setdefault(m.fqn, {}).setdefault(m.dim, set()).update(m.indices[units].ravel().tolist())
         for a in g.attrs:
             attr_drop[(a.fqn, a.attr)] = attr_drop.get((a.fqn, a.attr), 0) + a.indices[units].size
-    return plan_from_drops(model, drop, attr_drop, removed, config.to_dict(),
-                           [list(s) for s in groups.traced.output_shapes])
-
-
-def plan_from_drops(model: nn.Module, drop: dict[str, dict[int, set[int]]], attr_drop: dict[tuple[str, str], int],
-                    removed: dict[int, list[int]], config: dict[str, Any], output_shapes: list) -> Plan:
-    """Turn removed indices into the kept indices and attribute values a ``Plan`` stores."""
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     keep = {f: {d: sorted(set(range(tensors[f].shape[d])) - ix) for d, ix in sorted(dims.items())}
             for f, dims in sorted(drop.items())}
     attrs: dict[str, dict[str, Any]] = {}
     for (fqn, attr), n in sorted(attr_drop.items()):
         old = getattr(model.get_submodule(fqn), attr)
         attrs.setdefault(fqn, {})[attr] = (old[0] - n,) if isinstance(old, tuple) else old - n
+    params = dict(model.named_parameters())
     before = count_params(model)
-    after = before - sum(_lost(tensors[f], dims) for f, dims in keep.items() if f in dict(model.named_parameters()))
-    return Plan(keep=keep, attrs=attrs, removed=removed, config=config, params_before=before,
-                params_after=int(after), output_shapes=output_shapes)
+    after = before - sum(_lost(params[f], dims) for f, dims in keep.items() if f in params)
+    return Plan(keep=keep, attrs=attrs, removed={g.id: u for g, u in chosen}, config=config,
+                params_before=before, params_after=int(after),
+                output_shapes=[list(s) for s in groups.traced.output_shapes])
 
 
 def _lost(t: Any, dims: dict[int, list[int]]) -> int:

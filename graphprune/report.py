@@ -1,8 +1,9 @@
 """Stage 7, report: what changed (parameters, MACs, groups) and what was frozen and why."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
@@ -15,20 +16,34 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 
+@contextlib.contextmanager
+def _params_frozen(model: nn.Module) -> Iterator[None]:
+    # the flop counter's module tracker hooks autograd on every input that requires grad; a view of
+    # a parameter made under no_grad (timm's cls_token.expand) requires grad yet has no grad_fn
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def count_macs(model: nn.Module, inputs: Inputs) -> int:
     """Multiply-accumulates of one forward, counted by ``torch.utils.flop_counter``.
 
     >>> count_macs(nn.Linear(4, 3), ((torch.zeros(2, 4),), {}))
     24
     """
-    with FlopCounterMode(display=False) as counter:
+    with _params_frozen(model), FlopCounterMode(display=False) as counter:
         run_model(model, inputs)
     return counter.get_total_flops() // 2
 
 
 def macs_by_param(model: nn.Module, inputs: Inputs) -> tuple[dict[str, float], float]:
     """MACs of each leaf module, attributed to its ``weight`` (they scale with its kept fraction)."""
-    with FlopCounterMode(display=False) as counter:
+    with _params_frozen(model), FlopCounterMode(display=False) as counter:
         run_model(model, inputs)
     root = type(model).__name__
     out: dict[str, float] = {}

@@ -126,7 +126,10 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes: Any, method: str) -> Traced:
     args, kwargs = inputs
-    ep = torch.export.export(traced_obj, args, kwargs, strict=False)
+    # under no_grad a forward's own `torch.no_grad()` (HF rotary embeddings) is a no-op, so export
+    # inlines it instead of hiding its ops in a wrap_with_set_grad_enabled submodule no rule can see
+    with torch.no_grad():
+        ep = torch.export.export(traced_obj, args, kwargs, strict=False)
     sig = ep.graph_signature
     canonical = _canonical_names(model)
     fqn_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}

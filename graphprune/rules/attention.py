@@ -25,6 +25,7 @@ def sdpa(b: Builder, node: fx.Node) -> None:
     else:
         b.link_blocks(qs[-3], ks[-3], "query heads reading one key/value head (GQA)")
     b.link_same(ks[-3], vs[-3], "attention heads")
+    b.unit(qs[-3], "head")
     b.link_same(qs[-2], out[-2])
     b.link_same(ks[-2], vs[-2])
     b.link_same(qs[-1], ks[-1])

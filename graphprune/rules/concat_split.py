@@ -42,23 +42,21 @@ def stack(b: Builder, node: fx.Node) -> None:
 
 
 def _pieces(b: Builder, node: fx.Node, size: int) -> tuple[list[int], bool]:
-    """Sizes of the pieces and whether they are equal by construction (chunk / uniform split)."""
+    """Sizes of the pieces and whether they stay equal when the input shrinks. Only ``chunk`` does:
+    ``split(x, n)`` cuts every ``n`` channels, and ``n`` is a constant of the model's code (timm's
+    ``x.split(self.expand_chs // 2)``), so after pruning it would cut in the wrong place."""
     key = node.target.overloadpacket
     if key is aten.split_with_sizes:
         return list(node.args[1]), False
-    if key is aten.chunk:
-        n = node.args[1]
-        step = -(-size // n)
-    else:
-        step = node.args[1]
+    step = -(-size // node.args[1]) if key is aten.chunk else node.args[1]
     sizes = [min(step, size - o) for o in range(0, size, step)]
-    return sizes, len(set(sizes)) == 1
+    return sizes, len(sizes) == 1 or (key is aten.chunk and len(set(sizes)) == 1)
 
 
 @register_rule(aten.split, aten.split_with_sizes, aten.chunk, aten.unsafe_split)
 def split(b: Builder, node: fx.Node) -> None:
-    """Piece i holds channels [offset_i, offset_i + size_i). Pieces of a chunk/uniform split are
-    pruned in parallel so that the model's own split still cuts them at the right place."""
+    """Piece i holds channels [offset_i, offset_i + size_i). Pieces of an even chunk are pruned in
+    parallel so that the model's own chunk still cuts them at the right place; split sizes are fixed."""
     x = node.args[0]
     xs = b.slots(x)
     dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(xs)
@@ -69,7 +67,7 @@ def split(b: Builder, node: fx.Node) -> None:
     elif len(sizes) > 1:
         idx = np.arange(sizes[0])
         for off in offsets[1:]:
-            b.link(xs[dim], xs[dim], idx, idx + off, "pieces of an even split are pruned in parallel")
+            b.link(xs[dim], xs[dim], idx, idx + off, "pieces of an even chunk are pruned in parallel")
     for user in node.users:
         if user.target.__name__ == "getitem":
             i = user.args[1]

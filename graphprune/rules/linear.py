@@ -29,6 +29,24 @@ def linear(b: Builder, node: fx.Node) -> None:
         b.role(b.slot(bias, 0), "out")
 
 
+@register_rule(aten.addmm)
+def addmm(b: Builder, node: fx.Node) -> None:
+    """bias + x (n, k) @ w (k, m): a linear layer with a transposed weight (HF ``Conv1D``)."""
+    bias, x, w = node.args[:3]
+    xs, ws, out = b.slots(x), b.slots(w), b.slots(node)
+    b.link_same(xs[0], out[0])
+    b.link_same(xs[1], ws[0], "contraction of a matrix product")
+    b.link_same(ws[1], out[1])
+    for s, role in ((ws[0], "in"), (ws[1], "out")):
+        if b.g.nodes[s]["fqn"]:
+            b.role(s, role)
+    bs = b.slots(bias)
+    for s, o in zip(bs, out[len(out) - len(bs):]):
+        b.link_same(s, o) if b.size(s) == b.size(o) else b.touch(s)
+    if bs and b.g.nodes[bs[-1]]["fqn"]:
+        b.role(bs[-1], "out")
+
+
 @register_rule(aten.matmul, aten.mm, aten.bmm)
 def matmul(b: Builder, node: fx.Node) -> None:
     """(..., n, k) @ (..., k, m): the contraction dims couple; batch dims broadcast."""
@@ -48,6 +66,8 @@ def matmul(b: Builder, node: fx.Node) -> None:
     for s, p in [(xs[-1], y), (ys[-2], x)]:
         if b.g.nodes[s]["fqn"]:
             b.role(s, "in")
+    if len(out) > 2 and not (b.g.nodes[xs[-1]]["fqn"] or b.g.nodes[ys[-2]]["fqn"]):
+        b.unit(out[-3], "head")  # a batched product of two activations is per head (eager attention)
 
 
 @register_rule(aten.einsum)

@@ -51,29 +51,32 @@ def reshape(b: Builder, node: fx.Node) -> None:
             b.link_same(ins[ra[0]], outs[rb[0]])
         elif len(ra) == 1 and rb:
             b.factor(ins[ra[0]], [outs[j] for j in rb])
-            _bind_sizes(b, [ins[ra[0]], *(outs[j] for j in rb)])
+            _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb])
         elif len(rb) == 1 and ra:
             b.factor(outs[rb[0]], [ins[i] for i in ra])
-            _bind_sizes(b, [outs[rb[0]], *(ins[i] for i in ra)])
+            _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra])
         # n:m runs are left to the automatic freeze
 
 
-# Attributes a module's forward reads to reshape into heads; kept in step with the pruned widths.
-SIZE_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
-              "num_kv_heads", "n_kv_heads", "attn_dim", "all_head_size", "inner_dim", "head_dim",
-              "attention_head_size")
+# Attributes a module's forward reads to reshape into heads, by the position they describe in a
+# (..., heads, head_dim) factorisation. Matching by position as well as value keeps a module with
+# 4 heads of size 4 from binding head_dim to the heads dim.
+WIDTH_ATTRS = ("attn_dim", "all_head_size", "inner_dim")
+HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
+                    "num_kv_heads", "n_kv_heads")
+HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size")
 
 
-def _bind_sizes(b: Builder, slots: list) -> None:
-    """Bind the module's head-count/width attributes to the reshape dims whose size they equal."""
+def _bind_sizes(b: Builder, whole, parts: list) -> None:
+    """Bind the module's width/head attributes to the reshape dims whose size and position they match."""
     fqn, mod = b.module()
     if mod is None:
         return
-    for name in SIZE_ATTRS:
-        value = getattr(mod, name, None)
-        if type(value) is int:
+    for names, slots in ((WIDTH_ATTRS, [whole]), (HEAD_SIZE_ATTRS, parts[-1:]), (HEAD_COUNT_ATTRS, parts[:-1])):
+        for name in names:
+            value = getattr(mod, name, None)
             for s in slots:
-                if b.size(s) == value and value > 1:
+                if type(value) is int and value > 1 and b.size(s) == value:
                     b.bind(s, fqn, name)
 
 
@@ -145,7 +148,7 @@ def slice_(b: Builder, node: fx.Node) -> None:
             b.freeze(o, "a partial slice fixes the indices of this dim")
 
 
-@register_rule(aten.roll, aten.flip, aten.cumsum, aten.constant_pad_nd, aten.pad)
+@register_rule(aten.roll, aten.flip, aten.cumsum, aten.constant_pad_nd, aten.pad, aten.diff)
 def along_dims(b: Builder, node: fx.Node) -> None:
     """Ops acting along some dims: same-size dims couple; the dims they act on are fixed."""
     ins, outs = b.slots(node.args[0]), b.slots(node)
@@ -160,6 +163,8 @@ def _acted_dims(b: Builder, node: fx.Node, ndim: int) -> set[int]:
     if key in (aten.constant_pad_nd, aten.pad):
         pads = list(node.args[1])
         return {ndim - 1 - k // 2 for k, p in enumerate(pads) if p}
+    if key is aten.diff:  # diff(x, n=1, dim=-1, prepend, append)
+        return {(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", -1)) % ndim}
     dims = node.args[2] if key is aten.roll else node.args[1]
     if key is aten.roll and len(node.args) < 3:
         return set(range(ndim))  # roll without dims works on the flattened tensor

@@ -14,6 +14,11 @@ from ..registry import Registry
 SLICERS = Registry("slicer")
 
 
+def register_loaded() -> None:
+    from .hf import register_loaded as hf  # late import: hf registers into SLICERS defined here
+    hf()
+
+
 def register_slicer(*types: type, override: bool = False) -> Callable:
     """Register ``fn(module)`` that fixes a module after its tensors were sliced, found along the MRO.
 
@@ -39,6 +44,7 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None) -> nn.
     try:
         _slice_tensors(model, plan)
         _set_attrs(model, plan)
+        register_loaded()  # transformers may have been imported after graphprune
         for fqn in snapshot.modules:
             fix = SLICERS.lookup_mro(model.get_submodule(fqn))
             if fix is not None:
@@ -108,12 +114,34 @@ def _validate(model: nn.Module, plan: Plan, example_inputs: Any) -> None:
     try:
         shapes = output_shapes(run_model(model, inputs))
     except Exception as err:
-        raise SurgeryError(f"the pruned model's forward fails, so the model was restored: "
-                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-                           f"A module computes a shape from a constant; add it to ignore=") from err
+        fqn = failing_module(model, err)
+        failure = SurgeryError(f"the pruned model's forward fails in {fqn or '<root>'!r}, so the model was "
+                               f"restored: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+                               f"A module computes a shape from a constant; add it to ignore=")
+        failure.module = fqn
+        raise failure from err
     if plan.output_shapes and [list(s) for s in shapes] != [list(s) for s in plan.output_shapes]:
         raise SurgeryError(f"the pruned model's output shapes {shapes} differ from the original "
                            f"{plan.output_shapes}; the model was restored")
+
+
+def failing_module(model: nn.Module, err: BaseException) -> str | None:
+    """FQN of the innermost submodule whose own code raised ``err`` (None if no module frame).
+
+    >>> m = nn.Sequential(nn.Linear(2, 3))
+    >>> try:
+    ...     m(torch.zeros(1, 5))
+    ... except RuntimeError as e:
+    ...     failing_module(m, e)
+    '0'
+    """
+    names = {id(mod): name for name, mod in model.named_modules()}
+    found, tb = None, err.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        found = names.get(id(owner), found)
+        tb = tb.tb_next
+    return found
 
 
 def _is_inputs(x: Any) -> bool:

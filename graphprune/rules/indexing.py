@@ -1,0 +1,57 @@
+"""Rules for indexing by tensors (gather, advanced indexing): indexed dims are fixed, the rest pass."""
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from ..coupling import Builder, register_rule
+
+aten = torch.ops.aten
+
+
+@register_rule(aten.gather)
+def gather(b: Builder, node: fx.Node) -> None:
+    """``out[..., i, ...] = x[..., index[..., i, ...], ...]`` along ``dim``; out has index's shape."""
+    x, dim, index = node.args[:3]
+    xs, idx, out = b.slots(x), b.slots(index), b.slots(node)
+    dim = dim % len(xs)
+    b.freeze(xs[dim], "gathered along by a tensor of indices")
+    for d, (s, o) in enumerate(zip(idx, out)):
+        b.link_same(s, o)
+        if d != dim and b.size(xs[d]) == b.size(o):
+            b.link_same(xs[d], o)
+
+
+@register_rule(aten.index)
+def index(b: Builder, node: fx.Node) -> None:
+    """``x[i0, i1, ...]``: indexed dims are fixed; the index tensors broadcast into new output dims,
+    placed where the indexed dims were if they are adjacent, else in front (numpy's rule)."""
+    x, indices = node.args[0], list(node.args[1])
+    xs, out = b.slots(x), b.slots(node)
+    picked = [d for d, i in enumerate(indices) if i is not None]
+    if any(_is_mask(indices[d]) for d in picked):
+        return  # boolean masks give data-dependent sizes: leave every dim to the automatic freeze
+    for d in picked:
+        b.freeze(xs[d], "indexed by a tensor")
+    rest = [d for d in range(len(xs)) if d not in picked]
+    n_new = len(out) - len(rest)
+    start = picked[0] if picked == list(range(picked[0], picked[-1] + 1)) else 0
+    new = out[start:start + n_new]
+    for d, o in zip(rest, out[:start] + out[start + n_new:]):
+        b.link_same(xs[d], o)
+    for d in picked:
+        _broadcast_into(b, b.slots(indices[d]), new)
+
+
+def _is_mask(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return val is not None and val.dtype in (torch.bool, torch.uint8)
+
+
+def _broadcast_into(b: Builder, slots: list, target: list) -> None:
+    shift = len(target) - len(slots)
+    for i, s in enumerate(slots):
+        if b.size(s) == b.size(target[i + shift]):
+            b.link_same(s, target[i + shift])
+        elif b.size(s) == 1:
+            b.touch(s)

@@ -1,0 +1,236 @@
+"""The table of tiny toy models that drives the property tests: one per coupling structure."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cbr(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = cbr(3, 16), cbr(16, 8), nn.Conv2d(8, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.b(self.a(x))
+        return self.head(x.mean((2, 3)))
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.l, self.r = cbr(3, 8), cbr(8, 6), cbr(8, 10)
+        self.fuse, self.head = cbr(16, 12, 1), nn.Linear(12, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(self.fuse(torch.cat([self.l(x), self.r(x)], 1)).amax((2, 3)))
+
+
+class ChunkGate(nn.Module):
+    """GLU-style: one conv produces value and gate halves that a chunk separates."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.proj = cbr(3, 8), nn.Conv2d(8, 24, 1)
+        self.out, self.head = nn.Conv2d(12, 8, 1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        a, g = self.proj(self.stem(x)).chunk(2, dim=1)
+        return self.head(self.out(a * torch.sigmoid(g)).mean((2, 3)))
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.expand = cbr(3, 8), cbr(8, 24, 1)
+        self.dw, self.project = cbr(24, 24, 3, groups=24), nn.Conv2d(24, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.dw(self.expand(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.c1 = cbr(3, 8), cbr(8, 16, 1)
+        self.c2, self.c3 = cbr(16, 16, 3, groups=4), nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head((x + self.c3(self.c2(self.c1(x)))).mean((2, 3)))
+
+
+class HandAttention(nn.Module):
+    """Attention written by hand: reshape into heads, q @ k^T, softmax, @ v, merge heads."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.heads, self.q, self.k, self.v = heads, nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.o, self.fc = nn.Linear(dim, dim), nn.Linear(dim, 2)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        split = lambda t: t.reshape(b, n, self.heads, -1).transpose(1, 2)
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        att = (q @ k.transpose(-2, -1) * 0.5).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(b, n, -1)
+        return self.fc(x + self.o(y))
+
+
+class FusedQKV(nn.Module):
+    """timm-style: one qkv linear, reshape (3, heads, head_dim), unbind, SDPA."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj, self.fc = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 2)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+        return self.fc(x + self.proj(y))
+
+
+class GQA(nn.Module):
+    """Grouped-query attention: kv heads repeated (expand + reshape) for the query heads reading them."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, kv_heads: int = 2):
+        super().__init__()
+        self.head_dim, self.groups = dim // heads, heads // kv_heads
+        self.q, self.k = nn.Linear(dim, dim, bias=False), nn.Linear(dim, kv_heads * self.head_dim, bias=False)
+        self.v, self.o = nn.Linear(dim, kv_heads * self.head_dim, bias=False), nn.Linear(dim, dim, bias=False)
+        self.fc = nn.Linear(dim, 2)
+
+    def _repeat(self, t):
+        b, h, n, d = t.shape
+        return t[:, :, None].expand(b, h, self.groups, n, d).reshape(b, h * self.groups, n, d)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        heads = lambda t: t.view(b, n, -1, self.head_dim).transpose(1, 2)
+        q, k, v = heads(self.q(x)), self._repeat(heads(self.k(x))), self._repeat(heads(self.v(x)))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, n, -1)
+        return self.fc(x + self.o(y))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int = 12, hidden: int = 32):
+        super().__init__()
+        self.gate, self.up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.down, self.fc = nn.Linear(hidden, dim, bias=False), nn.Linear(dim, 2)
+
+    def forward(self, x):
+        return self.fc(x + self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
+class TiedLM(nn.Module):
+    """Embedding and output projection share one weight (tied embeddings)."""
+
+    def __init__(self, vocab: int = 20, dim: int = 12):
+        super().__init__()
+        self.emb, self.mid = nn.Embedding(vocab, dim), nn.Linear(dim, dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.emb.weight
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        return self.lm_head(h + torch.relu(self.mid(h)))
+
+
+class BareParams(nn.Module):
+    """cls token, position embedding and layer scale as bare nn.Parameters."""
+
+    def __init__(self, dim: int = 12, tokens: int = 5):
+        super().__init__()
+        self.embed = nn.Linear(6, dim)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim))
+        self.mlp1, self.mlp2 = nn.Linear(dim, 20), nn.Linear(20, dim)
+        self.gamma = nn.Parameter(torch.rand(dim))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        x = x + self.gamma * self.mlp2(F.gelu(self.mlp1(x)))
+        return self.head(x[:, 0])
+
+
+class FlattenFC(nn.Module):
+    """Classic CNN classifier: flatten (C, H, W) into one dim feeding a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = cbr(3, 8), nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.conv(x), 4), 1))
+
+
+class ConvTranspose(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down, self.up = cbr(3, 8), nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.up(self.down(x))))
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.gn, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.gn(self.c1(x))))
+
+
+@dataclass(frozen=True)
+class Toy:
+    name: str
+    build: Callable[[], nn.Module]
+    inputs: Callable[[], torch.Tensor]
+    oracle: bool = True  # at least one exact group the oracle can check
+
+
+def _img(size: int = 8) -> Callable[[], torch.Tensor]:
+    return lambda: torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _seq(dim: int, n: int = 5) -> Callable[[], torch.Tensor]:
+    return lambda: torch.randn(2, n, dim, generator=torch.Generator().manual_seed(0))
+
+
+TOYS = [
+    Toy("residual", Residual, _img()),
+    Toy("concat", Concat, _img()),
+    Toy("chunk_gate", ChunkGate, _img()),
+    Toy("depthwise", Depthwise, _img()),
+    Toy("grouped_conv", Grouped, _img()),
+    Toy("hand_attention", HandAttention, _seq(16)),
+    Toy("fused_qkv_sdpa", FusedQKV, _seq(16)),
+    Toy("gqa", GQA, _seq(16)),
+    Toy("swiglu", SwiGLU, _seq(12)),
+    Toy("tied_lm", TiedLM, lambda: torch.randint(0, 20, (2, 7), generator=torch.Generator().manual_seed(0))),
+    Toy("bare_params", BareParams, _seq(6)),
+    Toy("flatten_fc", FlattenFC, _img()),
+    Toy("conv_transpose", ConvTranspose, _img()),
+    Toy("group_norm", GroupNormNet, _img()),
+]

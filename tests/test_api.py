@@ -1,0 +1,63 @@
+"""Tests for graphprune/api.py: shrink leaves modules whose code breaks after pruning unpruned."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import graphprune
+
+
+class InputWidthAttention(nn.Module):
+    """cait/beit style: the head width is computed from the *input's* width in forward, so pruning
+    the residual stream breaks the reshape; the traced graph only shows constants."""
+
+    def __init__(self, dim: int, num_heads: int = 4):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Tower(nn.Module):
+    def __init__(self, dim: int = 32, depth: int = 2):
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        self.attns = nn.ModuleList(InputWidthAttention(dim) for _ in range(depth))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+                                  for _ in range(depth))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for attn, mlp in zip(self.attns, self.mlps):
+            x = x + attn(x)
+            x = x + mlp(x)
+        return self.head(x)
+
+
+X = torch.randn(1, 6, 8)
+
+
+def test_shrink_leaves_a_module_type_that_breaks_unpruned():
+    model = Tower().eval()
+    with pytest.warns(UserWarning, match="attns.0"):
+        small = graphprune.shrink(model, 0.3, example_inputs=X)
+    assert small(X).shape == model(X).shape
+    ratio = 1 - graphprune.count_params(small) / graphprune.count_params(model)
+    assert abs(ratio - 0.3) <= 0.01
+    for a, b in zip(small.attns, model.attns):  # every instance of the failing type kept its shapes
+        assert a.qkv.weight.shape == b.qkv.weight.shape
+
+
+def test_same_type_is_only_the_module_itself_for_torch_nn_builtins():
+    from graphprune.api import _same_type
+    model = Tower()
+    assert _same_type(model, "head") == ["head"]
+    assert _same_type(model, "attns.1") == ["attns.0", "attns.1"]
+    assert _same_type(model, "") == []

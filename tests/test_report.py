@@ -1,0 +1,25 @@
+"""Tests for graphprune/report.py."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from graphprune.report import count_macs
+
+
+class ClassToken(nn.Module):
+    """A parameter's view passed into a submodule (timm's ``cls_token.expand(B, -1, -1)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.blk = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.blk(self.cls_token.expand(x.shape[0], -1, -1)) + x.sum()
+
+
+def test_count_macs_with_a_parameter_view_as_module_input():
+    model = ClassToken()
+    assert count_macs(model, ((torch.zeros(2, 5),), {})) == 2 * 4 * 3
+    assert model.cls_token.requires_grad  # flags restored
