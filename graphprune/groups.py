@@ -264,6 +264,16 @@ HEAD_ATTRS = {"num_heads", "num_attention_heads", "n_heads", "n_head", "heads", 
               "num_kv_heads", "n_kv_heads"}
 
 
+def _add_member(members: list[Member], new: Member) -> None:
+    """One member per tensor dim: a module registered under several names (coat's ``mlp2 = mlp3``)
+    is lifted once per name, and counting it once per name would overstate what pruning removes."""
+    for i, m in enumerate(members):
+        if (m.fqn, m.dim) == (new.fqn, new.dim):
+            members[i] = Member(m.fqn, m.dim, m.indices, tuple(sorted(set(m.roles) | set(new.roles))))
+            return
+    members.append(new)
+
+
 def _group(entries, labs, frozen_why, inexact_why, unit_of) -> Group | None:
     first = entries[labs[0]]
     params = [(k, ix) for k, ix in first if k[2] is not None]
@@ -286,7 +296,7 @@ def _group(entries, labs, frozen_why, inexact_why, unit_of) -> Group | None:
             if all((a.fqn, a.attr) != key[:2] for a in attrs):
                 attrs.append(AttrMember(key[0], key[1], stacked))
         else:
-            members.append(Member(key[0], key[1], stacked, key[2]))
+            _add_member(members, Member(key[0], key[1], stacked, key[2]))
     names = {a.attr for a in attrs}
     unit = ("head" if names & HEAD_ATTRS or unit_of.get(labs[0]) == "head"
             else "group" if names & {"groups", "num_groups"} else "channel")

@@ -153,10 +153,30 @@ def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config
         lo, hi = (mid + 1, hi) if frac(mid) < config.ratio else (lo, mid)
     k = min((lo, max(lo - 1, 0)), key=lambda j: abs(frac(j) - config.ratio))
     if abs(frac(k) - config.ratio) > config.tolerance:
+        topped = _top_up(counts_at(max(lo - 1, 0)), order[max(lo - 1, 0):], live, cost, config)
+        if topped is not None:
+            return topped
         raise PlanError(f"ratio={config.ratio} cannot be met within +-{config.tolerance}: the units are "
                         f"coarse here and the nearest reachable ratios are {frac(max(lo - 1, 0)):.4f} and "
                         f"{frac(lo):.4f}; ask for one of those or pass a larger tolerance=")
     return counts_at(k)
+
+
+def _top_up(counts: list[int], rest: np.ndarray, live: list[Group], cost: Cost,
+            config: ShrinkConfig) -> list[int] | None:
+    """From a prefix just short of the target, add the next units in rank order that do not
+    overshoot it: a coarse unit (a head) can make the prefix jump past the tolerance while fine
+    units (MLP neurons) further down the ranking would land inside it."""
+    counts = list(counts)
+    for i in rest.tolist():
+        trial = counts.copy()
+        trial[i] = _capped(counts[i] + 1, live[i], config)
+        removed = 1 - cost.size(trial) / cost.total
+        if removed <= config.ratio + config.tolerance:
+            counts = trial
+            if removed >= config.ratio - config.tolerance:
+                return counts
+    return None
 
 
 def _capped(count: int, g: Group, config: ShrinkConfig) -> int:

@@ -68,6 +68,7 @@ class Report:
     pruned: tuple[str, ...]
     frozen: tuple[str, ...]
     unsupported: tuple[str, ...] = field(default=())
+    plan: "Plan | None" = field(default=None, repr=False, compare=False)
 
     @property
     def ratio(self) -> float:
@@ -92,7 +93,7 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
                    f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))
     return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),
                   macs_before=count_macs(before, inputs), macs_after=count_macs(after, inputs), pruned=pruned,
-                  frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported))
+                  frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), plan=plan)
 
 
 def _frozen_lines(groups: "Groups") -> list[str]:

@@ -9,11 +9,21 @@ aten = __import__("torch").ops.aten
 
 
 def _reduced(node: fx.Node, ndim: int) -> set[int]:
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = _dim_arg(node)
     if dims is None or dims == []:
         return set(range(ndim))
     dims = [dims] if isinstance(dims, int) else list(dims)
     return {d % ndim for d in dims}
+
+
+def _dim_arg(node: fx.Node):
+    """The ``dim`` argument, found by name in the op's schema: it is not always second
+    (``linalg_vector_norm(x, ord, dim)``, ``norm(x, p, dim)``); overloads without one reduce all dims."""
+    names = [a.name for a in node.target._schema.arguments]
+    if "dim" not in names:
+        return None
+    i = names.index("dim")
+    return node.args[i] if len(node.args) > i else node.kwargs.get("dim")
 
 
 @register_rule(aten.mean, aten.sum, aten.amax, aten.amin, aten.var, aten.std, aten.prod, aten.logsumexp,

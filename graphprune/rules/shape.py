@@ -118,6 +118,9 @@ def expand(b: Builder, node: fx.Node) -> None:
             b.link_same(s, outs[i + shift])
         elif shape[i] == 1:
             b.touch(s)
+    if canonical_is(node, aten.expand_as):  # the output takes the other tensor's shape, dim by dim
+        for s, o in zip(b.slots(node.args[1]), outs):
+            b.link_same(s, o)
 
 
 def canonical_is(node: fx.Node, packet) -> bool:

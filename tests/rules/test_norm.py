@@ -1,0 +1,35 @@
+"""Tests for graphprune/rules/norm.py: batch norm exact, layer norm inexact, group norm by groups."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import graphprune
+from graphprune.testing import assert_prune_matches
+
+from ..models import GroupNormNet, Residual
+
+
+def test_batch_norm_channels_are_exact_and_carry_running_stats() -> None:
+    groups = graphprune.find_groups(Residual(), torch.randn(1, 3, 8, 8))
+    stem = next(g for g in groups.prunable if any(m.fqn == "stem.1.running_var" for m in g.members))
+    assert stem.inexact is None
+    small = graphprune.shrink(Residual(), 0.3, example_inputs=torch.randn(1, 3, 8, 8), tolerance=0.2)
+    assert small.stem[1].running_var.shape[0] == small.stem[1].num_features == small.stem[0].out_channels
+
+
+def test_layer_norm_dim_is_prunable_but_inexact() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    (group,) = graphprune.find_groups(model, torch.randn(3, 4)).prunable
+    assert "layer/RMS norm" in group.inexact
+    small = graphprune.shrink(model, 0.3, example_inputs=torch.randn(3, 4), tolerance=0.2)
+    assert small[1].normalized_shape == (small[0].out_features,)
+
+
+def test_group_norm_removes_whole_groups() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    (group,) = graphprune.find_groups(GroupNormNet(), x).prunable
+    assert group.unit == "group" and group.width == 4 and group.inexact is None
+    small = graphprune.shrink(GroupNormNet(), 0.3, example_inputs=x, tolerance=0.2)
+    assert small.gn.num_groups * 4 == small.gn.num_channels == small.c1.out_channels
+    assert_prune_matches(GroupNormNet(), x)

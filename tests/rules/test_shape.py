@@ -1,0 +1,47 @@
+"""Tests for graphprune/rules/shape.py: reshape factors (heads), flatten -> linear, permute."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import graphprune
+from graphprune.rules.shape import match_dims
+from graphprune.testing import assert_prune_matches
+
+from ..models import FlattenFC, FusedQKV
+
+
+def test_match_dims_pairs_runs_of_equal_product() -> None:
+    assert match_dims((1, 197, 576), (1, 197, 3, 6, 32)) == [([1], [1]), ([2], [2, 3, 4])]
+    assert match_dims((2, 3, 4), (6, 4)) == [([0, 1], [0]), ([2], [1])]
+    assert match_dims((6, 4), (4, 6)) == [([0, 1], [0, 1])]
+
+
+def test_split_into_qkv_heads_picks_the_heads_factor_and_binds_num_heads() -> None:
+    model, x = FusedQKV(), torch.randn(2, 5, 16)
+    heads = [g for g in graphprune.find_groups(model, x).prunable if g.unit == "head"]
+    assert len(heads) == 1 and heads[0].width == 4
+    qkv_rows = next(m for m in heads[0].members if m.fqn == "qkv.weight").indices
+    assert qkv_rows.shape == (4, 12) and qkv_rows[1].tolist() == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
+    small = graphprune.shrink(model, 0.3, example_inputs=x, tolerance=0.2)
+    assert small.num_heads == small.qkv.out_features // (3 * small.head_dim) < 4
+
+
+def test_flatten_couples_channels_to_blocks_of_linear_inputs() -> None:
+    model, x = FlattenFC(), torch.randn(2, 3, 8, 8)
+    group = graphprune.find_groups(model, x).prunable[0]
+    cols = next(m for m in group.members if m.fqn == "fc.weight").indices
+    assert cols.shape == (8, 16) and cols[2].tolist() == list(range(32, 48))
+    assert_prune_matches(model, x)
+
+
+def test_permute_and_transpose_carry_channels() -> None:
+    class Perm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Conv1d(6, 2, 1)
+
+        def forward(self, x):
+            return self.b(self.a(x).permute(0, 2, 1))
+
+    assert_prune_matches(Perm(), torch.randn(2, 5, 4))

@@ -1,0 +1,122 @@
+"""Bad input gets a clear error naming the value and the fix, and the model is left untouched."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import graphprune
+from graphprune.errors import ConfigError, PlanError, SurgeryError, TraceError
+
+from .models import Residual
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model: nn.Module, state: dict) -> bool:
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, "half", True])
+def test_ratio_outside_range_names_value(ratio) -> None:
+    model = Residual()
+    state = _state(model)
+    with pytest.raises(ConfigError, match=f"ratio={ratio!r}"):
+        graphprune.shrink(model, ratio, example_inputs=torch.randn(1, 3, 8, 8))
+    assert _same(model, state)
+
+
+def test_wrong_example_inputs_raise_trace_error_and_keep_model() -> None:
+    model = Residual()
+    state = _state(model)
+    with pytest.raises(TraceError, match=r"does not run on the example inputs \(Tensor\(1, 5\)\)"):
+        graphprune.shrink(model, 0.3, example_inputs=torch.randn(1, 5))
+    assert _same(model, state)
+
+
+def test_unsupported_example_inputs_type() -> None:
+    with pytest.raises(TraceError, match="example_inputs must be a Tensor, a tuple"):
+        graphprune.find_groups(Residual(), example_inputs=3)
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor value: neither export nor symbolic_trace can follow it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+def test_untraceable_model_raises_trace_error_naming_model_and_fix() -> None:
+    model = DataDependent()
+    state = _state(model)
+    with pytest.raises(TraceError, match="cannot trace DataDependent.*symbolic_trace fallback failed.*ignore="):
+        graphprune.shrink(model, 0.3, example_inputs=torch.ones(2, 4))
+    assert _same(model, state)
+
+
+def test_model_without_derivable_inputs_asks_for_example_inputs() -> None:
+    with pytest.raises(TraceError, match="pass example_inputs="):
+        graphprune.trace(nn.Linear(2, 2))
+
+
+def test_unreachable_ratio_names_largest_reachable() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 100))
+    with pytest.raises(PlanError, match=r"largest reachable ratio is 0\.\d+"):
+        graphprune.shrink(model, 0.9, example_inputs=torch.randn(2, 4))
+
+
+class HardCoded(nn.Module):
+    """A forward that reshapes with a constant: invisible to the graph, caught by validation."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).reshape(-1, 8))
+
+
+def test_inplace_failure_rolls_back_every_tensor_and_attribute() -> None:
+    model = HardCoded()
+    state, attrs = _state(model), (model.a.out_features, model.b.in_features)
+    groups = graphprune.find_groups(model, torch.randn(3, 4))
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3, tolerance=0.5))
+    with pytest.raises(SurgeryError, match="forward fails in '<root>'"):
+        graphprune.apply_plan_(model, plan, torch.randn(3, 4))
+    assert _same(model, state) and (model.a.out_features, model.b.in_features) == attrs
+
+
+def test_plan_for_another_model_is_refused() -> None:
+    model = Residual()
+    plan = graphprune.make_plan(model, graphprune.find_groups(model, torch.randn(1, 3, 8, 8)),
+                                graphprune.ShrinkConfig(ratio=0.3, tolerance=0.5))
+    with pytest.raises(PlanError, match="does not have"):
+        graphprune.apply_plan_(nn.Linear(2, 2), plan)
+    pruned = graphprune.apply_plan_(copy.deepcopy(model), plan)
+    with pytest.raises(PlanError, match="already pruned"):
+        graphprune.apply_plan_(pruned, plan)
+
+
+def test_strict_mode_raises_on_op_without_rule() -> None:
+    class Sorts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+
+        def forward(self, x):
+            return torch.sort(self.fc(x), dim=-1).values
+
+    with pytest.raises(graphprune.UnsupportedOpError, match=r"no coupling rule for aten.sort .*register_rule"):
+        graphprune.find_groups(Sorts(), torch.randn(2, 4), strict=True)
+    groups = graphprune.find_groups(Sorts(), torch.randn(2, 4))
+    assert any("aten.sort" in u for u in groups.coupling.unsupported)
+    assert not any(m.fqn == "fc.weight" and m.dim == 0 for g in groups.prunable for m in g.members)

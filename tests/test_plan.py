@@ -1,0 +1,94 @@
+"""Plan stage: ratio accuracy, reachability, round_to, ignore, MACs target, JSON round trip."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import graphprune
+from graphprune.errors import PlanError
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = timm.create_model("resnet18").eval()
+    return model, graphprune.find_groups(model)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7])
+def test_achieved_ratio_within_one_point(resnet, ratio: float) -> None:
+    model, groups = resnet
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=ratio))
+    assert abs(plan.ratio - ratio) <= 0.01
+    pruned = graphprune.apply_plan_(__import__("copy").deepcopy(model), plan, groups.traced.inputs)
+    assert graphprune.count_params(pruned) == plan.params_after
+
+
+def test_zero_ratio_is_an_empty_plan(resnet) -> None:
+    model, groups = resnet
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.0))
+    assert plan.keep == {} and plan.params_after == plan.params_before
+
+
+def test_round_to_keeps_multiples(resnet) -> None:
+    model, groups = resnet
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.4, round_to=8))
+    widths = {len(ix) for dims in plan.keep.values() for d, ix in dims.items()
+              if not any(f"conv1.weight" == f and d == 1 for f in plan.keep)}
+    assert widths and all(w % 8 == 0 for w in widths), widths
+
+
+def test_ignore_by_fqn_and_by_type(resnet) -> None:
+    model, groups = resnet
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.15, ignore=("layer4",)))
+    assert not any(f.startswith("layer4.0.conv1.") for f in plan.keep)
+
+
+class Keep(torch.nn.Linear):
+    """A module class a user wants left alone."""
+
+
+def test_ignore_by_type_freezes_groups_touching_that_type() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                                Keep(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    groups = graphprune.find_groups(model, torch.randn(2, 4))
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.2, ignore=(Keep,), tolerance=0.1))
+    assert set(plan.keep) == {"0.weight", "0.bias", "2.weight"} and list(plan.keep["2.weight"]) == [1]
+
+
+def test_unreachable_ratio_raises_with_largest_reachable(resnet) -> None:
+    model, groups = resnet
+    with pytest.raises(PlanError, match=r"largest reachable ratio is 0\.[0-8]\d+ .*min_keep"):
+        graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.95, min_keep=256))
+
+
+def test_macs_target_removes_macs_not_params(resnet) -> None:
+    model, groups = resnet
+    small = graphprune.shrink(model, 0.5, target="macs")
+    inputs = groups.traced.inputs
+    macs = graphprune.count_macs(small, inputs) / graphprune.count_macs(model, inputs)
+    assert abs(macs - 0.5) <= 0.05, macs
+
+
+def test_plan_json_file_round_trip(resnet, tmp_path) -> None:
+    model, groups = resnet
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3))
+    path = tmp_path / "plan.json"
+    plan.to_json(str(path))
+    assert graphprune.Plan.from_json(str(path)) == plan
+
+
+def test_config_round_trip_and_unknown_keys() -> None:
+    config = graphprune.ShrinkConfig(ratio=0.25, ignore=(torch.nn.Linear, "head"), round_to=4)
+    assert graphprune.ShrinkConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(graphprune.ConfigError, match="unknown config keys \\['ratoi'\\]"):
+        graphprune.ShrinkConfig.from_dict({"ratio": 0.2, "ratoi": 0.3})
+
+
+@pytest.mark.parametrize("scorer", ["l1", "l2", "random", lambda g, t: __import__("numpy").arange(g.width) + 1.0])
+def test_scorers_change_which_units_go(resnet, scorer) -> None:
+    model, groups = resnet
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3), scorer=scorer)
+    assert abs(plan.ratio - 0.3) <= 0.01
+    if callable(scorer):  # increasing scores: the first units of every group are the ones removed
+        assert all(units == list(range(len(units))) for units in plan.removed.values())
