@@ -36,4 +36,6 @@ __all__ = [
     "Report", "ShrinkConfig", "SurgeryError", "TraceError", "Traced", "UnsupportedOpError", "apply_plan_",
     "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
+    "config_mismatches", "from_pretrained",
 ]
+from .hub import config_mismatches, from_pretrained  # noqa: E402

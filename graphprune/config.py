@@ -8,6 +8,7 @@ from .errors import ConfigError
 
 VERSION = 1
 TARGETS = ("params", "macs")
+KINDS = ("heads", "mlp", "hidden")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,10 @@ class ShrinkConfig:
     ``cost_power``: units are ranked by ``score / cost**cost_power`` (cost = parameters or MACs a unit
     carries): 0 ranks by importance alone, 1 by importance per parameter.
     ``tolerance``: how far the achieved ratio may be from ``ratio`` before ``PlanError`` is raised.
+    ``prune``: which kinds of groups may shrink: "heads" (attention heads), "mlp" (MLP neurons and
+    conv channels), "hidden" (widths normalised by layer/RMS norms: a transformer's residual stream).
+    ``uniform``: groups playing the same part in every layer keep equal widths (a standard HF config
+    can then describe the pruned model).
 
     >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
     0.5
@@ -33,6 +38,8 @@ class ShrinkConfig:
     ignore: tuple[str, ...] = ()
     cost_power: float = 0.0
     tolerance: float = 0.01
+    prune: tuple[str, ...] = KINDS
+    uniform: bool = False
     strict: bool = False
     version: int = field(default=VERSION)
 
@@ -50,11 +57,16 @@ class ShrinkConfig:
             raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 1]")
         if not isinstance(self.cost_power, (int, float)) or not 0 <= self.cost_power <= 2:
             raise ConfigError(f"cost_power={self.cost_power!r} must be a number in [0, 2]")
+        prune = (self.prune,) if isinstance(self.prune, str) else tuple(self.prune)
+        if not prune or set(prune) - set(KINDS):
+            raise ConfigError(f"prune={self.prune!r} must name some of {KINDS}")
+        object.__setattr__(self, "prune", prune)
         object.__setattr__(self, "ignore", _ignore_names(self.ignore))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ignore"] = list(self.ignore)
+        data["prune"] = list(self.prune)
         if not isinstance(self.scorer, str):
             data["scorer"] = getattr(self.scorer, "__qualname__", repr(self.scorer))
         return data
@@ -67,6 +79,7 @@ class ShrinkConfig:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
         data = dict(data)
         data["ignore"] = tuple(data.get("ignore", ()))
+        data["prune"] = tuple(data.get("prune", KINDS))
         return cls(**data)
 
 

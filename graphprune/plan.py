@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 from .config import ShrinkConfig
 from .errors import PlanError
 from .groups import Group, Groups
+from . import widths
 from .scores import score
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Plan:
     params_before: int
     params_after: int
     output_shapes: list[list[int]] = field(default_factory=list)
+    model_config: dict[str, Any] = field(default_factory=dict)
     version: int = 1
 
     @property
@@ -79,11 +82,24 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
     >>> abs(plan.ratio - 0.3) <= 0.01
     True
     """
-    live = [g for g in groups.prunable if not _ignored(model, g, config.ignore)]
+    live = [g for g in groups.prunable if kind(g) in config.prune and not _ignored(model, g, config.ignore)]
     scores = score(model, Groups(tuple(live), groups.coupling), scorer or config.scorer)
     cost = Cost(model, live, groups, config.target)
     removed = _search(live, scores, cost, config)
     return _build(model, live, scores, removed, config, groups)
+
+
+def kind(g: Group) -> str:
+    """'heads' (attention heads), 'hidden' (a width normalised over by a layer/RMS norm: the residual
+    stream of a transformer) or 'mlp' (every other channel or neuron group, conv channels included).
+
+    >>> from graphprune.groups import Group
+    >>> kind(Group(id=0, width=4, unit="head", members=()))
+    'heads'
+    """
+    if g.unit == "head":
+        return "heads"
+    return "hidden" if g.inexact and "norm" in g.inexact else "mlp"
 
 
 def _ignored(model: nn.Module, g: Group, ignore: tuple[str, ...]) -> bool:
@@ -128,6 +144,19 @@ class Cost:
         return sum(self.weight.get(f, 0.0) * k / self.shapes[f][d] for f, d, k in self.terms[i]) or 1e-12
 
 
+def _blocks(live: list[Group], uniform: bool) -> list[list[int]]:
+    """Groups pruned by one shared count. With ``uniform`` those playing the same part in every
+    layer (same members up to layer indices, same width) form one block, so all layers keep equal
+    widths and a standard config can describe the result."""
+    if not uniform:
+        return [[i] for i in range(len(live))]
+    by_key: dict[tuple, list[int]] = {}
+    for i, g in enumerate(live):
+        key = (g.width, g.unit, tuple(sorted((re.sub(r"\.\d+\.", ".#.", m.fqn), m.dim) for m in g.members)))
+        by_key.setdefault(key, []).append(i)
+    return list(by_key.values())
+
+
 def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config: ShrinkConfig) -> list[int]:
     """Smallest global prefix of units (by score per unit of cost) that reaches the ratio."""
     if config.ratio == 0 or not live:
@@ -135,12 +164,15 @@ def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config
             raise PlanError(f"nothing in the model can be pruned (all groups frozen or ignored); "
                             f"largest reachable ratio is 0.0, asked for {config.ratio}")
         return [0] * len(live)
-    unit_costs = np.array([cost.unit_cost(i) for i in range(len(live))])
+    blocks = _blocks(live, config.uniform)
+    unit_costs = np.array([sum(cost.unit_cost(i) for i in b) for b in blocks])
     rel = (unit_costs / np.median(unit_costs)) ** config.cost_power
-    keys = np.concatenate([np.sort(scores[g.id]) / rel[i] for i, g in enumerate(live)])
-    owner = np.concatenate([np.full(g.width, i) for i, g in enumerate(live)])
+    keys = np.concatenate([np.mean([np.sort(scores[live[i].id]) for i in b], axis=0) / rel[j]
+                           for j, b in enumerate(blocks)])
+    owner = np.concatenate([np.full(live[b[0]].width, j) for j, b in enumerate(blocks)])
     order = owner[np.argsort(keys, kind="stable")]
-    counts_at = lambda k: [_capped(int(c), g, config) for c, g in zip(np.bincount(order[:k], minlength=len(live)), live)]
+    expand = lambda per_block: _per_group(per_block, blocks, live, config)
+    counts_at = lambda k: expand(np.bincount(order[:k], minlength=len(blocks)).tolist())
     frac = lambda k: 1 - cost.size(counts_at(k)) / cost.total
     best = frac(len(order))
     if best < config.ratio - config.tolerance:
@@ -152,30 +184,37 @@ def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if frac(mid) < config.ratio else (lo, mid)
     k = min((lo, max(lo - 1, 0)), key=lambda j: abs(frac(j) - config.ratio))
-    if abs(frac(k) - config.ratio) > config.tolerance:
-        topped = _top_up(counts_at(max(lo - 1, 0)), order[max(lo - 1, 0):], live, cost, config)
-        if topped is not None:
-            return topped
-        raise PlanError(f"ratio={config.ratio} cannot be met within +-{config.tolerance}: the units are "
-                        f"coarse here and the nearest reachable ratios are {frac(max(lo - 1, 0)):.4f} and "
-                        f"{frac(lo):.4f}; ask for one of those or pass a larger tolerance=")
-    return counts_at(k)
+    if abs(frac(k) - config.ratio) <= config.tolerance:
+        return counts_at(k)
+    start = max(lo - 1, 0)
+    topped = _top_up(np.bincount(order[:start], minlength=len(blocks)).tolist(), order[start:], expand, cost, config)
+    if topped is not None:
+        return topped
+    raise PlanError(f"ratio={config.ratio} cannot be met within +-{config.tolerance}: the units are "
+                    f"coarse here and the nearest reachable ratios are {frac(start):.4f} and "
+                    f"{frac(lo):.4f}; ask for one of those or pass a larger tolerance=")
 
 
-def _top_up(counts: list[int], rest: np.ndarray, live: list[Group], cost: Cost,
-            config: ShrinkConfig) -> list[int] | None:
+def _per_group(per_block: list[int], blocks: list[list[int]], live: list[Group], config: ShrinkConfig) -> list[int]:
+    counts = [0] * len(live)
+    for c, b in zip(per_block, blocks):
+        for i in b:
+            counts[i] = _capped(int(c), live[i], config)
+    return counts
+
+
+def _top_up(per_block: list[int], rest: np.ndarray, expand, cost: Cost, config: ShrinkConfig) -> list[int] | None:
     """From a prefix just short of the target, add the next units in rank order that do not
     overshoot it: a coarse unit (a head) can make the prefix jump past the tolerance while fine
     units (MLP neurons) further down the ranking would land inside it."""
-    counts = list(counts)
-    for i in rest.tolist():
-        trial = counts.copy()
-        trial[i] = _capped(counts[i] + 1, live[i], config)
-        removed = 1 - cost.size(trial) / cost.total
+    for j in rest.tolist():
+        trial = per_block.copy()
+        trial[j] += 1
+        removed = 1 - cost.size(expand(trial)) / cost.total
         if removed <= config.ratio + config.tolerance:
-            counts = trial
+            per_block = trial
             if removed >= config.ratio - config.tolerance:
-                return counts
+                return expand(per_block)
     return None
 
 
@@ -209,12 +248,16 @@ def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], con
     for (fqn, attr), n in sorted(attr_drop.items()):
         old = getattr(model.get_submodule(fqn), attr)
         attrs.setdefault(fqn, {})[attr] = (old[0] - n,) if isinstance(old, tuple) else old - n
+    counts = {g.id: len(u) for g, u in chosen}
+    for fqn, values in widths.module_updates(model, list(groups), counts, kind, attrs).items():
+        attrs.setdefault(fqn, {}).update(values)
+    model_config = widths.config_updates(getattr(model, "config", None), list(groups), counts, kind)
     params = dict(model.named_parameters())
     before = count_params(model)
     after = before - sum(_lost(params[f], dims) for f, dims in keep.items() if f in params)
     return Plan(keep=keep, attrs=attrs, removed={g.id: u for g, u in chosen}, config=config,
                 params_before=before, params_after=int(after),
-                output_shapes=[list(s) for s in groups.traced.output_shapes])
+                output_shapes=[list(s) for s in groups.traced.output_shapes], model_config=model_config)
 
 
 def _lost(t: Any, dims: dict[int, list[int]]) -> int:

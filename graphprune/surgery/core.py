@@ -10,6 +10,7 @@ from ..errors import PlanError, SurgeryError
 from ..inputs import Inputs, normalize_inputs, output_shapes, run_model
 from ..plan import Plan
 from ..registry import Registry
+from .config import config_objects, hf_config, sync_config_
 
 SLICERS = Registry("slicer")
 
@@ -49,8 +50,11 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None) -> nn.
             fix = SLICERS.lookup_mro(model.get_submodule(fqn))
             if fix is not None:
                 fix(model.get_submodule(fqn))
+        sync_config_(model, plan)
         if example_inputs is not None:
             _validate(model, plan, example_inputs)
+        if plan.config.get("uniform") and hf_config(model) is not None:
+            _check_config(model)
     except Exception as err:
         snapshot.restore()
         if isinstance(err, SurgeryError):
@@ -144,6 +148,19 @@ def failing_module(model: nn.Module, err: BaseException) -> str | None:
     return found
 
 
+def _check_config(model: nn.Module) -> None:
+    """With uniform widths the config alone must rebuild the model: stock from_pretrained relies on it."""
+    from ..hub import config_mismatches
+
+    wrong = config_mismatches(model)
+    if wrong:
+        raise SurgeryError(f"uniform pruning left model.config unable to describe the weights "
+                           f"({'; '.join(wrong[:3])}): {type(model.config).__name__} derives these shapes "
+                           f"from fields that cannot take the new widths; pass round_to= (e.g. 8) so widths "
+                           f"stay multiples the config accepts, exclude that kind with prune= (e.g. "
+                           f"prune=('heads', 'mlp')), or use per-layer widths and graphprune.from_pretrained")
+
+
 def _is_inputs(x: Any) -> bool:
     return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple) and isinstance(x[1], dict)
 
@@ -159,6 +176,8 @@ class _Snapshot:
         owners = {_owner(n)[0] for f in plan.keep for n in aliases[id(tensors[f])]}
         self.modules = sorted(owners | set(plan.attrs))
         self.saved = {fqn: self._save(model.get_submodule(fqn)) for fqn in self.modules}
+        cfg = hf_config(model)
+        self.configs = [(c, dict(c.__dict__)) for c in (config_objects(cfg) if cfg is not None else [])]
 
     @staticmethod
     def _save(mod: nn.Module) -> dict[str, Any]:
@@ -173,4 +192,7 @@ class _Snapshot:
             mod._buffers.clear()
             mod._buffers.update(saved["_buffers"])
             mod.__dict__.update(saved["attrs"])
+        for cfg, state in self.configs:
+            cfg.__dict__.clear()
+            cfg.__dict__.update(state)
 

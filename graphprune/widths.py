@@ -1,0 +1,92 @@
+"""Plan helper: named widths (HF config fields, module attributes) that must follow a plan.
+
+Modules often store the widths they were built with (``hidden_size``, ``intermediate_size``,
+``num_attention_heads``) and a Hugging Face ``config`` rebuilds the model from the same names. A
+field follows the groups of its kind whose original width it counts: ``hidden_size`` the residual
+stream, ``intermediate_size`` MLP neurons, ``num_attention_heads`` heads (a multiple of the unit count
+under GQA). It changes only when every such group keeps the same fraction; otherwise (per-layer
+widths) it keeps its value and the per-tensor shapes recorded in the config describe the model.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from torch import nn
+
+from .groups import Group
+
+FIELDS = {
+    "hidden": ("hidden_size", "d_model", "n_embd", "embed_dim", "dim"),
+    "mlp": ("intermediate_size", "ffn_dim", "d_ff", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim",
+            "moe_intermediate_size"),
+    "heads": ("num_attention_heads", "num_key_value_heads", "encoder_attention_heads",
+              "decoder_attention_heads", "num_heads", "n_head", "n_heads", "num_kv_heads"),
+}
+
+
+def new_value(value: Any, kind: str, changes: list[tuple[int, int]]) -> int | None:
+    """The new value of a field counting ``changes`` [(old width, new width)], or None if unchanged
+    or not one number (per-layer widths).
+
+    >>> new_value(8, "heads", [(4, 2), (4, 2)])   # 8 query heads over 4 kv-head units, half kept
+    4
+    >>> new_value(128, "mlp", [(128, 64), (128, 96)]) is None
+    True
+    """
+    if type(value) is not int:
+        return None
+    fits = [(w, n) for w, n in changes if (value % w == 0 if kind == "heads" else w == value)]
+    scaled = {Fraction(value * n, w) for w, n in fits}
+    if len(scaled) != 1 or all(w == n for w, n in fits):
+        return None  # no group counted by it, per-layer widths, or nothing removed
+    (only,) = scaled
+    return int(only) if only.denominator == 1 else None
+
+
+def width_changes(groups: list[Group], removed: dict[int, int], kind_of) -> dict[str, list[tuple[int, int]]]:
+    """(old, new) widths of every group, by kind."""
+    out: dict[str, list[tuple[int, int]]] = {k: [] for k in FIELDS}
+    for g in groups:
+        if g.frozen is None or any(m.roles for m in g.members):
+            out[kind_of(g)].append((g.width, g.width - removed.get(g.id, 0)))
+    return out
+
+
+def module_updates(model: nn.Module, groups: list[Group], removed: dict[int, int], kind_of,
+                   skip: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Width attributes of submodules, each following the groups with members inside that module."""
+    out: dict[str, dict[str, int]] = {}
+    for fqn, mod in model.named_modules():
+        names = [(k, n) for k, ns in FIELDS.items() for n in ns if type(mod.__dict__.get(n)) is int]
+        if not fqn or not names:
+            continue
+        inside = [g for g in groups if any(m.fqn.startswith(fqn + ".") for m in g.members)]
+        changes = width_changes(inside, removed, kind_of)
+        for k, name in names:
+            value = new_value(mod.__dict__[name], k, changes[k])
+            if value is not None and name not in skip.get(fqn, {}):
+                out.setdefault(fqn, {})[name] = value
+    return out
+
+
+def config_updates(config: Any, groups: list[Group], removed: dict[int, int], kind_of) -> dict[str, int]:
+    """New values of a Hugging Face config's width fields (only those all layers agree on), with
+    nested configs (``text_config``, ``vision_config``) as dotted names."""
+    if config is None or not hasattr(config, "to_dict"):
+        return {}
+    changes = width_changes(groups, removed, kind_of)
+    out: dict[str, int] = {}
+    for prefix, cfg in [("", config)] + [(f"{k}.", v) for k, v in vars(config).items() if hasattr(v, "to_dict")]:
+        found = {f"{prefix}{n}": v for k, names in FIELDS.items() for n in names
+                 if (v := new_value(getattr(cfg, n, None), k, changes[k])) is not None}
+        if found and hasattr(cfg, "head_dim"):
+            found.setdefault(f"{prefix}head_dim", _head_dim(cfg))  # kept: write it so it is not re-derived
+        out.update(found)
+    return out
+
+
+def _head_dim(config: Any) -> int:
+    if getattr(config, "head_dim", None):
+        return int(config.head_dim)
+    return int(config.hidden_size // config.num_attention_heads)
