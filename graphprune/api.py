@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import ShrinkConfig
 from .groups import find_groups
-from .errors import SurgeryError
+from .errors import PlanError, SurgeryError
 from .plan import Plan, make_plan
 from .report import Report, make_report
 from .surgery import apply_plan_
@@ -49,8 +49,9 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
     """Plan and prune; if the pruned forward breaks inside a module (its code derives a width from a
     constant or another tensor's shape, invisible in the traced graph), leave every module of that
     type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done stays."""
+    left_out: list[str] = []
     for _ in range(MAX_RETRIES):
-        plan = make_plan(model, groups, config, scorer=scorer)
+        plan = _make_plan_noting(model, groups, config, scorer, left_out)
         try:
             return apply_plan_(target, plan, inputs) and plan
         except SurgeryError as err:
@@ -58,8 +59,19 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             if not culprits or set(culprits) <= set(config.ignore):
                 raise
             warnings.warn(f"graphprune: {err}; leaving {len(culprits)} module(s) like {culprits[0]!r} unpruned")
+            left_out.append(type(model.get_submodule(culprits[0])).__qualname__)
             config = dataclasses.replace(config, ignore=(*config.ignore, *culprits))
     raise SurgeryError(f"the pruned forward still fails after leaving {MAX_RETRIES} module types unpruned")
+
+
+def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, scorer: Any, left_out: list[str]) -> Plan:
+    try:
+        return make_plan(model, groups, config, scorer=scorer)
+    except PlanError as err:
+        if not left_out:
+            raise
+        raise PlanError(f"{err} [after leaving {', '.join(left_out)} unpruned: their forward breaks "
+                        f"when pruned]") from err
 
 
 def _same_type(model: nn.Module, fqn: str | None) -> list[str]:

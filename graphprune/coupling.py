@@ -7,7 +7,9 @@ rule can only ever be too strict, never silently wrong.
 """
 from __future__ import annotations
 
+import linecache
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -144,7 +146,7 @@ class Builder:
 
     def _add(self, s: Slot, size: int) -> None:
         if s not in self.g:
-            self.g.add_node(s, size=size, frozen=[], inexact=[], unit=[], roles=set(),
+            self.g.add_node(s, size=size, frozen=[], inexact=[], unit=[], align=[], roles=set(),
                             fqn=self.traced.tensor_fqn.get(s[0]))
 
     # -- couplings ---------------------------------------------------------
@@ -205,6 +207,10 @@ class Builder:
         """Tag a parameter slot as consuming ('in') or producing ('out') the coupled channels."""
         self.g.nodes[s]["roles"].add(role)
 
+    def align(self, s: Slot, multiple: int, why: str) -> None:
+        """Kept widths of this slot must stay multiples of ``multiple`` (a kernel's alignment)."""
+        self.g.nodes[s]["align"].append((multiple, f"{why} ({self.where()})"))
+
     def unit(self, s: Slot, name: str) -> None:
         """Name what one index of this slot is (e.g. 'head'), for tables and reports."""
         self.g.nodes[s]["unit"].append(name)
@@ -223,6 +229,17 @@ class Builder:
         except AttributeError:
             return path, None
 
+    def code_attrs(self, size: int) -> list[str]:
+        """The int attributes of the node's module that equal ``size`` and that the source statement
+        making the node names (``x.split(self.split_size)``). Bound to a slot, they make the code
+        compute the pruned size; the name is required because a value alone is no proof (a module
+        may hold several attributes of that value, none of them read here)."""
+        _, mod = self.module()
+        if mod is None:
+            return []
+        names = statement_names(self.node)
+        return sorted(k for k, v in vars(mod).items() if type(v) is int and v == size and k in names)
+
     def run(self, node: fx.Node, rule: Rule, name: str) -> None:
         self.node, self.rule_name, self._touched = node, name, set()
         rule(self, node)
@@ -233,6 +250,27 @@ class Builder:
     def _owned(self, node: fx.Node) -> list[Slot]:
         ins = [a for a in node.all_input_nodes if self.shape(a) is not None]
         return [s for n in [*ins, node] for s in self.slots(n)]
+
+
+def statement_names(node: fx.Node) -> set[str]:
+    """Identifiers of the source statement that made ``node`` (its innermost stack frame), read
+    whole from the file so a call spread over several lines is seen entire.
+
+    >>> statement_names(fx.symbolic_trace(torch.nn.Linear(2, 2)).graph.find_nodes(op="placeholder")[0])
+    set()
+    """
+    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+    if not frames:
+        return set()
+    path, line = frames[-1][0], int(frames[-1][1])
+    text, depth = "", 0
+    for n in range(line, line + 12):  # until the brackets opened on the first line close
+        code = linecache.getline(path, n)
+        text += code
+        depth += sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
+        if depth <= 0 or not code:
+            break
+    return set(re.findall(r"[A-Za-z_]\w*", text))
 
 
 def build_coupling(traced: Traced, strict: bool = False) -> Coupling:

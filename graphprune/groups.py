@@ -48,6 +48,7 @@ class Group:
     attrs: tuple[AttrMember, ...] = ()
     frozen: str | None = None
     inexact: str | None = None
+    align: int = 1  # kept units must be a multiple of it (kernel alignment)
 
     @property
     def prunable(self) -> bool:
@@ -222,6 +223,7 @@ def _make_groups(c: Coupling, slots: list[Slot], base: dict[Slot, int], labels: 
     frozen_why = _label_reasons(g, slots, base, labels, "frozen")
     inexact_why = _label_reasons(g, slots, base, labels, "inexact")
     unit_of = _label_reasons(g, slots, base, labels, "unit")
+    align_of = _label_reasons(g, slots, base, labels, "align")
     bound: dict[Slot, list] = {}
     for bnd in c.bindings:
         bound.setdefault(bnd.slot, []).append(bnd)
@@ -243,7 +245,7 @@ def _make_groups(c: Coupling, slots: list[Slot], base: dict[Slot, int], labels: 
         buckets.setdefault(sig, []).append(l)
     groups = []
     for labs in buckets.values():
-        grp = _group(entries, labs, frozen_why, inexact_why, unit_of)
+        grp = _group(entries, labs, frozen_why, inexact_why, unit_of, align_of)
         if grp is not None:
             groups.append(grp)
     groups.sort(key=lambda gr: (gr.members[0].fqn, gr.members[0].dim, int(gr.members[0].indices.min())))
@@ -274,7 +276,7 @@ def _add_member(members: list[Member], new: Member) -> None:
     members.append(new)
 
 
-def _group(entries, labs, frozen_why, inexact_why, unit_of) -> Group | None:
+def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group | None:
     first = entries[labs[0]]
     params = [(k, ix) for k, ix in first if k[2] is not None]
     if not params:
@@ -301,4 +303,5 @@ def _group(entries, labs, frozen_why, inexact_why, unit_of) -> Group | None:
     unit = ("head" if names & HEAD_ATTRS or unit_of.get(labs[0]) == "head"
             else "group" if names & {"groups", "num_groups"} else "channel")
     return Group(id=-1, width=len(labs), unit=unit, members=tuple(members), attrs=tuple(attrs),
-                 frozen=frozen_why.get(labs[0]), inexact=inexact_why.get(labs[0]))
+                 frozen=frozen_why.get(labs[0]), inexact=inexact_why.get(labs[0]),
+                 align=align_of[labs[0]][0] if labs[0] in align_of else 1)

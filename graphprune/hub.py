@@ -7,14 +7,11 @@ loads the weights.
 """
 from __future__ import annotations
 
-import glob
-import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import GraphPruneError
 from .plan import Plan
 from .surgery import apply_plan_
 
@@ -40,32 +37,100 @@ def config_mismatches(model: nn.Module) -> list[str]:
             for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k)]
 
 
+def plan_mismatches(model: nn.Module, plan: Plan) -> list[str]:
+    """What would stop ``plan.model_config`` from describing the model after ``plan`` (dry run:
+    nothing is changed; the config is rebuilt and a model built from it on the meta device)."""
+    from .surgery.config import _set, _why_invalid
+
+    config = _without_record(model.config)
+    for dotted, value in plan.model_config.items():
+        _set(config, dotted, value)
+    why = _why_invalid(config)
+    if why:
+        return [f"the config cannot be built: {why}"]
+    with torch.device("meta"):
+        fresh = type(model)._from_config(config)
+    want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    have = {}
+    for k, v in model.state_dict().items():
+        shape = list(v.shape)
+        for d, ix in plan.keep.get(k, {}).items():
+            shape[d] = len(ix)
+        have[k] = tuple(shape)
+    return [f"{k}: config builds {want.get(k)}, pruned weights are {have.get(k)}"
+            for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k)]
+
+
+def sync_derived_buffers_(model: nn.Module) -> list[str]:
+    """Non-persistent buffers are not saved: a loader recomputes them from the config (Gemma's
+    embedding scale is sqrt(hidden_size)). Give the pruned model the values a reload will have, so
+    the saved model and the one in memory agree; returns the names that changed."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        fresh = type(model)._from_config(_without_record(model.config))
+    fresh_buffers = dict(fresh.named_buffers())
+    changed = []
+    for name, buf in model.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        if leaf in model.get_submodule(owner)._non_persistent_buffers_set and name in fresh_buffers:
+            new = fresh_buffers[name].to(buf.device, buf.dtype)
+            if new.shape == buf.shape and not torch.equal(new, buf):
+                buf.copy_(new)
+                changed.append(name)
+    return changed
+
+
 def _without_record(cfg: Any) -> Any:
     clone = type(cfg).from_dict({k: v for k, v in cfg.to_dict().items() if k != "graphprune"})
     clone._attn_implementation = getattr(cfg, "_attn_implementation", None) or "eager"
     return clone
 
 
-def from_pretrained(path: str, model_class: Any = None, **config_overrides: Any) -> nn.Module:
+def from_pretrained(path: str, model_class: Any = None, **kwargs: Any) -> nn.Module:
     """Load a pruned model saved with ``save_pretrained``, whatever its per-layer widths.
 
-    ``model_class`` defaults to the class named in ``config.architectures``. Folders of unpruned
-    models (no ``graphprune`` record) load as usual.
+    ``model_class`` defaults to the class named in ``config.architectures``; ``kwargs`` go to
+    transformers' ``from_pretrained``. Folders without a ``graphprune`` record load as usual.
     """
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(path, **config_overrides)
+    config = transformers.AutoConfig.from_pretrained(path)
     cls = model_class or getattr(transformers, (config.architectures or ["AutoModel"])[0])
-    record = getattr(config, "graphprune", None)
-    if record is None:
-        return cls.from_pretrained(path, config=config)
-    base = type(config).from_dict(record["base"])
-    with _no_init():
-        model = cls._from_config(base)
-    apply_plan_(model, _shape_plan(model, record))
-    model.config = config
-    _load_weights(model, path)
+    if getattr(config, "graphprune", None) is None:
+        return cls.from_pretrained(path, **kwargs)
+    model = _rebuilding(cls).from_pretrained(path, config=config, **kwargs)
+    model.__class__ = cls  # the rebuilding subclass only served construction
     return model.eval()
+
+
+def _rebuilding(cls: type) -> type:
+    """A subclass of ``cls`` that builds the base model, gives recorded tensors their pruned shapes
+    and then takes on the pruned config, so transformers' own loader (key renames, shards, dtypes,
+    tied weights) fills it."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        record = config.graphprune
+        base = type(config).from_dict(record["base"])
+        base._attn_implementation = getattr(config, "_attn_implementation", None)
+        cls.__init__(self, base, *args, **kwargs)
+        apply_plan_(self, _shape_plan(self, record))
+        _adopt(base, config)  # submodules hold `base`: give it the pruned values, as in the pruned model
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
+
+
+def _adopt(target: Any, source: Any) -> None:
+    """Copy a config's values into another config object in place, nested configs included; private
+    state (the attention implementation transformers picked at construction) stays the target's."""
+    for key, value in vars(source).items():
+        if key.startswith("_"):
+            continue
+        inner = getattr(target, key, None) if hasattr(value, "to_dict") else None
+        if inner is not None and hasattr(inner, "to_dict"):
+            _adopt(inner, value)
+        else:
+            target.__dict__[key] = value
 
 
 def _shape_plan(model: nn.Module, record: dict[str, Any]) -> Plan:
@@ -78,32 +143,3 @@ def _shape_plan(model: nn.Module, record: dict[str, Any]) -> Plan:
     n = sum(p.numel() for p in model.parameters())
     return Plan(keep={f: d for f, d in keep.items() if d}, attrs=attrs, removed={}, config={"rebuild": True},
                 params_before=n, params_after=n)
-
-
-def _no_init():
-    from transformers.initialization import no_init_weights
-
-    return no_init_weights()
-
-
-def _load_weights(model: nn.Module, path: str) -> None:
-    from safetensors.torch import load_file
-
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise GraphPruneError(f"no *.safetensors weights in {path!r}; save the model with save_pretrained(path)")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
-    missing = [k for k in missing if k not in tied and not _non_persistent(model, k)]
-    if missing or unexpected:
-        raise GraphPruneError(f"weights in {path!r} do not fit the rebuilt model: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-
-
-def _non_persistent(model: nn.Module, fqn: str) -> bool:
-    owner, _, name = fqn.rpartition(".")
-    return name in getattr(model.get_submodule(owner), "_non_persistent_buffers_set", ())

@@ -6,9 +6,10 @@ model without tracing again.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,11 +83,47 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
     >>> abs(plan.ratio - 0.3) <= 0.01
     True
     """
-    live = [g for g in groups.prunable if kind(g) in config.prune and not _ignored(model, g, config.ignore)]
+    if config.uniform and getattr(getattr(model, "config", None), "to_dict", None) is not None:
+        return _describable_plan(model, groups, config, scorer)
+    return _plan_kinds(model, groups, config, scorer)
+
+
+def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, allow: Any = None) -> Plan:
+    live = [g for g in groups.prunable if kind(g) in config.prune and not _ignored(model, g, config.ignore)
+            and (allow is None or allow(g))]
     scores = score(model, Groups(tuple(live), groups.coupling), scorer or config.scorer)
     cost = Cost(model, live, groups, config.target)
     removed = _search(live, scores, cost, config)
     return _build(model, live, scores, removed, config, groups)
+
+
+def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any) -> Plan:
+    """A uniform plan whose widths the model's own config can describe, so stock ``from_pretrained``
+    rebuilds it. Kinds the config cannot express (BERT derives the head size from hidden_size //
+    heads, so neither may change alone) are left out, hidden size first, with a warning."""
+    from .hub import plan_mismatches
+
+    why: list[str] = []
+    for drop in ((), ("hidden",), ("heads",), ("hidden", "heads")):
+        kinds = tuple(k for k in config.prune if k not in drop)
+        if not kinds or (drop and set(drop).isdisjoint(config.prune)):
+            continue
+        try:
+            # a width no config field counts (BERT's pooler, a classifier's dense layer) must stay
+            plan = _plan_kinds(model, groups, dataclasses.replace(config, prune=kinds), scorer,
+                               allow=lambda g: widths.describes(model.config, kind(g), g.width))
+        except PlanError as err:
+            why.append(f"prune={kinds}: {err}")
+            continue
+        wrong = plan_mismatches(model, plan)
+        if not wrong:
+            if drop:
+                warnings.warn(f"graphprune: {type(model.config).__name__} cannot describe uniform pruning of "
+                              f"{' and '.join(drop)} ({why[0]}); pruned {kinds} only")
+            return plan
+        why.append(f"prune={kinds}: {wrong[0]}")
+    raise PlanError(f"no uniform plan fits {type(model.config).__name__}: {'; '.join(why)}. Use per-layer "
+                    f"widths (uniform=False) and graphprune.from_pretrained, or another ratio")
 
 
 def kind(g: Group) -> str:
@@ -145,15 +182,14 @@ class Cost:
 
 
 def _blocks(live: list[Group], uniform: bool) -> list[list[int]]:
-    """Groups pruned by one shared count. With ``uniform`` those playing the same part in every
-    layer (same members up to layer indices, same width) form one block, so all layers keep equal
-    widths and a standard config can describe the result."""
+    """Groups pruned by one shared count. With ``uniform`` the groups of one kind and width (what a
+    config field such as ``intermediate_size`` or ``num_attention_heads`` counts, in every layer and
+    in encoder and decoder alike) form one block, so a standard config can describe the result."""
     if not uniform:
         return [[i] for i in range(len(live))]
     by_key: dict[tuple, list[int]] = {}
     for i, g in enumerate(live):
-        key = (g.width, g.unit, tuple(sorted((re.sub(r"\.\d+\.", ".#.", m.fqn), m.dim) for m in g.members)))
-        by_key.setdefault(key, []).append(i)
+        by_key.setdefault((kind(g), g.unit, g.width), []).append(i)
     return list(by_key.values())
 
 
@@ -220,8 +256,9 @@ def _top_up(per_block: list[int], rest: np.ndarray, expand, cost: Cost, config: 
 
 def _capped(count: int, g: Group, config: ShrinkConfig) -> int:
     keep = max(g.width - count, config.min_keep)
-    if config.round_to > 1 and g.width >= config.round_to:
-        keep = min(g.width, math.ceil(keep / config.round_to) * config.round_to)
+    step = math.lcm(config.round_to, g.align)
+    if step > 1 and g.width >= step:
+        keep = min(g.width, math.ceil(keep / step) * step)
     return max(g.width - keep, 0)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .groups import Group, Groups, find_groups
-from .inputs import first_tensor, normalize_inputs, run_model
+from .inputs import first_tensor, run_model
 from .plan import plan_from_units
 from .surgery import apply_plan_
 
@@ -26,7 +26,7 @@ class OracleResult:
     """How many groups were checked and the largest output difference relative to the output scale."""
 
     groups_checked: int
-    units_removed: int
+    params_removed: int
     max_rel_diff: float
 
 
@@ -35,8 +35,27 @@ def oracle_groups(groups: Groups) -> list[Group]:
     return [g for g in groups.prunable if g.inexact is None and any("in" in m.roles for m in g.members)]
 
 
+def zero_and_prune(model: nn.Module, groups: Groups, fraction: float = 0.3, seed: int = 0,
+                   kinds: tuple[str, ...] | None = None) -> tuple[nn.Module, nn.Module, int]:
+    """(zeroed copy, pruned copy of the zeroed one, groups used): both must compute the same thing.
+
+    ``kinds`` restricts the groups to some of 'heads', 'mlp' (see ``graphprune.plan.kind``).
+    """
+    from .plan import kind
+
+    usable = [g for g in oracle_groups(groups) if kinds is None or kind(g) in kinds]
+    chosen = _choose(usable, fraction, seed)
+    if not chosen:
+        raise AssertionError("no group of this model can be checked by the oracle (all frozen or inexact)")
+    zeroed = copy.deepcopy(model).eval()
+    _zero_(zeroed, chosen)
+    plan = plan_from_units(zeroed, chosen, {"oracle": True}, groups)
+    return zeroed, apply_plan_(copy.deepcopy(zeroed), plan, groups.traced.inputs), len(chosen)
+
+
 def assert_prune_matches(model: nn.Module, example_inputs: Any = None, fraction: float = 0.3, seed: int = 0,
-                         tol: float = 1e-4, groups: Groups | None = None) -> OracleResult:
+                         tol: float = 1e-4, groups: Groups | None = None,
+                         kinds: tuple[str, ...] | None = None) -> OracleResult:
     """Remove ``fraction`` of the units of every checkable group after zeroing their contribution;
     assert the pruned model's outputs equal the zeroed original's within ``tol`` of the output scale.
 
@@ -46,18 +65,15 @@ def assert_prune_matches(model: nn.Module, example_inputs: Any = None, fraction:
     """
     model = copy.deepcopy(model).eval()
     groups = groups or find_groups(model, example_inputs)
-    chosen = _choose(oracle_groups(groups), fraction, seed)
-    if not chosen:
-        raise AssertionError("no group of this model can be checked by the oracle (all frozen or inexact)")
-    _zero_(model, chosen)
-    inputs = groups.traced.inputs if example_inputs is None else normalize_inputs(example_inputs)
-    expected = first_tensor(run_model(model, inputs))
-    pruned = apply_plan_(copy.deepcopy(model), plan_from_units(model, chosen, {"oracle": True}, groups), inputs)
+    zeroed, pruned, used = zero_and_prune(model, groups, fraction, seed, kinds)
+    inputs = groups.traced.inputs
+    expected = first_tensor(run_model(zeroed, inputs))
     got = first_tensor(run_model(pruned, inputs))
     scale = expected.abs().max().clamp_min(1e-12)
     rel = float((got - expected).abs().max() / scale)
     assert rel <= tol, f"pruned output differs by {rel:.3g} of the output scale (> {tol}) after removing zeroed units"
-    return OracleResult(len(chosen), sum(len(u) for _, u in chosen), rel)
+    removed = sum(p.numel() for p in zeroed.parameters()) - sum(p.numel() for p in pruned.parameters())
+    return OracleResult(used, removed, rel)
 
 
 def _choose(groups: list[Group], fraction: float, seed: int) -> list[tuple[Group, list[int]]]:
@@ -65,7 +81,9 @@ def _choose(groups: list[Group], fraction: float, seed: int) -> list[tuple[Group
     out = []
     for g in groups:
         n = min(max(1, int(g.width * fraction)), g.width - 1)
-        out.append((g, sorted(rng.choice(g.width, size=n, replace=False).tolist())))
+        n -= (g.width - n) % g.align  # keep an aligned width (grouped matmul kernels need it)
+        if n > 0:
+            out.append((g, sorted(rng.choice(g.width, size=n, replace=False).tolist())))
     return out
 
 

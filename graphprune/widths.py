@@ -18,7 +18,7 @@ from .groups import Group
 
 FIELDS = {
     "hidden": ("hidden_size", "d_model", "n_embd", "embed_dim", "dim"),
-    "mlp": ("intermediate_size", "ffn_dim", "d_ff", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim",
+    "mlp": ("intermediate_size", "ffn_dim", "d_ff", "n_inner", "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim",
             "moe_intermediate_size"),
     "heads": ("num_attention_heads", "num_key_value_heads", "encoder_attention_heads",
               "decoder_attention_heads", "num_heads", "n_head", "n_heads", "num_kv_heads"),
@@ -80,8 +80,10 @@ def config_updates(config: Any, groups: list[Group], removed: dict[int, int], ki
     for prefix, cfg in [("", config)] + [(f"{k}.", v) for k, v in vars(config).items() if hasattr(v, "to_dict")]:
         found = {f"{prefix}{n}": v for k, names in FIELDS.items() for n in names
                  if (v := new_value(getattr(cfg, n, None), k, changes[k])) is not None}
-        if found and hasattr(cfg, "head_dim"):
-            found.setdefault(f"{prefix}head_dim", _head_dim(cfg))  # kept: write it so it is not re-derived
+        if found and (hasattr(cfg, "head_dim") or hasattr(cfg, "num_attention_heads")):
+            # head_dim is kept; configs without the field derive it from hidden_size // heads, so
+            # write it explicitly before either changes (most modules read config.head_dim first)
+            found.setdefault(f"{prefix}head_dim", _head_dim(cfg))
         out.update(found)
     return out
 
@@ -90,3 +92,16 @@ def _head_dim(config: Any) -> int:
     if getattr(config, "head_dim", None):
         return int(config.head_dim)
     return int(config.hidden_size // config.num_attention_heads)
+
+
+def describes(config: Any, kind: str, width: int) -> bool:
+    """Whether some width field of ``config`` (or a nested config) counts a group of this kind and width.
+
+    >>> import transformers
+    >>> cfg = transformers.BertConfig(hidden_size=64, intermediate_size=160, num_attention_heads=4)
+    >>> describes(cfg, "mlp", 160), describes(cfg, "mlp", 64)
+    (True, False)
+    """
+    configs = [config] + [v for v in vars(config).values() if hasattr(v, "to_dict")]
+    values = [getattr(c, n, None) for c in configs for n in FIELDS[kind]]
+    return any(type(v) is int and (v % width == 0 if kind == "heads" else v == width) for v in values)

@@ -61,3 +61,8 @@ def test_same_type_is_only_the_module_itself_for_torch_nn_builtins():
     assert _same_type(model, "head") == ["head"]
     assert _same_type(model, "attns.1") == ["attns.0", "attns.1"]
     assert _same_type(model, "") == []
+
+
+def test_unreachable_after_leaving_modules_out_names_them():
+    with pytest.warns(UserWarning), pytest.raises(graphprune.PlanError, match="InputWidthAttention"):
+        graphprune.shrink(Tower().eval(), 0.85, example_inputs=X)

@@ -22,7 +22,7 @@ def toy(request) -> Toy:
 
 def test_oracle_zeroed_units_prune_exactly(toy: Toy) -> None:
     result = assert_prune_matches(toy.build().eval(), toy.inputs())
-    assert result.groups_checked >= 1 and result.units_removed >= 1
+    assert result.groups_checked >= 1 and result.params_removed >= 1
 
 
 def test_shrink_keeps_class_forward_and_shape(toy: Toy) -> None:

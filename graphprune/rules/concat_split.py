@@ -10,7 +10,8 @@ from ..coupling import Builder, register_rule
 
 aten = __import__("torch").ops.aten
 
-PRODUCER_HANDLED = {aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.unsafe_split}
+PRODUCER_HANDLED = {aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.unsafe_split,
+                    aten.topk, aten.sort, aten.kthvalue}  # the last three: rules/reduction.py
 
 
 @register_rule(aten.cat, aten.concat, aten.concatenate)
@@ -56,13 +57,17 @@ def _pieces(b: Builder, node: fx.Node, size: int) -> tuple[list[int], bool]:
 @register_rule(aten.split, aten.split_with_sizes, aten.chunk, aten.unsafe_split)
 def split(b: Builder, node: fx.Node) -> None:
     """Piece i holds channels [offset_i, offset_i + size_i). Pieces of an even chunk are pruned in
-    parallel so that the model's own chunk still cuts them at the right place; split sizes are fixed."""
+    parallel so that the model's own chunk still cuts them at the right place; split sizes are fixed
+    unless the code reads them from module attributes, which are then bound."""
     x = node.args[0]
     xs = b.slots(x)
     dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(xs)
     sizes, uniform = _pieces(b, node, b.size(xs[dim]))
     offsets = [0, *accumulate(sizes)][:-1]
-    if not uniform:
+    attrs = None if uniform else [b.code_attrs(n) for n in sizes]
+    if attrs and all(attrs):
+        _follow_attrs(b, node, xs[dim], sizes, offsets, attrs)
+    elif not uniform:
         b.freeze(xs[dim], "split sizes are fixed in the model's code")
     elif len(sizes) > 1:
         idx = np.arange(sizes[0])
@@ -75,6 +80,23 @@ def split(b: Builder, node: fx.Node) -> None:
                 b.link_offset(o, s, offsets[i], "split") if d == dim else b.link_same(s, o)
     for s in xs:
         b.touch(s)
+
+
+def _follow_attrs(b: Builder, node: fx.Node, whole, sizes: list[int], offsets: list[int],
+                  attrs: list[list[str]]) -> None:
+    """Sizes read from module attributes (``split(self.split_size)``) follow the pruning once the
+    attributes are bound: pieces sized by the same attributes keep the same width, so they are
+    pruned in parallel, and the attributes are set to that width."""
+    fqn = b.traced.module_path(node)
+    for key in dict.fromkeys(map(tuple, attrs)):
+        first = attrs.index(list(key))
+        piece = b.virtual(node, f"piece {first}", sizes[first])
+        idx = np.arange(sizes[first])
+        why = f"pieces sized by {fqn or '<root>'}.{key[0]} are pruned in parallel"
+        for off in (o for o, a in zip(offsets, attrs) if tuple(a) == key):
+            b.link(whole, piece, idx + off, idx, why)
+        for attr in key:
+            b.bind(piece, fqn, attr)
 
 
 @register_rule(aten.unbind)

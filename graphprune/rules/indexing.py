@@ -55,3 +55,29 @@ def _broadcast_into(b: Builder, slots: list, target: list) -> None:
             b.link_same(s, target[i + shift])
         elif b.size(s) == 1:
             b.touch(s)
+
+
+@register_rule(aten.index_put)
+def index_put(b: Builder, node: fx.Node) -> None:
+    """``x[i0, ...] = values``: the output is ``x``; indexed dims are fixed, the others couple to the
+    output and to the trailing dims of ``values`` (which broadcast into the indexed positions)."""
+    x, indices, values = node.args[:3]
+    xs, out = b.slots(x), b.slots(node)
+    picked = [d for d, i in enumerate(indices) if i is not None]
+    for d, (s, o) in enumerate(zip(xs, out)):
+        b.link_same(s, o)
+        if d in picked:
+            b.freeze(s, "written at positions given by a tensor")
+    rest = [s for d, s in enumerate(xs) if d not in picked]
+    vs = b.slots(values)
+    for s, t in zip(vs[len(vs) - len(rest):] if rest else [], rest):
+        b.link_same(s, t) if b.size(s) == b.size(t) else b.touch(s) if b.size(s) == 1 else None
+
+
+@register_rule(aten.histc, aten.bincount)
+def histogram(b: Builder, node: fx.Node) -> None:
+    """Counts over every entry: removing entries changes the counts, and the bins are set by the call."""
+    for s in b.slots(node.args[0]):
+        b.freeze(s, "counted over by a histogram")
+    for s in b.slots(node):
+        b.freeze(s, "bins set by the call")

@@ -88,3 +88,38 @@ def einsum(b: Builder, node: fx.Node) -> None:
             else:
                 seen[letter] = s
                 b.touch(s)
+
+
+# ``transformers.grouped_mm_fallback`` is transformers' CPU stand-in for ``aten._grouped_mm``, same schema
+@register_rule(aten._grouped_mm, "transformers.grouped_mm_fallback")
+def grouped_mm(b: Builder, node: fx.Node) -> None:
+    """Mixture-of-experts product: tokens x (T, K), sorted by expert, times expert e's slice of
+    w (E, K, N) for the rows ``offs`` gives it -> (T, N). K and N are the width of every expert at
+    once (one fused tensor); the expert dim is kept, since ``offs`` addresses it by index."""
+    x, w = node.args[:2]
+    offs = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
+    xs, ws, out = b.slots(x), b.slots(w), b.slots(node)
+    if len(xs) != 2 or len(ws) != 3:
+        return  # the batched (3D x 3D) and 2D x 2D forms: leave every dim to the automatic freeze
+    b.link_same(xs[0], out[0])
+    b.link_same(xs[1], ws[1], "contraction of a grouped matrix product")
+    b.link_same(ws[2], out[1])
+    for s in (ws[1], ws[2]):  # grouped matmul kernels want 16-byte rows: 8 elements in half precision
+        b.align(s, 8, "grouped matmul rows must be 16-byte aligned")
+    b.freeze(ws[0], "experts are kept (tokens are routed to them by index)")
+    for s in b.slots(offs) if offs is not None else []:
+        b.freeze(s, "experts are kept (tokens are routed to them by index)")
+    for d, role in ((1, "in"), (2, "out")):
+        param = _param_slot(b, w, d)
+        if param is not None:
+            b.role(param, role)
+
+
+def _param_slot(b: Builder, node: fx.Node, dim: int):
+    """The parameter slot behind dim ``dim`` of ``node``, through transposes (MoE weights are
+    stored (E, N, K) and transposed in the forward), so the oracle knows which dims consume."""
+    while getattr(node.target, "overloadpacket", None) is aten.transpose:
+        d0, d1 = (a % len(b.shape(node)) for a in node.args[1:3])
+        dim = {d0: d1, d1: d0}.get(dim, dim)
+        node = node.args[0]
+    return (node.name, dim) if node.op == "placeholder" and b.g.nodes.get((node.name, dim), {}).get("fqn") else None

@@ -19,9 +19,15 @@ def _per_channel(b: Builder, node: fx.Node, x: fx.Node, tensors: list, dim: int)
 
 @register_rule(aten.batch_norm, aten.instance_norm)
 def batch_norm(b: Builder, node: fx.Node) -> None:
-    """Per-channel affine and statistics: channel i only ever sees channel i (exact to prune)."""
+    """Per-channel affine and statistics: channel i only ever sees channel i (exact to prune). With
+    batch statistics (``training``/``use_input_stats``, e.g. timm's weight-standardised convs) every
+    other dim is averaged over, so pruning along it changes the statistics."""
     x, *rest = node.args[:5]
     _per_channel(b, node, x, list(rest), 1)
+    if len(node.args) > 5 and node.args[5] is True:
+        for d, o in enumerate(b.slots(node)):
+            if d != 1:
+                b.inexact(o, f"{node.target.overloadpacket.__name__} computes statistics over this dim")
 
 
 @register_rule(aten.layer_norm, aten.rms_norm)

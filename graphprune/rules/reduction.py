@@ -56,3 +56,36 @@ def softmax(b: Builder, node: fx.Node) -> None:
         b.link_same(s, o)
         if i == dim:
             b.inexact(o, "softmax normalises over this dim")
+
+
+@register_rule(aten.argmax, aten.argmin)
+def arg_reduction(b: Builder, node: fx.Node) -> None:
+    """The result is a position along the reduced dims, so those stay fixed; kept dims couple."""
+    xs, out = b.slots(node.args[0]), b.slots(node)
+    red = _reduced(node, len(xs))
+    kept = [s for i, s in enumerate(xs) if i not in red]
+    for i in sorted(red):
+        b.freeze(xs[i], f"{node.target.overloadpacket.__name__} returns positions along this dim")
+    rest = [o for i, o in enumerate(out) if i not in red] if len(out) == len(xs) else out
+    for s, o in zip(kept, rest):
+        b.link_same(s, o)
+    for o in out:
+        b.touch(o)
+
+
+@register_rule(aten.topk, aten.sort, aten.argsort, aten.kthvalue)
+def selection(b: Builder, node: fx.Node) -> None:
+    """Ordering along a dim (MoE routers' top-k over experts): that dim is fixed, others couple to
+    every output (values and indices, taken through getitem)."""
+    xs = b.slots(node.args[0])
+    dim = _selection_dim(node, len(xs))
+    b.freeze(xs[dim], f"{node.target.overloadpacket.__name__} orders along this dim")
+    outs = [u for u in node.users if u.target.__name__ == "getitem"] if b.shape(node) is None else [node]
+    for o in outs:
+        for i, (s, t) in enumerate(zip(xs, b.slots(o))):
+            b.link_same(s, t) if i != dim else b.freeze(t, "positions along an ordered dim")
+
+
+def _selection_dim(node: fx.Node, ndim: int) -> int:
+    dim = _dim_arg(node)
+    return (-1 if dim is None else dim) % ndim if ndim else 0

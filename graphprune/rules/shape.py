@@ -49,6 +49,8 @@ def reshape(b: Builder, node: fx.Node) -> None:
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:
             b.link_same(ins[ra[0]], outs[rb[0]])
+            for attr in b.code_attrs(b.size(outs[rb[0]])):  # x.reshape(-1, self.hidden_dim)
+                b.bind(outs[rb[0]], b.traced.module_path(node), attr)
         elif len(ra) == 1 and rb:
             b.factor(ins[ra[0]], [outs[j] for j in rb])
             _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb])
@@ -56,6 +58,14 @@ def reshape(b: Builder, node: fx.Node) -> None:
             b.factor(outs[rb[0]], [ins[i] for i in ra])
             _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra])
         # n:m runs are left to the automatic freeze
+    if canonical_is(node, aten.view_as) or canonical_is(node, aten.reshape_as):
+        _link_template(b, node)
+
+
+def _link_template(b: Builder, node: fx.Node) -> None:
+    """``x.view_as(other)`` / ``x.expand_as(other)``: the output has ``other``'s shape, dim by dim."""
+    for s, o in zip(b.slots(node.args[1]), b.slots(node)):
+        b.link_same(s, o)
 
 
 # Attributes a module's forward reads to reshape into heads, by the position they describe in a
@@ -118,9 +128,8 @@ def expand(b: Builder, node: fx.Node) -> None:
             b.link_same(s, outs[i + shift])
         elif shape[i] == 1:
             b.touch(s)
-    if canonical_is(node, aten.expand_as):  # the output takes the other tensor's shape, dim by dim
-        for s, o in zip(b.slots(node.args[1]), outs):
-            b.link_same(s, o)
+    if canonical_is(node, aten.expand_as):
+        _link_template(b, node)
 
 
 def canonical_is(node: fx.Node, packet) -> bool:

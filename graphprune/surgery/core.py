@@ -1,6 +1,7 @@
 """Surgery mechanics: slice every tensor a plan names, set attributes, sync modules, roll back on error."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -150,7 +151,7 @@ def failing_module(model: nn.Module, err: BaseException) -> str | None:
 
 def _check_config(model: nn.Module) -> None:
     """With uniform widths the config alone must rebuild the model: stock from_pretrained relies on it."""
-    from ..hub import config_mismatches
+    from ..hub import config_mismatches, sync_derived_buffers_
 
     wrong = config_mismatches(model)
     if wrong:
@@ -159,6 +160,10 @@ def _check_config(model: nn.Module) -> None:
                            f"from fields that cannot take the new widths; pass round_to= (e.g. 8) so widths "
                            f"stay multiples the config accepts, exclude that kind with prune= (e.g. "
                            f"prune=('heads', 'mlp')), or use per-layer widths and graphprune.from_pretrained")
+    changed = sync_derived_buffers_(model)
+    if changed:
+        warnings.warn(f"graphprune: {', '.join(changed)} are derived from the config at construction and not "
+                      f"saved; they now hold the values a reload computes from the pruned config")
 
 
 def _is_inputs(x: Any) -> bool:

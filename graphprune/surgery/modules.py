@@ -42,3 +42,10 @@ def group_norm(m: nn.GroupNorm) -> None:
 @register_slicer(nn.Embedding)
 def embedding(m: nn.Embedding) -> None:
     m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+@register_slicer(nn.RNNBase)
+def recurrent(m: nn.RNNBase) -> None:
+    """Only layer 0's input width is pruned; the cached flat-weight list must see the new tensors."""
+    m.input_size = m.weight_ih_l0.shape[1]
+    m._init_flat_weights()

@@ -14,15 +14,16 @@ class CrossStage(nn.Module):
 
     def __init__(self, chunk: bool, width: int = 32):
         super().__init__()
-        self.chunk, self.half = chunk, width // 2
+        self.chunk, self.width = chunk, width
         self.conv_exp = nn.Conv2d(3, width, 1)
-        self.block = nn.Sequential(nn.Conv2d(self.half, 48, 3, padding=1), nn.ReLU(), nn.Conv2d(48, self.half, 1))
+        self.block = nn.Sequential(nn.Conv2d(width // 2, 48, 3, padding=1), nn.ReLU(), nn.Conv2d(48, width // 2, 1))
         self.fuse = nn.Conv2d(width, 40, 1)
         self.head = nn.Conv2d(40, 5, 1)
 
     def forward(self, x):
         x = self.conv_exp(x)
-        a, b = x.chunk(2, dim=1) if self.chunk else x.split(self.half, dim=1)  # split size: a constant
+        # split size: a constant computed in the code (timm's `self.expand_chs // 2`), no attribute holds it
+        a, b = x.chunk(2, dim=1) if self.chunk else x.split(self.width // 2, dim=1)
         return self.head(torch.relu(self.fuse(torch.cat([self.block(a), b], dim=1))))
 
 

@@ -1,7 +1,8 @@
-"""Tests for graphprune/rules/linear.py: linear, matmul with a bare weight, einsum."""
+"""Tests for graphprune/rules/linear.py: linear, matmul with a bare weight, einsum, grouped_mm (MoE)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import graphprune
@@ -31,3 +32,46 @@ def test_einsum_letters_couple_bare_parameters() -> None:
     assert {(m.fqn, m.dim) for m in group.members} == {("w1", 1), ("w2", 0)}
     small = graphprune.shrink(Einsum(), 0.3, example_inputs=torch.randn(2, 4), tolerance=0.2)
     assert small.w1.shape[1] == small.w2.shape[0] < 10
+
+
+TOKENS = torch.randn(12, 16)
+EXPERTS, WIDTH = 4, 32
+
+
+class FusedExperts(nn.Module):
+    """A mixture of experts whose expert weights are fused 3D tensors (the router's topk, argsort,
+    histc and index_put have rules too). transformers 5 style: tokens sorted by expert, ``offs`` from a histogram, grouped products."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.router, self.fc = nn.Linear(dim, EXPERTS), nn.Linear(dim, 2)
+        self.gate_up = nn.Parameter(torch.randn(EXPERTS, 2 * WIDTH, dim) / 4)
+        self.down = nn.Parameter(torch.randn(EXPERTS, dim, WIDTH) / 6)
+
+    def forward(self, x):
+        expert = self.router(x).topk(1, dim=-1).indices.flatten()
+        order = expert.argsort()
+        offs = torch.histc(expert.float(), bins=EXPERTS, min=0, max=EXPERTS - 1).cumsum(0).to(torch.int32)
+        gate, up = torch._grouped_mm(x[order], self.gate_up.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
+        y = torch._grouped_mm(F.silu(gate) * up, self.down.transpose(-2, -1), offs=offs)
+        out = torch.empty_like(y)
+        out[order] = y
+        return self.fc(x + out)
+
+
+def test_expert_width_is_one_group_over_all_experts_and_experts_are_kept() -> None:
+    groups = graphprune.find_groups(FusedExperts(), TOKENS)
+    assert groups.coupling.unsupported == []
+    (width,) = [g for g in groups.prunable if g.width == WIDTH]
+    members = {(m.fqn, m.dim): m for m in width.members}
+    assert set(members) == {("gate_up", 1), ("down", 2)} and "in" in members["down", 2].roles
+    assert members["gate_up", 1].indices[3].tolist() == [3, WIDTH + 3]  # gate and up halves in parallel
+    experts = [g for g in groups if any((m.fqn, m.dim) == ("gate_up", 0) for m in g.members)]
+    assert experts and all("experts are kept" in (g.frozen or "") for g in experts)
+
+
+def test_pruned_experts_compute_what_the_zeroed_ones_did() -> None:
+    # a quarter of 32 keeps 24 neurons: grouped_mm kernels want rows of 16 bytes
+    result = assert_prune_matches(FusedExperts(), TOKENS, fraction=0.25)
+    assert result.groups_checked == 1 and result.params_removed > 0

@@ -27,3 +27,25 @@ def test_global_pool_keeps_channels_exact() -> None:
     (group,) = graphprune.find_groups(model, torch.randn(2, 3, 8, 8)).prunable
     assert group.inexact is None
     assert_prune_matches(model, torch.randn(2, 3, 8, 8))
+
+
+class LastToken(nn.Module):
+    """HF sequence classifiers: the last non-pad position per row, found with argmax over tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.score = nn.Linear(6, 10), nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = self.proj(x)
+        last = (x[..., 0] > 0).int().argmax(-1)
+        return self.score(h[torch.arange(h.shape[0]), last])
+
+
+def test_argmax_fixes_the_reduced_dim_and_passes_the_others() -> None:
+    x = torch.randn(2, 5, 6)
+    groups = graphprune.find_groups(LastToken(), x)
+    assert groups.coupling.unsupported == []
+    (hidden,) = groups.prunable
+    assert {(m.fqn, m.dim) for m in hidden.members} >= {("proj.weight", 0), ("score.weight", 1)}
+    assert_prune_matches(LastToken(), x)

@@ -1,0 +1,65 @@
+"""Hugging Face architectures of the zoo, as data: small configs (no downloads) and the classes built
+from them. Sizes keep hidden, intermediate and head widths distinct so no two kinds are confused."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TEXT = dict(vocab_size=96, max_position_embeddings=64)
+DECODER = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, use_cache=False, **TEXT)
+ENCODER = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, **TEXT)
+VISION = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+              patch_size=8)
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    config: str
+    kwargs: dict[str, Any]
+    classes: tuple[str, ...]
+    decoder: bool = False  # greedy generate() is checked
+    extra: dict[str, Any] = field(default_factory=dict)
+    known: dict[str, str] = field(default_factory=dict)  # check -> why it fails today (strict xfail)
+
+
+ARCHS = [
+    Arch("bert", "BertConfig", ENCODER, ("BertModel", "BertForSequenceClassification")),
+    Arch("roberta", "RobertaConfig", dict(ENCODER, pad_token_id=1), ("RobertaModel", "RobertaForSequenceClassification")),
+    Arch("distilbert", "DistilBertConfig", dict(dim=64, hidden_dim=160, n_layers=2, n_heads=4, **TEXT),
+         ("DistilBertModel", "DistilBertForSequenceClassification")),
+    Arch("gpt2", "GPT2Config", dict(n_embd=64, n_inner=160, n_layer=2, n_head=4, vocab_size=96, n_positions=64,
+                                    use_cache=False), ("GPT2LMHeadModel",), decoder=True),
+    Arch("opt", "OPTConfig", dict(hidden_size=64, ffn_dim=160, num_hidden_layers=2, num_attention_heads=4,
+                                  word_embed_proj_dim=64, use_cache=False, **TEXT), ("OPTForCausalLM",), decoder=True),
+    Arch("llama", "LlamaConfig", DECODER, ("LlamaForCausalLM", "LlamaForSequenceClassification"), decoder=True),
+    Arch("mistral", "MistralConfig", DECODER, ("MistralForCausalLM",), decoder=True),
+    Arch("qwen2", "Qwen2Config", DECODER, ("Qwen2ForCausalLM",), decoder=True),
+    Arch("gemma", "GemmaConfig", dict(DECODER, head_dim=16), ("GemmaForCausalLM",), decoder=True),
+    Arch("phi3", "Phi3Config", dict(DECODER, pad_token_id=0), ("Phi3ForCausalLM",), decoder=True,
+         known={"oracle": "heads frozen: the fused qkv_proj is cut at offsets computed from the shared config "
+                          "(num_attention_heads * head_dim), which no module attribute can follow per layer"}),
+    Arch("mixtral", "MixtralConfig", dict(DECODER, num_local_experts=4, num_experts_per_tok=2),
+         ("MixtralForCausalLM",), decoder=True),
+    Arch("t5", "T5Config", dict(d_model=64, d_ff=160, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,
+                                vocab_size=96, use_cache=False, decoder_start_token_id=0),
+         ("T5ForConditionalGeneration",), decoder=True),
+    Arch("vit", "ViTConfig", VISION, ("ViTModel", "ViTForImageClassification"), extra=dict(num_labels=10)),
+    Arch("clip", "CLIPConfig", dict(projection_dim=32, text_config=dict(ENCODER, max_position_embeddings=32),
+                                    vision_config=VISION), ("CLIPModel",)),
+]
+
+
+def build(arch: Arch, cls_name: str):
+    """The model, random init, eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, arch.config)(**arch.kwargs, **arch.extra)
+    return getattr(transformers, cls_name)(config).eval()
+
+
+def cases() -> list[tuple[Arch, str]]:
+    return [(a, c) for a in ARCHS for c in a.classes]
