@@ -37,7 +37,8 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     plan = _plan_and_apply_(target, model, groups, config, scorer, traced.inputs)
     if not return_report:
         return target
-    report: Report = make_report(original, target, plan, groups)
+    left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
+    report: Report = make_report(original, target, plan, groups, left_out)
     return target, report
 
 
@@ -53,7 +54,8 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
     for _ in range(MAX_RETRIES):
         plan = _make_plan_noting(model, groups, config, scorer, left_out)
         try:
-            return apply_plan_(target, plan, inputs) and plan
+            apply_plan_(target, plan, inputs)
+            return plan
         except SurgeryError as err:
             culprits = _same_type(model, getattr(err, "module", None))
             if not culprits or set(culprits) <= set(config.ignore):

@@ -141,6 +141,17 @@ class Builder:
         self._touched.add(s)
         return s
 
+    def counted_by(self, node: fx.Node, size: int, attr: str) -> Slot:
+        """A virtual slot of ``size`` units (conv groups, norm groups) that the module running
+        ``node`` counts in ``attr``; frozen when no module attribute holds that count to update."""
+        unit = self.virtual(node, attr, size)
+        fqn, mod = self.module()
+        if mod is not None and getattr(mod, attr, None) == size:
+            self.bind(unit, fqn, attr)
+        else:
+            self.freeze(unit, f"{size} groups but no module attribute .{attr} to update")
+        return unit
+
     def size(self, s: Slot) -> int:
         return self.g.nodes[s]["size"]
 

@@ -68,6 +68,7 @@ class Report:
     pruned: tuple[str, ...]
     frozen: tuple[str, ...]
     unsupported: tuple[str, ...] = field(default=())
+    left_out: tuple[str, ...] = field(default=())  # modules whose pruned forward broke, left unpruned
     plan: "Plan | None" = field(default=None, repr=False, compare=False)
 
     @property
@@ -83,17 +84,20 @@ class Report:
         lines += [f"  pruned: {p}" for p in self.pruned[:8]]
         lines += [f"  frozen: {f}" for f in self.frozen[:5]]
         lines += [f"  no rule: {u}" for u in self.unsupported[:5]]
+        if self.left_out:
+            lines.append(f"  left unpruned (their forward broke when pruned): {', '.join(self.left_out[:8])}")
         return "\n".join(lines)
 
 
-def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Groups") -> Report:
+def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Groups",
+                left_out: tuple[str, ...] = ()) -> Report:
     inputs = groups.traced.inputs
     by_id = {g.id: g for g in groups}
     pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
                    f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))
     return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),
                   macs_before=count_macs(before, inputs), macs_after=count_macs(after, inputs), pruned=pruned,
-                  frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), plan=plan)
+                  frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), left_out=left_out, plan=plan)
 
 
 def _frozen_lines(groups: "Groups") -> list[str]:

@@ -47,8 +47,10 @@ X = torch.randn(1, 6, 8)
 def test_shrink_leaves_a_module_type_that_breaks_unpruned():
     model = Tower().eval()
     with pytest.warns(UserWarning, match="attns.0"):
-        small = graphprune.shrink(model, 0.3, example_inputs=X)
+        small, report = graphprune.shrink(model, 0.3, example_inputs=X, return_report=True)
     assert small(X).shape == model(X).shape
+    assert set(report.left_out) == {f"attns.{i}" for i in range(len(model.attns))}
+    assert "left unpruned" in str(report)
     ratio = 1 - graphprune.count_params(small) / graphprune.count_params(model)
     assert abs(ratio - 0.3) <= 0.01
     for a, b in zip(small.attns, model.attns):  # every instance of the failing type kept its shapes

@@ -37,12 +37,7 @@ def conv(b: Builder, node: fx.Node) -> None:
         b.role(w_in, "in")
         b.link_same(w_out, out[1])
         return
-    unit = b.virtual(node, "groups", groups)
-    fqn, mod = b.module()
-    if mod is not None and getattr(mod, "groups", None) == groups:
-        b.bind(unit, fqn, "groups")
-    else:
-        b.freeze(unit, "grouped conv outside a module with a .groups attribute")
+    unit = b.counted_by(node, groups, "groups")
     b.link_blocks(xs[1], unit, "input channels of a conv group")
     b.link_blocks(out[1], unit, "output channels of a conv group")
     if transposed:

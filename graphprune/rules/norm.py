@@ -64,10 +64,5 @@ def group_norm(b: Builder, node: fx.Node) -> None:
         for o in out[1:]:
             b.inexact(o, "normalised over by a one-group group norm")
         return
-    unit = b.virtual(node, "groups", groups)
-    fqn, mod = b.module()
-    if mod is not None and getattr(mod, "num_groups", None) == groups:
-        b.bind(unit, fqn, "num_groups")
-    else:
-        b.freeze(unit, "group norm outside a module with .num_groups")
+    unit = b.counted_by(node, groups, "num_groups")
     b.link_blocks(out[1], unit, "channels of a group-norm group")
