@@ -23,6 +23,10 @@ from .registry import Registry
 from .trace import Traced
 
 Slot = tuple[str, Hashable]
+
+# Module attributes that count attention heads (rules bind them; groups name such units "head").
+HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
+                    "num_kv_heads", "n_kv_heads")
 Rule = Callable[["Builder", fx.Node], None]
 
 RULES = Registry("coupling rule")
@@ -250,6 +254,13 @@ class Builder:
             return []
         names = statement_names(self.node)
         return sorted(k for k, v in vars(mod).items() if type(v) is int and v == size and k in names)
+
+    def bind_code_attrs(self, s: Slot) -> list[str]:
+        """Bind every attribute ``code_attrs`` finds for the slot's size; returns their names."""
+        attrs = self.code_attrs(self.size(s))
+        for attr in attrs:
+            self.bind(s, self.traced.module_path(self.node), attr)
+        return attrs
 
     def run(self, node: fx.Node, rule: Rule, name: str) -> None:
         self.node, self.rule_name, self._touched = node, name, set()

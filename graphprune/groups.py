@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
-from .coupling import Coupling, Slot, build_coupling
+from .coupling import HEAD_COUNT_ATTRS, Coupling, Slot, build_coupling
 from .trace import Traced, trace
 
 
@@ -262,10 +262,6 @@ def _label_reasons(g: nx.Graph, slots: list[Slot], base: dict[Slot, int], labels
     return out
 
 
-HEAD_ATTRS = {"num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
-              "num_kv_heads", "n_kv_heads"}
-
-
 def _add_member(members: list[Member], new: Member) -> None:
     """One member per tensor dim: a module registered under several names (coat's ``mlp2 = mlp3``)
     is lifted once per name, and counting it once per name would overstate what pruning removes."""
@@ -300,7 +296,7 @@ def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group |
         else:
             _add_member(members, Member(key[0], key[1], stacked, key[2]))
     names = {a.attr for a in attrs}
-    unit = ("head" if names & HEAD_ATTRS or unit_of.get(labs[0]) == "head"
+    unit = ("head" if names & set(HEAD_COUNT_ATTRS) or unit_of.get(labs[0]) == "head"
             else "group" if names & {"groups", "num_groups"} else "channel")
     return Group(id=-1, width=len(labs), unit=unit, members=tuple(members), attrs=tuple(attrs),
                  frozen=frozen_why.get(labs[0]), inexact=inexact_why.get(labs[0]),

@@ -16,8 +16,9 @@ from .plan import Plan
 from .surgery import apply_plan_
 
 
-def config_mismatches(model: nn.Module) -> list[str]:
-    """Tensors whose shape differs from what ``type(model)(model.config)`` would build (empty: consistent).
+def config_mismatches(model: nn.Module, plan: Plan | None = None) -> list[str]:
+    """Tensors whose shape differs from what ``type(model)(model.config)`` builds (empty: consistent).
+    With ``plan``, a dry run: the config and shapes the model would have after it (nothing changes).
 
     >>> import transformers
     >>> cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -25,25 +26,13 @@ def config_mismatches(model: nn.Module) -> list[str]:
     >>> config_mismatches(transformers.BertModel(cfg))
     []
     """
+    from .surgery.config import _set, _why_invalid
+
     try:
         config = _without_record(model.config)
     except Exception as err:  # noqa: BLE001 - transformers validates configs in many ways
         return [f"the config cannot be built: {str(err).strip().splitlines()[-1]}"]
-    with torch.device("meta"):
-        fresh = type(model)._from_config(config)
-    want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return [f"{k}: config builds {want.get(k)}, weights are {have.get(k)}"
-            for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k)]
-
-
-def plan_mismatches(model: nn.Module, plan: Plan) -> list[str]:
-    """What would stop ``plan.model_config`` from describing the model after ``plan`` (dry run:
-    nothing is changed; the config is rebuilt and a model built from it on the meta device)."""
-    from .surgery.config import _set, _why_invalid
-
-    config = _without_record(model.config)
-    for dotted, value in plan.model_config.items():
+    for dotted, value in (plan.model_config if plan else {}).items():
         _set(config, dotted, value)
     why = _why_invalid(config)
     if why:
@@ -51,14 +40,13 @@ def plan_mismatches(model: nn.Module, plan: Plan) -> list[str]:
     with torch.device("meta"):
         fresh = type(model)._from_config(config)
     want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    have = {}
-    for k, v in model.state_dict().items():
-        shape = list(v.shape)
-        for d, ix in plan.keep.get(k, {}).items():
-            shape[d] = len(ix)
-        have[k] = tuple(shape)
-    return [f"{k}: config builds {want.get(k)}, pruned weights are {have.get(k)}"
+    have = {k: _kept_shape(v, plan.keep.get(k, {}) if plan else {}) for k, v in model.state_dict().items()}
+    return [f"{k}: config builds {want.get(k)}, weights are {have.get(k)}"
             for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k)]
+
+
+def _kept_shape(t: torch.Tensor, dims: dict[int, list[int]]) -> tuple[int, ...]:
+    return tuple(len(dims[d]) if d in dims else n for d, n in enumerate(t.shape))
 
 
 def sync_derived_buffers_(model: nn.Module) -> list[str]:

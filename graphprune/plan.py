@@ -101,13 +101,15 @@ def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, sc
     """A uniform plan whose widths the model's own config can describe, so stock ``from_pretrained``
     rebuilds it. Kinds the config cannot express (BERT derives the head size from hidden_size //
     heads, so neither may change alone) are left out, hidden size first, with a warning."""
-    from .hub import plan_mismatches
+    from .hub import config_mismatches
 
     why: list[str] = []
+    tried: set[tuple[str, ...]] = set()
     for drop in ((), ("hidden",), ("heads",), ("hidden", "heads")):
         kinds = tuple(k for k in config.prune if k not in drop)
-        if not kinds or (drop and set(drop).isdisjoint(config.prune)):
+        if not kinds or kinds in tried:
             continue
+        tried.add(kinds)
         try:
             # a width no config field counts (BERT's pooler, a classifier's dense layer) must stay
             plan = _plan_kinds(model, groups, dataclasses.replace(config, prune=kinds), scorer,
@@ -115,7 +117,7 @@ def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, sc
         except PlanError as err:
             why.append(f"prune={kinds}: {err}")
             continue
-        wrong = plan_mismatches(model, plan)
+        wrong = config_mismatches(model, plan)
         if not wrong:
             if drop:
                 warnings.warn(f"graphprune: {type(model.config).__name__} cannot describe uniform pruning of "
@@ -271,7 +273,8 @@ def _build(model: nn.Module, live: list[Group], scores: dict[int, np.ndarray], c
 def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], config: dict[str, Any],
                     groups: Groups) -> Plan:
     """The plan that removes the given units of the given groups (kept indices, attribute values)."""
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    params = dict(model.named_parameters())
+    tensors = {**params, **dict(model.named_buffers())}
     drop: dict[str, dict[int, set[int]]] = {}
     attr_drop: dict[tuple[str, str], int] = {}
     for g, units in chosen:
@@ -289,7 +292,6 @@ def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], con
     for fqn, values in widths.module_updates(model, list(groups), counts, kind, attrs).items():
         attrs.setdefault(fqn, {}).update(values)
     model_config = widths.config_updates(getattr(model, "config", None), list(groups), counts, kind)
-    params = dict(model.named_parameters())
     before = count_params(model)
     after = before - sum(_lost(params[f], dims) for f, dims in keep.items() if f in params)
     return Plan(keep=keep, attrs=attrs, removed={g.id: u for g, u in chosen}, config=config,

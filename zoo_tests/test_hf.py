@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import graphprune
-from graphprune.inputs import output_shapes, run_model
+from graphprune.inputs import first_tensor, output_shapes, run_model
 from graphprune.testing import zero_and_prune
 
 from .hf_archs import Arch, build, cases
@@ -56,14 +56,9 @@ def test_oracle_heads_and_mlp(arch: Arch, cls: str) -> None:
     assert {"heads", "mlp"} <= kinds, f"found only {kinds}"
     for kind in ("heads", "mlp"):
         zeroed, pruned, used = zero_and_prune(model, groups, kinds=(kind,))
-        want, got = run_model(zeroed, groups.traced.inputs), run_model(pruned, groups.traced.inputs)
-        for a, b in zip(_tensors(want), _tensors(got)):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max().clamp_min(1e-6)))
-
-
-def _tensors(out):
-    from graphprune.inputs import first_tensor
-    return [first_tensor(out)]
+        want = first_tensor(run_model(zeroed, groups.traced.inputs))
+        got = first_tensor(run_model(pruned, groups.traced.inputs))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp_min(1e-6)))
 
 
 @pytest.mark.parametrize("arch,cls", [p for p in _params("generate") if p.values[0].decoder and "Causal" in p.values[1]
@@ -89,12 +84,12 @@ def test_save_and_reload_give_identical_outputs(arch: Arch, cls: str, uniform: b
     inputs = graphprune.find_groups(model).traced.inputs
     small.save_pretrained(tmp_path)
     again = graphprune.from_pretrained(str(tmp_path))
-    want = run_model(small, inputs)
+    want = first_tensor(run_model(small, inputs))
     # the same weights, possibly another attention kernel after loading: float noise only
-    torch.testing.assert_close(_tensors(run_model(again, inputs))[0], _tensors(want)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first_tensor(run_model(again, inputs)), want, rtol=1e-5, atol=1e-6)
     if uniform:
         assert graphprune.config_mismatches(small) == []
-        _stock_load_matches(cls, tmp_path, inputs, _tensors(want)[0])
+        _stock_load_matches(cls, tmp_path, inputs, want)
 
 
 def _stock_load_matches(cls: str, path, inputs, want: torch.Tensor) -> None:

@@ -17,11 +17,9 @@ def factory(b: Builder, node: fx.Node) -> None:
         for s in b.slots(arg):
             b.touch(s)
     for s in b.slots(node):
-        attrs = b.code_attrs(b.size(s)) if node.target.overloadpacket in UNIFORM else []
-        for attr in attrs:
-            b.bind(s, b.traced.module_path(node), attr)
+        if node.target.overloadpacket in UNIFORM and b.bind_code_attrs(s):
             b.touch(s)
-        if not attrs:
+        else:
             b.freeze(s, f"size set by {node.target.overloadpacket.__name__} in the code")
 
 

@@ -5,7 +5,7 @@ import math
 
 from torch import fx
 
-from ..coupling import Builder, register_rule
+from ..coupling import HEAD_COUNT_ATTRS, Builder, register_rule
 
 aten = __import__("torch").ops.aten
 
@@ -49,8 +49,7 @@ def reshape(b: Builder, node: fx.Node) -> None:
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:
             b.link_same(ins[ra[0]], outs[rb[0]])
-            for attr in b.code_attrs(b.size(outs[rb[0]])):  # x.reshape(-1, self.hidden_dim)
-                b.bind(outs[rb[0]], b.traced.module_path(node), attr)
+            b.bind_code_attrs(outs[rb[0]])  # x.reshape(-1, self.hidden_dim)
         elif len(ra) == 1 and rb:
             b.factor(ins[ra[0]], [outs[j] for j in rb])
             _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb])
@@ -72,8 +71,6 @@ def _link_template(b: Builder, node: fx.Node) -> None:
 # (..., heads, head_dim) factorisation. Matching by position as well as value keeps a module with
 # 4 heads of size 4 from binding head_dim to the heads dim.
 WIDTH_ATTRS = ("attn_dim", "all_head_size", "inner_dim")
-HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
-                    "num_kv_heads", "n_kv_heads")
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size")
 
 
