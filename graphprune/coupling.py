@@ -7,9 +7,11 @@ rule can only ever be too strict, never silently wrong.
 """
 from __future__ import annotations
 
+import ast
 import linecache
 import operator
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -98,6 +100,7 @@ class Coupling:
     factors: list[Factor] = field(default_factory=list)
     bindings: list[Binding] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    pinned: dict[tuple[str, str], str] = field(default_factory=dict)  # (fqn, attr) -> why it must stay
 
     def explain(self, a: Slot, b: Slot) -> list[str]:
         """Why two slots are coupled: the chain of edge reasons from ``a`` to ``b``."""
@@ -233,6 +236,10 @@ class Builder:
     def bind(self, s: Slot, fqn: str, attr: str, scale: int = 1) -> None:
         self.c.bindings.append(Binding(s, fqn, attr, scale))
 
+    def pin(self, fqn: str, attr: str, why: str) -> None:
+        """The attribute is also read where its width is fixed: groups binding it are frozen."""
+        self.c.pinned.setdefault((fqn, attr), f"{fqn}.{attr} is also read where {why} ({self.where()})")
+
     # -- helpers for rules -------------------------------------------------
     def where(self) -> str:
         return self.traced.where(self.node) if self.node is not None else "<graph>"
@@ -244,7 +251,7 @@ class Builder:
         except AttributeError:
             return path, None
 
-    def code_attrs(self, size: int) -> list[str]:
+    def code_attrs(self, size: int, names: set[str] | None = None) -> list[str]:
         """The int attributes of the node's module that equal ``size`` and that the source statement
         making the node names (``x.split(self.split_size)``). Bound to a slot, they make the code
         compute the pruned size; the name is required because a value alone is no proof (a module
@@ -252,12 +259,12 @@ class Builder:
         _, mod = self.module()
         if mod is None:
             return []
-        names = statement_names(self.node)
+        names = statement_names(self.node) if names is None else names
         return sorted(k for k, v in vars(mod).items() if type(v) is int and v == size and k in names)
 
-    def bind_code_attrs(self, s: Slot) -> list[str]:
+    def bind_code_attrs(self, s: Slot, names: set[str] | None = None) -> list[str]:
         """Bind every attribute ``code_attrs`` finds for the slot's size; returns their names."""
-        attrs = self.code_attrs(self.size(s))
+        attrs = self.code_attrs(self.size(s), names)
         for attr in attrs:
             self.bind(s, self.traced.module_path(self.node), attr)
         return attrs
@@ -274,6 +281,12 @@ class Builder:
         return [s for n in [*ins, node] for s in self.slots(n)]
 
 
+def _frame(node: fx.Node) -> tuple[str, int] | None:
+    """File and line of the node's innermost stack frame (the model code that made it)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+    return (frames[-1][0], int(frames[-1][1])) if frames else None
+
+
 def statement_names(node: fx.Node) -> set[str]:
     """Identifiers of the source statement that made ``node`` (its innermost stack frame), read
     whole from the file so a call spread over several lines is seen entire.
@@ -281,10 +294,14 @@ def statement_names(node: fx.Node) -> set[str]:
     >>> statement_names(fx.symbolic_trace(torch.nn.Linear(2, 2)).graph.find_nodes(op="placeholder")[0])
     set()
     """
-    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
-    if not frames:
-        return set()
-    path, line = frames[-1][0], int(frames[-1][1])
+    return set(re.findall(r"[A-Za-z_]\w*", _statement(node)))
+
+
+def _statement(node: fx.Node) -> str:
+    frame = _frame(node)
+    if frame is None:
+        return ""
+    path, line = frame
     text, depth = "", 0
     for n in range(line, line + 12):  # until the brackets opened on the first line close
         code = linecache.getline(path, n)
@@ -292,7 +309,62 @@ def statement_names(node: fx.Node) -> set[str]:
         depth += sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
         if depth <= 0 or not code:
             break
-    return set(re.findall(r"[A-Za-z_]\w*", text))
+    return text
+
+
+def shape_arg_names(node: fx.Node, position: int, ndim: int) -> set[str] | None:
+    """Identifiers in argument ``position`` of the statement's ``.view(...)``/``.reshape(...)`` call
+    with ``ndim`` sizes: in ``q.view(B, self.heads, n, self.q_stride, -1, d)`` both attributes may
+    equal 4, and only the position tells which one sizes the dim. None if the call is not written
+    out (``x.view(hidden_shape)``) or the statement does not parse alone."""
+    try:
+        tree = ast.parse(textwrap.dedent(_statement(node)).strip())
+    except SyntaxError:
+        return None
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "attr", None) in ("view", "reshape"):
+            args = call.args
+            if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
+                args = args[0].elts
+            if len(args) == ndim and not any(isinstance(a, ast.Starred) for a in args):
+                return {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(args[position])
+                        if isinstance(n, (ast.Name, ast.Attribute))}
+    return None
+
+
+def function_names(node: fx.Node) -> set[str]:
+    """Identifiers of the function that made ``node``, from its ``def`` down to the node's statement:
+    a value computed a few lines earlier (``query_pos = self.config.num_attention_heads * d``) is
+    named there, not in the statement that uses it.
+
+    >>> function_names(fx.symbolic_trace(torch.nn.Linear(2, 2)).graph.find_nodes(op="placeholder")[0])
+    set()
+    """
+    frame = _frame(node)
+    if frame is None:
+        return set()
+    path, line = frame
+    lines = []
+    for n in range(line - 1, max(line - 400, 0), -1):
+        code = linecache.getline(path, n)
+        lines.append(code)
+        if re.match(r"\s*(async\s+)?def\s", code):
+            break
+    return set(re.findall(r"[A-Za-z_]\w*", "".join(lines))) | statement_names(node)
+
+
+def attr_path(obj: Any, dotted: str) -> tuple[Any, str]:
+    """The object holding a possibly dotted attribute, and the attribute's last name: a binding may
+    name ``config.num_attention_heads`` when the module's code reads the width from its config.
+
+    >>> import types
+    >>> attr_path(types.SimpleNamespace(config=types.SimpleNamespace(n=4)), "config.n")[1]
+    'n'
+    """
+    *path, leaf = dotted.split(".")
+    for part in path:
+        obj = getattr(obj, part)
+    return obj, leaf
 
 
 def build_coupling(traced: Traced, strict: bool = False) -> Coupling:

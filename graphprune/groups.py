@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -128,7 +129,16 @@ def groups_from_coupling(c: Coupling) -> Groups:
     _resolve_factors(c)
     slots, base = _relevant_slots(c)
     labels = _channel_labels(c, slots, base)
-    return Groups(tuple(_make_groups(c, slots, base, labels)), c)
+    return Groups(tuple(_pin(_make_groups(c, slots, base, labels), c.pinned)), c)
+
+
+def _pin(groups: list[Group], pinned: dict[tuple[str, str], str]) -> list[Group]:
+    """Freeze groups that would change an attribute the code also reads where it cannot change."""
+    out = []
+    for g in groups:
+        why = next((pinned[(a.fqn, a.attr)] for a in g.attrs if (a.fqn, a.attr) in pinned), None)
+        out.append(dataclasses.replace(g, frozen=why) if why and g.frozen is None else g)
+    return out
 
 
 # -- factor resolution ---------------------------------------------------------------------------
@@ -295,7 +305,7 @@ def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group |
                 attrs.append(AttrMember(key[0], key[1], stacked))
         else:
             _add_member(members, Member(key[0], key[1], stacked, key[2]))
-    names = {a.attr for a in attrs}
+    names = {a.attr.rsplit(".", 1)[-1] for a in attrs}
     unit = ("head" if names & set(HEAD_COUNT_ATTRS) or unit_of.get(labs[0]) == "head"
             else "group" if names & {"groups", "num_groups"} else "channel")
     return Group(id=-1, width=len(labs), unit=unit, members=tuple(members), attrs=tuple(attrs),

@@ -17,6 +17,7 @@ import numpy as np
 from torch import nn
 
 from .config import ShrinkConfig
+from .coupling import attr_path
 from .errors import PlanError
 from .groups import Group, Groups
 from . import widths
@@ -91,9 +92,11 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
 def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, allow: Any = None) -> Plan:
     live = [g for g in groups.prunable if kind(g) in config.prune and not _ignored(model, g, config.ignore)
             and (allow is None or allow(g))]
+    shared = _shared_attrs(model, live)
+    live, shared = _same_widths(live, shared)
     scores = score(model, Groups(tuple(live), groups.coupling), scorer or config.scorer)
     cost = Cost(model, live, groups, config.target)
-    removed = _search(live, scores, cost, config)
+    removed = _search(live, scores, cost, config, shared)
     return _build(model, live, scores, removed, config, groups)
 
 
@@ -183,26 +186,61 @@ class Cost:
         return sum(self.weight.get(f, 0.0) * k / self.shapes[f][d] for f, d, k in self.terms[i]) or 1e-12
 
 
-def _blocks(live: list[Group], uniform: bool) -> list[list[int]]:
+def _shared_attrs(model: nn.Module, live: list[Group]) -> list[set[tuple[int, str]]]:
+    """Per group, the attributes it binds on an object other than its module: a config that every
+    layer reads (Phi-3 cuts its fused qkv at ``config.num_attention_heads * head_dim``). The groups
+    binding one such attribute must keep the same width, whatever the ranking says."""
+    out = []
+    for g in live:
+        keys = set()
+        for a in g.attrs:
+            if "." in a.attr:
+                owner, leaf = attr_path(model.get_submodule(a.fqn), a.attr)
+                keys.add((id(owner), leaf))
+        out.append(keys)
+    return out
+
+
+def _same_widths(live: list[Group], shared: list[set]) -> tuple[list[Group], list[set]]:
+    """Drop groups sharing an attribute with a group of another width: no count fits both."""
+    widths_of: dict[Any, set[int]] = {}
+    for g, keys in zip(live, shared):
+        for k in keys:
+            widths_of.setdefault(k, set()).add(g.width)
+    ok = [i for i, keys in enumerate(shared) if all(len(widths_of[k]) == 1 for k in keys)]
+    return [live[i] for i in ok], [shared[i] for i in ok]
+
+
+def _blocks(live: list[Group], uniform: bool, shared: list[set] | None = None) -> list[list[int]]:
     """Groups pruned by one shared count. With ``uniform`` the groups of one kind and width (what a
     config field such as ``intermediate_size`` or ``num_attention_heads`` counts, in every layer and
-    in encoder and decoder alike) form one block, so a standard config can describe the result."""
-    if not uniform:
-        return [[i] for i in range(len(live))]
-    by_key: dict[tuple, list[int]] = {}
-    for i, g in enumerate(live):
-        by_key.setdefault((kind(g), g.unit, g.width), []).append(i)
-    return list(by_key.values())
+    in encoder and decoder alike) form one block, so a standard config can describe the result.
+    Groups binding one shared attribute (``_shared_attrs``) always form one block."""
+    label = list(range(len(live)))
+    if uniform:
+        first: dict[tuple, int] = {}
+        label = [first.setdefault((kind(g), g.unit, g.width), i) for i, g in enumerate(live)]
+    owner: dict[Any, int] = {}
+    for i, keys in enumerate(shared or []):
+        for k in keys:
+            j = owner.setdefault(k, i)
+            old, new = max(label[i], label[j]), min(label[i], label[j])
+            label = [new if x == old else x for x in label]
+    by_label: dict[int, list[int]] = {}
+    for i, lab in enumerate(label):
+        by_label.setdefault(lab, []).append(i)
+    return list(by_label.values())
 
 
-def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config: ShrinkConfig) -> list[int]:
+def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config: ShrinkConfig,
+            shared: list[set] | None = None) -> list[int]:
     """Smallest global prefix of units (by score per unit of cost) that reaches the ratio."""
     if config.ratio == 0 or not live:
         if config.ratio > 0:
             raise PlanError(f"nothing in the model can be pruned (all groups frozen or ignored); "
                             f"largest reachable ratio is 0.0, asked for {config.ratio}")
         return [0] * len(live)
-    blocks = _blocks(live, config.uniform)
+    blocks = _blocks(live, config.uniform, shared)
     unit_costs = np.array([sum(cost.unit_cost(i) for i in b) for b in blocks])
     rel = (unit_costs / np.median(unit_costs)) ** config.cost_power
     keys = np.concatenate([np.mean([np.sort(scores[live[i].id]) for i in b], axis=0) / rel[j]
@@ -286,7 +324,7 @@ def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], con
             for f, dims in sorted(drop.items())}
     attrs: dict[str, dict[str, Any]] = {}
     for (fqn, attr), n in sorted(attr_drop.items()):
-        old = getattr(model.get_submodule(fqn), attr)
+        old = getattr(*attr_path(model.get_submodule(fqn), attr))
         attrs.setdefault(fqn, {})[attr] = (old[0] - n,) if isinstance(old, tuple) else old - n
     counts = {g.id: len(u) for g, u in chosen}
     for fqn, values in widths.module_updates(model, list(groups), counts, kind, attrs).items():

@@ -37,9 +37,7 @@ ARCHS = [
     Arch("mistral", "MistralConfig", DECODER, ("MistralForCausalLM",), decoder=True),
     Arch("qwen2", "Qwen2Config", DECODER, ("Qwen2ForCausalLM",), decoder=True),
     Arch("gemma", "GemmaConfig", dict(DECODER, head_dim=16), ("GemmaForCausalLM",), decoder=True),
-    Arch("phi3", "Phi3Config", dict(DECODER, pad_token_id=0), ("Phi3ForCausalLM",), decoder=True,
-         known={"oracle": "heads frozen: the fused qkv_proj is cut at offsets computed from the shared config "
-                          "(num_attention_heads * head_dim), which no module attribute can follow per layer"}),
+    Arch("phi3", "Phi3Config", dict(DECODER, pad_token_id=0), ("Phi3ForCausalLM",), decoder=True),
     Arch("mixtral", "MixtralConfig", dict(DECODER, num_local_experts=4, num_experts_per_tok=2),
          ("MixtralForCausalLM",), decoder=True),
     Arch("t5", "T5Config", dict(d_model=64, d_ff=160, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,

@@ -17,17 +17,20 @@ PRODUCER_HANDLED = {aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, 
 @register_rule(aten.cat, aten.concat, aten.concatenate)
 def cat(b: Builder, node: fx.Node) -> None:
     """Input i's channel j is output channel offset_i + j along the cat dim; other dims couple."""
-    parts = [p for p in node.args[0] if b.shape(p) is not None and 0 not in b.shape(p)]
     out = b.slots(node)
     dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(out)
     offset = 0
-    for p in parts:
+    for p in node.args[0]:
+        if b.shape(p) is None or len(b.shape(p)) != len(out):
+            continue  # torch.cat skips a 1-D empty tensor whatever the other parts' rank
         ps = b.slots(p)
         for i, (s, o) in enumerate(zip(ps, out)):
-            if i == dim:
+            if i != dim:
+                b.link_same(s, o)  # an empty piece (Phi-3's q_pass with full rotary) still couples
+            elif b.size(s):
                 b.link_offset(s, o, offset, "concatenation")
             else:
-                b.link_same(s, o)
+                b.touch(s)
         offset += b.size(ps[dim])
 
 
@@ -69,6 +72,8 @@ def split(b: Builder, node: fx.Node) -> None:
         _follow_attrs(b, node, xs[dim], sizes, offsets, attrs)
     elif not uniform:
         b.freeze(xs[dim], "split sizes are fixed in the model's code")
+        for attr in {a for found in attrs or [] for a in found}:  # shvit: split(x, [self.pdim, self.dim - self.pdim])
+            b.pin(b.traced.module_path(node), attr, "split sizes are fixed")
     elif len(sizes) > 1:
         idx = np.arange(sizes[0])
         for off in offsets[1:]:
@@ -88,6 +93,9 @@ def _follow_attrs(b: Builder, node: fx.Node, whole, sizes: list[int], offsets: l
     attributes are bound: pieces sized by the same attributes keep the same width, so they are
     pruned in parallel, and the attributes are set to that width."""
     fqn = b.traced.module_path(node)
+    # split(x, [self.pdim, self.dim - self.pdim]) with dim == 2 * pdim reads as two pdim pieces;
+    # that holds after pruning only if self.dim follows the whole
+    b.bind_code_attrs(whole)
     for key in dict.fromkeys(map(tuple, attrs)):
         first = attrs.index(list(key))
         piece = b.virtual(node, f"piece {first}", sizes[first])

@@ -1,11 +1,11 @@
-"""Rules for view-like ops: reshape (split/merge of dims), permute, transpose, expand, select, slice."""
+"""Rules for view-like ops: reshape (split/merge of dims), permute, transpose, expand, select."""
 from __future__ import annotations
 
 import math
 
 from torch import fx
 
-from ..coupling import HEAD_COUNT_ATTRS, Builder, register_rule
+from ..coupling import HEAD_COUNT_ATTRS, Builder, register_rule, shape_arg_names
 
 aten = __import__("torch").ops.aten
 
@@ -49,13 +49,16 @@ def reshape(b: Builder, node: fx.Node) -> None:
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:
             b.link_same(ins[ra[0]], outs[rb[0]])
-            b.bind_code_attrs(outs[rb[0]])  # x.reshape(-1, self.hidden_dim)
+            b.bind_code_attrs(outs[rb[0]], shape_arg_names(node, rb[0], len(outs)))  # x.reshape(-1, self.hidden_dim)
         elif len(ra) == 1 and rb:
             b.factor(ins[ra[0]], [outs[j] for j in rb])
             _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb])
         elif len(rb) == 1 and ra:
             b.factor(outs[rb[0]], [ins[i] for i in ra])
             _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra])
+            names = shape_arg_names(node, rb[0], len(outs))
+            if names:  # x.reshape(B, -1, self.dim_out) merging heads: only the written position binds
+                b.bind_code_attrs(outs[rb[0]], names)
         # n:m runs are left to the automatic freeze
     if canonical_is(node, aten.view_as) or canonical_is(node, aten.reshape_as):
         _link_template(b, node)
@@ -142,19 +145,6 @@ def select(b: Builder, node: fx.Node) -> None:
     for i, s in enumerate(ins):
         if i != dim:
             b.link_same(s, outs[i - (i > dim)])
-
-
-@register_rule(aten.slice)
-def slice_(b: Builder, node: fx.Node) -> None:
-    """A full-range slice is an identity; a partial one fixes the sliced dim."""
-    ins, outs = b.slots(node.args[0]), b.slots(node)
-    dim = (node.args[1] if len(node.args) > 1 else 0) % len(ins)
-    for i, (s, o) in enumerate(zip(ins, outs)):
-        if i != dim or b.size(s) == b.size(o):
-            b.link_same(s, o)
-        else:
-            b.freeze(s, "a partial slice fixes the indices of this dim")
-            b.freeze(o, "a partial slice fixes the indices of this dim")
 
 
 @register_rule(aten.roll, aten.flip, aten.cumsum, aten.constant_pad_nd, aten.pad, aten.diff)

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..coupling import attr_path
 from ..errors import PlanError, SurgeryError
 from ..inputs import Inputs, normalize_inputs, output_shapes, run_model
 from ..plan import Plan
@@ -111,7 +112,8 @@ def _set_attrs(model: nn.Module, plan: Plan) -> None:
     for fqn, attrs in plan.attrs.items():
         mod = model.get_submodule(fqn)
         for attr, value in attrs.items():
-            setattr(mod, attr, tuple(value) if isinstance(value, list) else value)
+            owner, leaf = attr_path(mod, attr)  # "config.num_attention_heads": the module's config
+            setattr(owner, leaf, tuple(value) if isinstance(value, list) else value)
 
 
 def _validate(model: nn.Module, plan: Plan, example_inputs: Any) -> None:

@@ -90,3 +90,41 @@ def test_split_by_a_literal_stays_frozen_even_if_an_attribute_has_that_value() -
     groups = graphprune.find_groups(SplitByUnnamedValue(), X)
     up = next(g for g in groups if any(m.fqn == "up.weight" and m.dim == 0 for m in g.members))
     assert "split sizes are fixed" in (up.frozen or "") and not up.attrs
+
+
+class SplitWithDerivedRest(nn.Module):
+    """shvit: ``split(x, [self.pdim, self.dim - self.pdim])`` fixes the stream, and the same ``pdim``
+    sizes a piece of a fused projection elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.dim, self.pdim = 16, 4
+        self.qkv, self.out = nn.Linear(4, 12), nn.Linear(16, 2)
+
+    def forward(self, x):
+        x1, x2 = torch.split(x, [self.pdim, self.dim - self.pdim], dim=-1)
+        q, k, v = torch.split(self.qkv(x1), [self.pdim, self.pdim, self.pdim], dim=-1)
+        return self.out(torch.cat([v * (q * k).sum(-1, keepdim=True), x2], dim=-1))
+
+
+def test_an_attribute_also_read_by_a_fixed_split_freezes_the_groups_binding_it() -> None:
+    groups = graphprune.find_groups(SplitWithDerivedRest(), X)
+    bound = [g for g in groups if any(a.attr == "pdim" for a in g.attrs)]
+    assert bound and all("pdim is also read where split sizes are fixed" in (g.frozen or "") for g in bound)
+
+
+class EmptyPass(nn.Module):
+    """Full rotary: ``cat([rotated, x[..., d:]])`` with an empty pass-through part."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.up(x).unflatten(-1, (2, 4))
+        return self.down(torch.cat([y.sin(), y[..., 4:]], dim=-1).flatten(-2))
+
+
+def test_an_empty_part_of_a_cat_still_couples_its_other_dims() -> None:
+    groups = graphprune.find_groups(EmptyPass(), X)
+    assert not [g.frozen for g in groups if any(m.fqn == "up.weight" and m.dim == 0 for m in g.members) and g.frozen]

@@ -45,3 +45,29 @@ def test_permute_and_transpose_carry_channels() -> None:
             return self.b(self.a(x).permute(0, 2, 1))
 
     assert_prune_matches(Perm(), torch.randn(2, 5, 4))
+
+
+class QueryPool(nn.Module):
+    """Hiera: ``q.view(B, self.heads, n, self.q_stride, -1, d)`` where heads == q_stride == 2; only
+    the attribute written at the heads position may follow head pruning."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads, self.q_stride, self.head_dim = 2, 2, 4
+        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = q.view(B, self.heads, self.q_stride, -1, self.head_dim).amax(dim=2)
+        k = k.view(B, self.heads, self.q_stride, -1, self.head_dim).amax(dim=2)
+        v = v.view(B, self.heads, self.q_stride, -1, self.head_dim).amax(dim=2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return self.proj(y.reshape(B, -1, self.heads * self.head_dim))
+
+
+def test_a_view_binds_only_the_attribute_written_at_the_dims_position() -> None:
+    x = torch.randn(1, 8, 8)
+    heads = [g for g in graphprune.find_groups(QueryPool(), x) if g.unit == "head"]
+    assert heads and all("q_stride" not in {a.attr for a in g.attrs} for g in heads)
+    assert {"heads"} <= {a.attr for g in heads for a in g.attrs}
