@@ -84,8 +84,14 @@ def config_updates(config: Any, groups: list[Group], removed: dict[int, int], ki
             # head_dim is kept; configs without the field derive it from hidden_size // heads, so
             # write it explicitly before either changes (most modules read config.head_dim first)
             found.setdefault(f"{prefix}head_dim", _head_dim(cfg))
-        out.update(found)
+        out.update({k: v for k, v in found.items() if _settable(cfg, k.rsplit(".", 1)[-1])})
     return out
+
+
+def _settable(cfg: Any, name: str) -> bool:
+    """False for a read-only property (Falcon's ``head_dim`` is ``hidden_size // num_heads``)."""
+    prop = getattr(type(cfg), name, None)
+    return not isinstance(prop, property) or prop.fset is not None
 
 
 def _head_dim(config: Any) -> int:

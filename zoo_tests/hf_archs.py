@@ -46,6 +46,23 @@ ARCHS = [
     Arch("vit", "ViTConfig", VISION, ("ViTModel", "ViTForImageClassification"), extra=dict(num_labels=10)),
     Arch("clip", "CLIPConfig", dict(projection_dim=32, text_config=dict(ENCODER, max_position_embeddings=32),
                                     vision_config=VISION), ("CLIPModel",)),
+    # beyond the list issue 3 asked for: nothing in graphprune names these, they work from the graph
+    Arch("qwen3", "Qwen3Config", dict(DECODER, head_dim=16), ("Qwen3ForCausalLM",), decoder=True),
+    Arch("gemma2", "Gemma2Config", dict(DECODER, head_dim=16), ("Gemma2ForCausalLM",), decoder=True),
+    Arch("olmo2", "Olmo2Config", DECODER, ("Olmo2ForCausalLM",), decoder=True,
+         known={"oracle": "q_norm/k_norm normalise over every head at once, so removing a head changes the "
+                          "others: its heads are pruned as inexact and no exact oracle can hold"}),
+    Arch("granite", "GraniteConfig", DECODER, ("GraniteForCausalLM",), decoder=True),
+    Arch("stablelm", "StableLmConfig", DECODER, ("StableLmForCausalLM",), decoder=True),
+    Arch("phi", "PhiConfig", dict(ENCODER, use_cache=False), ("PhiForCausalLM",), decoder=True),
+    Arch("gpt_neox", "GPTNeoXConfig", dict(ENCODER, use_cache=False), ("GPTNeoXForCausalLM",), decoder=True),
+    Arch("falcon", "FalconConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, use_cache=False,
+                                        multi_query=False,
+                                        vocab_size=96), ("FalconForCausalLM",), decoder=True),
+    Arch("bart", "BartConfig", dict(d_model=64, encoder_ffn_dim=160, decoder_ffn_dim=160, encoder_layers=2,
+                                    decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                                    use_cache=False, **TEXT), ("BartForConditionalGeneration",), decoder=True),
+    Arch("deit", "DeiTConfig", VISION, ("DeiTForImageClassification",), extra=dict(num_labels=10)),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Hugging Face zoo: every listed architecture built from a small config, checked end to end."""
+"""Hugging Face zoo: every architecture in hf_archs.py built from a small config, checked end to end."""
 from __future__ import annotations
 
 import subprocess
@@ -107,3 +107,14 @@ def _stock_load_matches(cls: str, path, inputs, want: torch.Tensor) -> None:
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("arch,cls", [p for p in _params("static-cache") if "CausalLM" in p.values[1]])
+def test_static_cache_serves_per_layer_widths(arch: Arch, cls: str) -> None:
+    """Per-layer widths leave layers with different key/value head counts; a static cache (what
+    compiled serving uses) must still give the dynamic cache's tokens."""
+    small, _ = _shrink(build(arch, cls))
+    ids = torch.randint(3, 90, (1, 6), generator=torch.Generator().manual_seed(1))
+    opts = dict(max_new_tokens=12, do_sample=False, min_new_tokens=12, pad_token_id=0, use_cache=True)
+    torch.testing.assert_close(small.generate(ids, cache_implementation="static", **opts),
+                               small.generate(ids, **opts), rtol=0, atol=0)

@@ -63,10 +63,14 @@ def matmul(b: Builder, node: fx.Node) -> None:
                 b.link_same(operand[-2 - k], out[-2 - k])
             elif b.size(operand[-2 - k]) == 1:
                 b.touch(operand[-2 - k])
-    for s, p in [(xs[-1], y), (ys[-2], x)]:
-        if b.g.nodes[s]["fqn"]:
-            b.role(s, "in")
-    if len(out) > 2 and not (b.g.nodes[xs[-1]]["fqn"] or b.g.nodes[ys[-2]]["fqn"]):
+    # a parameter operand, maybe transposed (Falcon's ``x @ self.weight.T``): its contracted dim
+    # consumes, its other dim produces, so the oracle knows what to zero
+    roles = [(x, len(xs) - 1, "in"), (y, len(ys) - 2, "in"), (x, len(xs) - 2, "out"), (y, len(ys) - 1, "out")]
+    params = [(_param_slot(b, n, d), role) for n, d, role in roles]
+    for param, role in params:
+        if param is not None:
+            b.role(param, role)
+    if len(out) > 2 and not any(p for p, _ in params):
         b.unit(out[-3], "head")  # a batched product of two activations is per head (eager attention)
 
 
@@ -117,9 +121,12 @@ def grouped_mm(b: Builder, node: fx.Node) -> None:
 
 def _param_slot(b: Builder, node: fx.Node, dim: int):
     """The parameter slot behind dim ``dim`` of ``node``, through transposes (MoE weights are
-    stored (E, N, K) and transposed in the forward), so the oracle knows which dims consume."""
-    while getattr(node.target, "overloadpacket", None) is aten.transpose:
-        d0, d1 = (a % len(b.shape(node)) for a in node.args[1:3])
+    stored (E, N, K) and transposed in the forward; Falcon multiplies by ``weight.T``), so the
+    oracle knows which dims consume."""
+    while node.op == "call_function" and getattr(node.target, "overloadpacket", None) in (aten.transpose, aten.t, aten.numpy_T):
+        if len(node.args) < 3 and len(b.shape(node)) != 2:
+            return None  # numpy_T of more than 2 dims reverses them all
+        d0, d1 = (a % len(b.shape(node)) for a in node.args[1:3]) if len(node.args) > 2 else (0, 1)
         dim = {d0: d1, d1: d0}.get(dim, dim)
         node = node.args[0]
     return (node.name, dim) if node.op == "placeholder" and b.g.nodes.get((node.name, dim), {}).get("fqn") else None

@@ -81,13 +81,14 @@ def _piece_binding(b: Builder, piece: fx.Node, dim: int, last: bool) -> list[Bou
     if mod is None:
         return None
     names = function_names(piece)
-    width = b.size(b.slots(piece)[dim])
-    direct = _named_attr(mod, names, width, None)
-    if direct:
-        return [(b.slots(piece)[dim], fqn, direct)]
     heads = _heads_slot(b, piece, dim)
-    attr = heads and _named_attr(mod, names, b.size(heads), HEAD_COUNT_ATTRS)
-    return [(heads, fqn, attr)] if attr else None
+    attr = heads and _named_attr(mod, names, b.size(heads), HEAD_COUNT_ATTRS, config=True)
+    if attr:
+        return [(heads, fqn, attr)]
+    # a plain width: the module's own attribute only, since a config's hidden_size often equals a
+    # piece's width by coincidence and is shared by every layer
+    direct = _named_attr(mod, names, b.size(b.slots(piece)[dim]), None, config=False)
+    return [(b.slots(piece)[dim], fqn, direct)] if direct else None
 
 
 def _heads_slot(b: Builder, piece: fx.Node, dim: int):
@@ -101,11 +102,11 @@ def _heads_slot(b: Builder, piece: fx.Node, dim: int):
     return None
 
 
-def _named_attr(mod, names: set[str], value: int, among: tuple[str, ...] | None) -> str | None:
-    """An int attribute of the module, or of its config, that the function names and that equals
+def _named_attr(mod, names: set[str], value: int, among: tuple[str, ...] | None, config: bool) -> str | None:
+    """An int attribute of the module (or of its config) that the function names and that equals
     ``value``; the module's own attribute first (it is what ``self.x`` reads)."""
-    config = getattr(mod, "config", None)
-    holders = [("", mod)] + ([("config.", config)] if hasattr(config, "to_dict") else [])
+    cfg = getattr(mod, "config", None) if config else None
+    holders = [("", mod)] + ([("config.", cfg)] if hasattr(cfg, "to_dict") else [])
     for name in among or sorted(names):
         if name not in names:
             continue
