@@ -118,6 +118,7 @@ class Builder:
         self.node: fx.Node | None = None
         self.rule_name = ""
         self._touched: set[Slot] = set()
+        self._inputs: dict[str, list[fx.Node]] = {}
 
     # -- slots -------------------------------------------------------------
     @staticmethod
@@ -269,6 +270,17 @@ class Builder:
             self.bind(s, self.traced.module_path(self.node), attr)
         return attrs
 
+    def module_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """Activations the node's module reads from outside it (its forward's tensor arguments)."""
+        fqn = self.traced.module_path(node)
+        if fqn not in self._inputs:
+            inside = [n for n in self.traced.graph.nodes if _within(self.traced.module_path(n), fqn)]
+            outside = {a for n in inside for a in n.all_input_nodes
+                       if not _within(self.traced.module_path(a), fqn) and self.shape(a) is not None
+                       and not any(self.g.nodes[s]["fqn"] for s in self.slots(a))}
+            self._inputs[fqn] = sorted(outside, key=lambda n: n.name)
+        return self._inputs[fqn]
+
     def run(self, node: fx.Node, rule: Rule, name: str) -> None:
         self.node, self.rule_name, self._touched = node, name, set()
         rule(self, node)
@@ -279,6 +291,10 @@ class Builder:
     def _owned(self, node: fx.Node) -> list[Slot]:
         ins = [a for a in node.all_input_nodes if self.shape(a) is not None]
         return [s for n in [*ins, node] for s in self.slots(n)]
+
+
+def _within(path: str, fqn: str) -> bool:
+    return path == fqn or path.startswith(fqn + ".") if fqn else True
 
 
 def _frame(node: fx.Node) -> tuple[str, int] | None:
@@ -340,9 +356,14 @@ def function_names(node: fx.Node) -> set[str]:
     >>> function_names(fx.symbolic_trace(torch.nn.Linear(2, 2)).graph.find_nodes(op="placeholder")[0])
     set()
     """
+    return set(re.findall(r"[A-Za-z_]\w*", function_source(node))) | statement_names(node)
+
+
+def function_source(node: fx.Node) -> str:
+    """The source of the function that made ``node``, from its ``def`` to the line before the node's."""
     frame = _frame(node)
     if frame is None:
-        return set()
+        return ""
     path, line = frame
     lines = []
     for n in range(line - 1, max(line - 400, 0), -1):
@@ -350,7 +371,7 @@ def function_names(node: fx.Node) -> set[str]:
         lines.append(code)
         if re.match(r"\s*(async\s+)?def\s", code):
             break
-    return set(re.findall(r"[A-Za-z_]\w*", "".join(lines))) | statement_names(node)
+    return "".join(reversed(lines))
 
 
 def attr_path(obj: Any, dotted: str) -> tuple[Any, str]:

@@ -9,8 +9,8 @@ import graphprune
 
 
 class InputWidthAttention(nn.Module):
-    """cait/beit style: the head width is computed from the *input's* width in forward, so pruning
-    the residual stream breaks the reshape; the traced graph only shows constants."""
+    """The merged heads are reshaped to a width read from another module (``self.qkv.in_features``,
+    the residual's), so pruning heads alone breaks the reshape; the traced graph only shows constants."""
 
     def __init__(self, dim: int, num_heads: int = 4):
         super().__init__()
@@ -18,10 +18,10 @@ class InputWidthAttention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
 
     def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return self.proj(x.transpose(1, 2).reshape(B, N, self.qkv.in_features))
 
 
 class Tower(nn.Module):

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
+import re
 
 from torch import fx
 
-from ..coupling import HEAD_COUNT_ATTRS, Builder, register_rule, shape_arg_names
+from ..coupling import HEAD_COUNT_ATTRS, Builder, function_source, register_rule, shape_arg_names
 
 aten = __import__("torch").ops.aten
 
@@ -62,6 +63,46 @@ def reshape(b: Builder, node: fx.Node) -> None:
         # n:m runs are left to the automatic freeze
     if canonical_is(node, aten.view_as) or canonical_is(node, aten.reshape_as):
         _link_template(b, node)
+    else:
+        _follow_input_sizes(b, node)
+
+
+def _follow_input_sizes(b: Builder, node: fx.Node) -> None:
+    """``B, N, C = x.shape`` then ``y.reshape(B, N, C)``: the graph holds the number, but the code
+    reads it from the module's input, so after pruning the dim must have the input's width. Coupling
+    the two keeps the counts equal (pvt_v2 and CoaT merge their heads back to the input's C)."""
+    outs = b.slots(node)
+    for j, s in enumerate(outs):
+        names = shape_arg_names(node, j, len(outs))
+        if b.size(s) < 2 or not names or len(names) != 1:
+            continue
+        found = _shape_read(function_source(node), next(iter(names)))
+        if found is None:
+            continue
+        k, ndim = found
+        hits = [x for x in b.module_inputs(node) if (ndim is None or len(b.shape(x)) == ndim)
+                and -len(b.shape(x)) <= k < len(b.shape(x)) and b.shape(x)[k] == b.size(s)]
+        if len(hits) == 1:
+            b.link_same(b.slot(hits[0], k), s, f"reshape to a size read from the module input's shape")
+
+
+def _shape_read(source: str, name: str) -> tuple[int, int | None] | None:
+    """Which dim of an input ``name`` was read from: ``B, N, C = x.shape`` gives (2, 3);
+    ``C = x.shape[-1]`` gives (-1, None).
+
+    >>> _shape_read("    B, N, C = x.shape\\n", "C"), _shape_read("  c = x.size(1)\\n", "c")
+    ((2, 3), (1, None))
+    """
+    for line in source.splitlines():
+        unpack = re.match(r"\s*([\w\s,]+?)\s*=\s*\w+\.shape\s*(#.*)?$", line)
+        if unpack:
+            targets = [t.strip() for t in unpack.group(1).split(",")]
+            if name in targets:
+                return targets.index(name), len(targets)
+        one = re.match(rf"\s*{re.escape(name)}\s*=\s*\w+\.(?:shape\[|size\()(-?\d+)[\])]\s*(#.*)?$", line)
+        if one:
+            return int(one.group(1)), None
+    return None
 
 
 def _link_template(b: Builder, node: fx.Node) -> None:

@@ -71,3 +71,39 @@ def test_a_view_binds_only_the_attribute_written_at_the_dims_position() -> None:
     heads = [g for g in graphprune.find_groups(QueryPool(), x) if g.unit == "head"]
     assert heads and all("q_stride" not in {a.attr for a in g.attrs} for g in heads)
     assert {"heads"} <= {a.attr for g in heads for a in g.attrs}
+
+
+class MergeToInputWidth(nn.Module):
+    """pvt_v2 / CoaT: ``B, N, C = x.shape`` and the heads are merged back with ``reshape(B, N, C)``."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+class InputWidthBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(8, 16), MergeToInputWidth(), nn.Linear(16, 2)
+
+    def forward(self, x):
+        x = self.embed(x)
+        return self.head(x + self.attn(x))
+
+
+def test_a_size_read_from_the_input_shape_couples_the_dim_to_that_input() -> None:
+    x = torch.randn(1, 5, 8)
+    groups = graphprune.find_groups(InputWidthBlock(), x)
+    heads = [g for g in groups.prunable if g.unit == "head"]
+    assert len(heads) == 1  # heads and the residual stream they are merged to the width of, together
+    assert {"embed.weight", "attn.proj.weight", "attn.qkv.weight"} <= {m.fqn for m in heads[0].members}
+    small = graphprune.shrink(InputWidthBlock().eval(), 0.4, example_inputs=x, tolerance=0.05)  # one head
+    assert small.attn.num_heads < 4 and small(torch.randn(2, 3, 8)).shape == (2, 3, 2)
+    assert_prune_matches(InputWidthBlock(), x)
