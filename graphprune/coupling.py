@@ -119,6 +119,7 @@ class Builder:
         self.rule_name = ""
         self._touched: set[Slot] = set()
         self._inputs: dict[str, list[fx.Node]] = {}
+        self._by_path: dict[str, list[fx.Node]] = {}
 
     # -- slots -------------------------------------------------------------
     @staticmethod
@@ -273,8 +274,11 @@ class Builder:
     def module_inputs(self, node: fx.Node) -> list[fx.Node]:
         """Activations the node's module reads from outside it (its forward's tensor arguments)."""
         fqn = self.traced.module_path(node)
+        if not self._by_path:  # one pass over the graph; each module then scans only the paths
+            for n in self.traced.graph.nodes:
+                self._by_path.setdefault(self.traced.module_path(n), []).append(n)
         if fqn not in self._inputs:
-            inside = [n for n in self.traced.graph.nodes if _within(self.traced.module_path(n), fqn)]
+            inside = [n for path, ns in self._by_path.items() if _within(path, fqn) for n in ns]
             outside = {a for n in inside for a in n.all_input_nodes
                        if not _within(self.traced.module_path(a), fqn) and self.shape(a) is not None
                        and not any(self.g.nodes[s]["fqn"] for s in self.slots(a))}
@@ -310,10 +314,11 @@ def statement_names(node: fx.Node) -> set[str]:
     >>> statement_names(fx.symbolic_trace(torch.nn.Linear(2, 2)).graph.find_nodes(op="placeholder")[0])
     set()
     """
-    return set(re.findall(r"[A-Za-z_]\w*", _statement(node)))
+    return set(re.findall(r"[A-Za-z_]\w*", statement_source(node)))
 
 
-def _statement(node: fx.Node) -> str:
+def statement_source(node: fx.Node) -> str:
+    """The source statement that made ``node`` (its innermost stack frame), whole."""
     frame = _frame(node)
     if frame is None:
         return ""
@@ -334,18 +339,22 @@ def shape_arg_names(node: fx.Node, position: int, ndim: int) -> set[str] | None:
     equal 4, and only the position tells which one sizes the dim. None if the call is not written
     out (``x.view(hidden_shape)``) or the statement does not parse alone."""
     try:
-        tree = ast.parse(textwrap.dedent(_statement(node)).strip())
+        tree = ast.parse(textwrap.dedent(statement_source(node)).strip())
     except SyntaxError:
         return None
+    found = []
     for call in ast.walk(tree):
         if isinstance(call, ast.Call) and getattr(call.func, "attr", None) in ("view", "reshape"):
             args = call.args
+            if getattr(call.func.value, "id", None) == "torch":
+                args = args[1:]  # torch.reshape(x, shape)
             if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
                 args = args[0].elts
             if len(args) == ndim and not any(isinstance(a, ast.Starred) for a in args):
-                return {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(args[position])
-                        if isinstance(n, (ast.Name, ast.Attribute))}
-    return None
+                found.append({n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(args[position])
+                              if isinstance(n, (ast.Name, ast.Attribute))})
+    # several calls that disagree at this position (a cat of two views): no way to tell which
+    return found[0] if found and all(f == found[0] for f in found) else None
 
 
 def function_names(node: fx.Node) -> set[str]:
@@ -386,6 +395,13 @@ def attr_path(obj: Any, dotted: str) -> tuple[Any, str]:
     for part in path:
         obj = getattr(obj, part)
     return obj, leaf
+
+
+def owner_key(model: Any, fqn: str, attr: str) -> tuple[int, str]:
+    """Identity of the attribute a binding writes: every layer's ``config.num_attention_heads`` is
+    one attribute when the layers share their config."""
+    owner, leaf = attr_path(model.get_submodule(fqn), attr)
+    return id(owner), leaf
 
 
 def build_coupling(traced: Traced, strict: bool = False) -> Coupling:

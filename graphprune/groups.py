@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
-from .coupling import HEAD_COUNT_ATTRS, Coupling, Slot, build_coupling
+from .coupling import HEAD_COUNT_ATTRS, Coupling, Slot, build_coupling, owner_key
 from .trace import Traced, trace
 
 
@@ -129,14 +129,17 @@ def groups_from_coupling(c: Coupling) -> Groups:
     _resolve_factors(c)
     slots, base = _relevant_slots(c)
     labels = _channel_labels(c, slots, base)
-    return Groups(tuple(_pin(_make_groups(c, slots, base, labels), c.pinned)), c)
+    return Groups(tuple(_pin(_make_groups(c, slots, base, labels), c)), c)
 
 
-def _pin(groups: list[Group], pinned: dict[tuple[str, str], str]) -> list[Group]:
-    """Freeze groups that would change an attribute the code also reads where it cannot change."""
+def _pin(groups: list[Group], c: Coupling) -> list[Group]:
+    """Freeze groups that would change an attribute the code also reads where it cannot change
+    (the attribute itself: another layer binding the same shared config field is frozen too)."""
+    model = c.traced.model
+    pinned = {owner_key(model, fqn, attr): why for (fqn, attr), why in c.pinned.items()}
     out = []
     for g in groups:
-        why = next((pinned[(a.fqn, a.attr)] for a in g.attrs if (a.fqn, a.attr) in pinned), None)
+        why = next((pinned[k] for a in g.attrs if (k := owner_key(model, a.fqn, a.attr)) in pinned), None)
         out.append(dataclasses.replace(g, frozen=why) if why and g.frozen is None else g)
     return out
 

@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from .config import ShrinkConfig
-from .coupling import attr_path
+from .coupling import attr_path, owner_key
 from .errors import PlanError
 from .groups import Group, Groups
 from . import widths
@@ -92,8 +92,7 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
 def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, allow: Any = None) -> Plan:
     live = [g for g in groups.prunable if kind(g) in config.prune and not _ignored(model, g, config.ignore)
             and (allow is None or allow(g))]
-    shared = _shared_attrs(model, live)
-    live, shared = _same_widths(live, shared)
+    live, shared = _tie_shared(model, live, groups.groups)
     scores = score(model, Groups(tuple(live), groups.coupling), scorer or config.scorer)
     cost = Cost(model, live, groups, config.target)
     removed = _search(live, scores, cost, config, shared)
@@ -186,28 +185,28 @@ class Cost:
         return sum(self.weight.get(f, 0.0) * k / self.shapes[f][d] for f, d, k in self.terms[i]) or 1e-12
 
 
-def _shared_attrs(model: nn.Module, live: list[Group]) -> list[set[tuple[int, str]]]:
+def _shared_attrs(model: nn.Module, groups: list[Group]) -> list[set[tuple[int, str]]]:
     """Per group, the attributes it binds on an object other than its module: a config that every
-    layer reads (Phi-3 cuts its fused qkv at ``config.num_attention_heads * head_dim``). The groups
-    binding one such attribute must keep the same width, whatever the ranking says."""
-    out = []
-    for g in live:
-        keys = set()
-        for a in g.attrs:
-            if "." in a.attr:
-                owner, leaf = attr_path(model.get_submodule(a.fqn), a.attr)
-                keys.add((id(owner), leaf))
-        out.append(keys)
-    return out
+    layer reads (Phi-3 cuts its fused qkv at ``config.num_attention_heads * head_dim``)."""
+    return [{owner_key(model, a.fqn, a.attr) for a in g.attrs if "." in a.attr} for g in groups]
 
 
-def _same_widths(live: list[Group], shared: list[set]) -> tuple[list[Group], list[set]]:
-    """Drop groups sharing an attribute with a group of another width: no count fits both."""
+def _tie_shared(model: nn.Module, live: list[Group], every: tuple[Group, ...]) -> tuple[list[Group], list[set]]:
+    """Groups binding one shared attribute must keep one width (``_blocks`` gives them one count).
+    A group is left out when a group that is not pruned (frozen, ignored, another kind) binds the
+    same attribute, or one of another width does: no count would fit both."""
+    shared = _shared_attrs(model, live)
+    ids = {id(g) for g in live}
+    held = set().union(*_shared_attrs(model, [g for g in every if id(g) not in ids]))
     widths_of: dict[Any, set[int]] = {}
     for g, keys in zip(live, shared):
         for k in keys:
             widths_of.setdefault(k, set()).add(g.width)
-    ok = [i for i, keys in enumerate(shared) if all(len(widths_of[k]) == 1 for k in keys)]
+    ok = [i for i, keys in enumerate(shared) if not keys & held and all(len(widths_of[k]) == 1 for k in keys)]
+    if len(ok) < len(live):
+        dropped = next(g for i, g in enumerate(live) if i not in ok)
+        warnings.warn(f"graphprune: {len(live) - len(ok)} group(s) such as {dropped.module!r} bind an attribute "
+                      f"shared with groups that cannot take the same width; they stay unpruned")
     return [live[i] for i in ok], [shared[i] for i in ok]
 
 

@@ -21,7 +21,10 @@ def cat(b: Builder, node: fx.Node) -> None:
     dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(out)
     offset = 0
     for p in node.args[0]:
-        if b.shape(p) is None or len(b.shape(p)) != len(out):
+        if b.shape(p) is None:
+            b.freeze(out[dim], "a part of unknown shape: the offsets after it are unknown")
+            return
+        if len(b.shape(p)) != len(out):
             continue  # torch.cat skips a 1-D empty tensor whatever the other parts' rank
         ps = b.slots(p)
         for i, (s, o) in enumerate(zip(ps, out)):

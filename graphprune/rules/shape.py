@@ -47,23 +47,25 @@ def reshape(b: Builder, node: fx.Node) -> None:
     for j, s in enumerate(b.shape(node)):
         if s == 1:
             b.touch(outs[j])
+    written = any(canonical_is(node, k) for k in (aten.view, aten.reshape, aten._unsafe_view))
+    arg_names = (lambda j: shape_arg_names(node, j, len(outs))) if written else (lambda j: None)
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:
             b.link_same(ins[ra[0]], outs[rb[0]])
-            b.bind_code_attrs(outs[rb[0]], shape_arg_names(node, rb[0], len(outs)))  # x.reshape(-1, self.hidden_dim)
+            b.bind_code_attrs(outs[rb[0]], arg_names(rb[0]))  # x.reshape(-1, self.hidden_dim)
         elif len(ra) == 1 and rb:
             b.factor(ins[ra[0]], [outs[j] for j in rb])
             _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb])
         elif len(rb) == 1 and ra:
             b.factor(outs[rb[0]], [ins[i] for i in ra])
             _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra])
-            names = shape_arg_names(node, rb[0], len(outs))
+            names = arg_names(rb[0])
             if names:  # x.reshape(B, -1, self.dim_out) merging heads: only the written position binds
                 b.bind_code_attrs(outs[rb[0]], names)
         # n:m runs are left to the automatic freeze
     if canonical_is(node, aten.view_as) or canonical_is(node, aten.reshape_as):
         _link_template(b, node)
-    else:
+    elif written:
         _follow_input_sizes(b, node)
 
 
@@ -93,7 +95,7 @@ def _shape_read(source: str, name: str) -> tuple[int, int | None] | None:
     >>> _shape_read("    B, N, C = x.shape\\n", "C"), _shape_read("  c = x.size(1)\\n", "c")
     ((2, 3), (1, None))
     """
-    for line in source.splitlines():
+    for line in reversed(source.splitlines()):  # the last assignment before the statement
         unpack = re.match(r"\s*([\w\s,]+?)\s*=\s*\w+\.shape\s*(#.*)?$", line)
         if unpack:
             targets = [t.strip() for t in unpack.group(1).split(",")]

@@ -27,6 +27,14 @@ def config_objects(cfg: Any) -> list[Any]:
     return [cfg] + [v for v in vars(cfg).values() if hasattr(v, "to_dict") and v is not cfg]
 
 
+def start_record_(model: nn.Module) -> None:
+    """Give ``model.config`` a ``graphprune`` record holding the config as it is now, before surgery
+    sets any attribute (a module may write its width into the shared config: Phi-3's heads)."""
+    cfg = hf_config(model)
+    if cfg is not None and getattr(cfg, "graphprune", None) is None:
+        cfg.graphprune = {"version": RECORD_VERSION, "base": cfg.to_dict(), "shapes": {}, "attrs": {}}
+
+
 def sync_config_(model: nn.Module, plan: Plan) -> None:
     """Write the plan's width fields into ``model.config`` and extend its ``graphprune`` record."""
     cfg = hf_config(model)

@@ -12,7 +12,7 @@ from ..errors import PlanError, SurgeryError
 from ..inputs import Inputs, normalize_inputs, output_shapes, run_model
 from ..plan import Plan
 from ..registry import Registry
-from .config import config_objects, hf_config, sync_config_
+from .config import config_objects, hf_config, start_record_, sync_config_
 
 SLICERS = Registry("slicer")
 
@@ -45,6 +45,7 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None) -> nn.
     _check(model, plan)
     snapshot = _Snapshot(model, plan)
     try:
+        start_record_(model)
         _slice_tensors(model, plan)
         _set_attrs(model, plan)
         register_loaded()  # transformers may have been imported after graphprune
@@ -185,6 +186,9 @@ class _Snapshot:
         self.saved = {fqn: self._save(model.get_submodule(fqn)) for fqn in self.modules}
         cfg = hf_config(model)
         self.configs = [(c, dict(c.__dict__)) for c in (config_objects(cfg) if cfg is not None else [])]
+        # attributes of other objects the plan writes (a config-like object that is not the HF config)
+        self.owned = [(owner, leaf, getattr(owner, leaf)) for fqn, attrs in plan.attrs.items() for a in attrs
+                      if "." in a for owner, leaf in [attr_path(model.get_submodule(fqn), a)]]
 
     @staticmethod
     def _save(mod: nn.Module) -> dict[str, Any]:
@@ -202,4 +206,6 @@ class _Snapshot:
         for cfg, state in self.configs:
             cfg.__dict__.clear()
             cfg.__dict__.update(state)
+        for owner, leaf, value in reversed(self.owned):
+            setattr(owner, leaf, value)
 

@@ -2,6 +2,8 @@
 width attributes (Phi-3's fused qkv cut at config.num_attention_heads * head_dim)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,3 +126,19 @@ def test_one_layer_alone_cannot_lose_a_head_its_shared_config_counts() -> None:
     # a kv head of one layer is about a quarter of the parameters; untied, that alone would be a plan
     with pytest.raises(graphprune.PlanError, match="nearest reachable ratios are 0.0000 and 0.4"):
         graphprune.shrink(Phi3Like().eval(), 0.24, example_inputs=X, tolerance=0.05, prune=("heads",))
+
+
+def test_a_layer_left_unpruned_holds_the_shared_count_for_every_layer() -> None:
+    # layer 1 is ignored, so config.num_heads must stay: layer 0's heads cannot go either
+    with pytest.warns(UserWarning, match="bind an attribute shared"), pytest.raises(graphprune.PlanError):
+        graphprune.shrink(Phi3Like().eval(), 0.2, example_inputs=X, prune=("heads",), ignore=("layers.1",))
+
+
+def test_a_failed_surgery_restores_the_shared_config() -> None:
+    model = Phi3Like().eval()
+    groups = graphprune.find_groups(model, X)
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.45, tolerance=0.05, prune=("heads",)))
+    broken = dataclasses.replace(plan, output_shapes=[[9, 9, 9]])  # the shape check fails after the config was set
+    with pytest.raises(graphprune.SurgeryError):
+        graphprune.apply_plan_(model, broken, X)
+    assert model.config.num_heads == 4 and model.layers[0].qkv.out_features == 32
