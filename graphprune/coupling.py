@@ -259,10 +259,11 @@ class Builder:
         compute the pruned size; the name is required because a value alone is no proof (a module
         may hold several attributes of that value, none of them read here)."""
         _, mod = self.module()
-        if mod is None:
-            return []
+        equal = [k for k, v in vars(mod).items() if type(v) is int and v == size] if mod is not None else []
+        if not equal:
+            return []  # the common case: no need to read the source
         names = statement_names(self.node) if names is None else names
-        return sorted(k for k, v in vars(mod).items() if type(v) is int and v == size and k in names)
+        return sorted(k for k in equal if k in names)
 
     def bind_code_attrs(self, s: Slot, names: set[str] | None = None) -> list[str]:
         """Bind every attribute ``code_attrs`` finds for the slot's size; returns their names."""
@@ -270,6 +271,18 @@ class Builder:
         for attr in attrs:
             self.bind(s, self.traced.module_path(self.node), attr)
         return attrs
+
+    def broadcast(self, src: list[Slot], dst: list[Slot]) -> None:
+        """Right-aligned broadcasting of ``src`` into ``dst``: dims of equal size couple, size-1 dims
+        are free (nothing to prune there), others are left to the automatic freeze."""
+        shift = len(dst) - len(src)
+        for i, s in enumerate(src):
+            if i + shift < 0:
+                continue
+            if self.size(s) == self.size(dst[i + shift]):
+                self.link_same(s, dst[i + shift])
+            elif self.size(s) == 1:
+                self.touch(s)
 
     def module_inputs(self, node: fx.Node) -> list[fx.Node]:
         """Activations the node's module reads from outside it (its forward's tensor arguments)."""
@@ -333,11 +346,11 @@ def statement_source(node: fx.Node) -> str:
     return text
 
 
-def shape_arg_names(node: fx.Node, position: int, ndim: int) -> set[str] | None:
-    """Identifiers in argument ``position`` of the statement's ``.view(...)``/``.reshape(...)`` call
+def shape_args(node: fx.Node, ndim: int) -> list[set[str]] | None:
+    """Identifiers in each size argument of the statement's ``.view(...)``/``.reshape(...)`` call
     with ``ndim`` sizes: in ``q.view(B, self.heads, n, self.q_stride, -1, d)`` both attributes may
-    equal 4, and only the position tells which one sizes the dim. None if the call is not written
-    out (``x.view(hidden_shape)``) or the statement does not parse alone."""
+    equal 4, and only the position tells which one sizes a dim. None if the call is not written
+    out (``x.view(hidden_shape)``), the statement does not parse alone, or two calls disagree."""
     try:
         tree = ast.parse(textwrap.dedent(statement_source(node)).strip())
     except SyntaxError:
@@ -351,21 +364,10 @@ def shape_arg_names(node: fx.Node, position: int, ndim: int) -> set[str] | None:
             if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
                 args = args[0].elts
             if len(args) == ndim and not any(isinstance(a, ast.Starred) for a in args):
-                found.append({n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(args[position])
-                              if isinstance(n, (ast.Name, ast.Attribute))})
-    # several calls that disagree at this position (a cat of two views): no way to tell which
+                found.append([{n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(arg)
+                               if isinstance(n, (ast.Name, ast.Attribute))} for arg in args])
+    # several calls that disagree (a cat of two views): no way to tell which made this node
     return found[0] if found and all(f == found[0] for f in found) else None
-
-
-def function_names(node: fx.Node) -> set[str]:
-    """Identifiers of the function that made ``node``, from its ``def`` down to the node's statement:
-    a value computed a few lines earlier (``query_pos = self.config.num_attention_heads * d``) is
-    named there, not in the statement that uses it.
-
-    >>> function_names(fx.symbolic_trace(torch.nn.Linear(2, 2)).graph.find_nodes(op="placeholder")[0])
-    set()
-    """
-    return set(re.findall(r"[A-Za-z_]\w*", function_source(node))) | statement_names(node)
 
 
 def function_source(node: fx.Node) -> str:

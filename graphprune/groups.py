@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import networkx as nx
@@ -135,12 +134,14 @@ def groups_from_coupling(c: Coupling) -> Groups:
 def _pin(groups: list[Group], c: Coupling) -> list[Group]:
     """Freeze groups that would change an attribute the code also reads where it cannot change
     (the attribute itself: another layer binding the same shared config field is frozen too)."""
+    if not c.pinned:
+        return groups
     model = c.traced.model
     pinned = {owner_key(model, fqn, attr): why for (fqn, attr), why in c.pinned.items()}
     out = []
     for g in groups:
         why = next((pinned[k] for a in g.attrs if (k := owner_key(model, a.fqn, a.attr)) in pinned), None)
-        out.append(dataclasses.replace(g, frozen=why) if why and g.frozen is None else g)
+        out.append(replace(g, frozen=why) if why and g.frozen is None else g)
     return out
 
 
@@ -275,14 +276,12 @@ def _label_reasons(g: nx.Graph, slots: list[Slot], base: dict[Slot, int], labels
     return out
 
 
-def _add_member(members: list[Member], new: Member) -> None:
+def _add_member(members: dict[tuple[str, int], Member], new: Member) -> None:
     """One member per tensor dim: a module registered under several names (coat's ``mlp2 = mlp3``)
     is lifted once per name, and counting it once per name would overstate what pruning removes."""
-    for i, m in enumerate(members):
-        if (m.fqn, m.dim) == (new.fqn, new.dim):
-            members[i] = Member(m.fqn, m.dim, m.indices, tuple(sorted(set(m.roles) | set(new.roles))))
-            return
-    members.append(new)
+    key = (new.fqn, new.dim)
+    m = members.get(key)
+    members[key] = new if m is None else Member(m.fqn, m.dim, m.indices, tuple(sorted(set(m.roles) | set(new.roles))))
 
 
 def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group | None:
@@ -297,7 +296,8 @@ def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group |
     for l in labs:
         for k, ix in entries[l]:
             by_key[l].setdefault(k, ix)
-    members, attrs = [], []
+    members: dict[tuple[str, int], Member] = {}
+    attrs: list[AttrMember] = []
     # parameters producing the channels first, then consumers, then buffers: the table reads naturally
     first = sorted(first, key=lambda e: (e[0][2] is None, "out" not in (e[0][2] or ()), e[0][2] == (), str(e[0])))
     for key, _ in first:
@@ -311,6 +311,6 @@ def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group |
     names = {a.attr.rsplit(".", 1)[-1] for a in attrs}
     unit = ("head" if names & set(HEAD_COUNT_ATTRS) or unit_of.get(labs[0]) == "head"
             else "group" if names & {"groups", "num_groups"} else "channel")
-    return Group(id=-1, width=len(labs), unit=unit, members=tuple(members), attrs=tuple(attrs),
+    return Group(id=-1, width=len(labs), unit=unit, members=tuple(members.values()), attrs=tuple(attrs),
                  frozen=frozen_why.get(labs[0]), inexact=inexact_why.get(labs[0]),
                  align=align_of[labs[0]][0] if labs[0] in align_of else 1)

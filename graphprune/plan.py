@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 import numpy as np
 from torch import nn
 
@@ -215,20 +216,13 @@ def _blocks(live: list[Group], uniform: bool, shared: list[set] | None = None) -
     config field such as ``intermediate_size`` or ``num_attention_heads`` counts, in every layer and
     in encoder and decoder alike) form one block, so a standard config can describe the result.
     Groups binding one shared attribute (``_shared_attrs``) always form one block."""
-    label = list(range(len(live)))
-    if uniform:
-        first: dict[tuple, int] = {}
-        label = [first.setdefault((kind(g), g.unit, g.width), i) for i, g in enumerate(live)]
-    owner: dict[Any, int] = {}
-    for i, keys in enumerate(shared or []):
-        for k in keys:
-            j = owner.setdefault(k, i)
-            old, new = max(label[i], label[j]), min(label[i], label[j])
-            label = [new if x == old else x for x in label]
-    by_label: dict[int, list[int]] = {}
-    for i, lab in enumerate(label):
-        by_label.setdefault(lab, []).append(i)
-    return list(by_label.values())
+    uf = nx.utils.UnionFind(range(len(live)))
+    first: dict[tuple, int] = {}  # the first group with each key; every later one joins its block
+    for i, g in enumerate(live):
+        keys = [("attr", k) for k in (shared[i] if shared else ())]
+        for key in keys + ([("width", kind(g), g.unit, g.width)] if uniform else []):
+            uf.union(first.setdefault(key, i), i)
+    return sorted((sorted(b) for b in uf.to_sets()), key=lambda b: b[0])
 
 
 def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config: ShrinkConfig,

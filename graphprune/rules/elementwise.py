@@ -20,15 +20,8 @@ def tensor_args(b: Builder, node: fx.Node) -> list[fx.Node]:
 def pointwise(b: Builder, node: fx.Node) -> None:
     """Broadcasting: an input dim couples to the output dim it lines up with when sizes agree."""
     out = b.slots(node)
-    out_shape = b.shape(node)
     for arg in tensor_args(b, node):
-        shape = b.shape(arg)
-        shift = len(out_shape) - len(shape)
-        for i, s in enumerate(b.slots(arg)):
-            if 0 <= i + shift and shape[i] == out_shape[i + shift]:
-                b.link_same(s, out[i + shift])
-            elif shape[i] == 1:
-                b.touch(s)  # broadcast from size 1: nothing to prune there
+        b.broadcast(b.slots(arg), out)
 
 
 @register_rule(aten._assert_tensor_metadata, aten._assert_scalar, aten.sym_constrain_range_for_size,

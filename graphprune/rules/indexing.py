@@ -40,21 +40,12 @@ def index(b: Builder, node: fx.Node) -> None:
     for d, o in zip(rest, out[:start] + out[start + n_new:]):
         b.link_same(xs[d], o)
     for d in picked:
-        _broadcast_into(b, b.slots(indices[d]), new)
+        b.broadcast(b.slots(indices[d]), new)
 
 
 def _is_mask(node: fx.Node) -> bool:
     val = node.meta.get("val")
     return val is not None and val.dtype in (torch.bool, torch.uint8)
-
-
-def _broadcast_into(b: Builder, slots: list, target: list) -> None:
-    shift = len(target) - len(slots)
-    for i, s in enumerate(slots):
-        if b.size(s) == b.size(target[i + shift]):
-            b.link_same(s, target[i + shift])
-        elif b.size(s) == 1:
-            b.touch(s)
 
 
 @register_rule(aten.index_put)
@@ -69,9 +60,7 @@ def index_put(b: Builder, node: fx.Node) -> None:
         if d in picked:
             b.freeze(s, "written at positions given by a tensor")
     rest = [s for d, s in enumerate(xs) if d not in picked]
-    vs = b.slots(values)
-    for s, t in zip(vs[len(vs) - len(rest):] if rest else [], rest):
-        b.link_same(s, t) if b.size(s) == b.size(t) else b.touch(s) if b.size(s) == 1 else None
+    b.broadcast(b.slots(values), rest)
 
 
 @register_rule(aten.histc, aten.bincount)

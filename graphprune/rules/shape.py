@@ -6,7 +6,7 @@ import re
 
 from torch import fx
 
-from ..coupling import HEAD_COUNT_ATTRS, Builder, function_source, register_rule, shape_arg_names
+from ..coupling import HEAD_COUNT_ATTRS, Builder, function_source, register_rule, shape_args
 
 aten = __import__("torch").ops.aten
 
@@ -48,37 +48,36 @@ def reshape(b: Builder, node: fx.Node) -> None:
         if s == 1:
             b.touch(outs[j])
     written = any(canonical_is(node, k) for k in (aten.view, aten.reshape, aten._unsafe_view))
-    arg_names = (lambda j: shape_arg_names(node, j, len(outs))) if written else (lambda j: None)
+    args = (shape_args(node, len(outs)) if written else None) or [None] * len(outs)
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:
             b.link_same(ins[ra[0]], outs[rb[0]])
-            b.bind_code_attrs(outs[rb[0]], arg_names(rb[0]))  # x.reshape(-1, self.hidden_dim)
+            b.bind_code_attrs(outs[rb[0]], args[rb[0]])  # x.reshape(-1, self.hidden_dim)
         elif len(ra) == 1 and rb:
             b.factor(ins[ra[0]], [outs[j] for j in rb])
             _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb])
         elif len(rb) == 1 and ra:
             b.factor(outs[rb[0]], [ins[i] for i in ra])
             _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra])
-            names = arg_names(rb[0])
-            if names:  # x.reshape(B, -1, self.dim_out) merging heads: only the written position binds
-                b.bind_code_attrs(outs[rb[0]], names)
+            if args[rb[0]]:  # x.reshape(B, -1, self.dim_out) merging heads: only the written position binds
+                b.bind_code_attrs(outs[rb[0]], args[rb[0]])
         # n:m runs are left to the automatic freeze
     if canonical_is(node, aten.view_as) or canonical_is(node, aten.reshape_as):
         _link_template(b, node)
     elif written:
-        _follow_input_sizes(b, node)
+        _follow_input_sizes(b, node, args)
 
 
-def _follow_input_sizes(b: Builder, node: fx.Node) -> None:
+def _follow_input_sizes(b: Builder, node: fx.Node, args: list[set[str] | None]) -> None:
     """``B, N, C = x.shape`` then ``y.reshape(B, N, C)``: the graph holds the number, but the code
     reads it from the module's input, so after pruning the dim must have the input's width. Coupling
     the two keeps the counts equal (pvt_v2 and CoaT merge their heads back to the input's C)."""
-    outs = b.slots(node)
-    for j, s in enumerate(outs):
-        names = shape_arg_names(node, j, len(outs))
+    source = None
+    for s, names in zip(b.slots(node), args):
         if b.size(s) < 2 or not names or len(names) != 1:
             continue
-        found = _shape_read(function_source(node), next(iter(names)))
+        source = function_source(node) if source is None else source
+        found = _shape_read(source, next(iter(names)))
         if found is None:
             continue
         k, ndim = found

@@ -36,13 +36,13 @@ def start_record_(model: nn.Module) -> None:
 
 
 def sync_config_(model: nn.Module, plan: Plan) -> None:
-    """Write the plan's width fields into ``model.config`` and extend its ``graphprune`` record."""
+    """Write the plan's width fields into ``model.config`` and extend its ``graphprune`` record
+    (``start_record_`` made it before surgery began)."""
     cfg = hf_config(model)
     if cfg is None:
         return
     # a new dict, so a rollback that restores the config's attributes also restores the record
-    record = copy.deepcopy(getattr(cfg, "graphprune", None)) or {"version": RECORD_VERSION, "base": cfg.to_dict(),
-                                                                 "shapes": {}, "attrs": {}}
+    record = copy.deepcopy(cfg.graphprune)
     old = {dotted: _set(cfg, dotted, value) for dotted, value in plan.model_config.items()}
     if not _valid(cfg):
         if plan.config.get("uniform"):
