@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 
+from .compat import export_shims
 from .errors import TraceError
 from .inputs import Inputs, default_inputs, normalize_inputs, output_shapes, run_model
 
@@ -128,7 +129,7 @@ def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes
     args, kwargs = inputs
     # under no_grad a forward's own `torch.no_grad()` (HF rotary embeddings) is a no-op, so export
     # inlines it instead of hiding its ops in a wrap_with_set_grad_enabled submodule no rule can see
-    with torch.no_grad():
+    with torch.no_grad(), export_shims():
         ep = torch.export.export(traced_obj, args, kwargs, strict=False)
     sig = ep.graph_signature
     canonical = _canonical_names(model)

@@ -15,12 +15,15 @@ from graphprune.testing import zero_and_prune
 from .hf_archs import Arch, build, cases
 
 RATIO, TOLERANCE = 0.5, 0.01
+# a check that starts a fresh interpreter costs ~7 s a case: these run it in `make test`, the rest in `make zoo`
+SUBPROCESS_SMOKE = {"llama", "bert", "t5", "mixtral", "vit"}
 
 
-def _params(check: str):
+def _params(check: str, slow: bool = False):
     def marks(arch: Arch):
         known = [pytest.mark.xfail(reason=arch.known[check], strict=True)] if check in arch.known else []
-        return [pytest.mark.hf, pytest.mark.timeout(300), *known]
+        tier = [pytest.mark.slow] if slow and arch.name not in SUBPROCESS_SMOKE else []
+        return [pytest.mark.hf, pytest.mark.timeout(300), *known, *tier]
     return [pytest.param(a, c, id=f"{c}-{check}", marks=marks(a)) for a, c in cases()]
 
 
@@ -72,9 +75,8 @@ def test_generate_same_tokens_after_pruning_zeroed_units(arch: Arch, cls: str) -
     torch.testing.assert_close(pruned.generate(ids, **opts), zeroed.generate(ids, **opts), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("arch,cls", _params("reload"))
-@pytest.mark.parametrize("uniform", [False, True], ids=["per-layer", "uniform"])
-def test_save_and_reload_give_identical_outputs(arch: Arch, cls: str, uniform: bool, tmp_path) -> None:
+def _saved(arch: Arch, cls: str, uniform: bool, path):
+    """(pruned model, its inputs, its output) after save_pretrained into ``path``."""
     model = build(arch, cls)
     options = dict(uniform=True, round_to=4) if uniform else {}
     try:  # the round trip is the point here: a ratio tiny models reach with config-describable widths
@@ -82,14 +84,25 @@ def test_save_and_reload_give_identical_outputs(arch: Arch, cls: str, uniform: b
     except graphprune.GraphPruneError as err:
         pytest.skip(f"{type(err).__name__}: {err}")
     inputs = graphprune.find_groups(model).traced.inputs
-    small.save_pretrained(tmp_path)
+    small.save_pretrained(path)
+    return small, inputs, first_tensor(run_model(small, inputs))
+
+
+@pytest.mark.parametrize("arch,cls", _params("reload"))
+@pytest.mark.parametrize("uniform", [False, True], ids=["per-layer", "uniform"])
+def test_save_and_reload_give_identical_outputs(arch: Arch, cls: str, uniform: bool, tmp_path) -> None:
+    small, inputs, want = _saved(arch, cls, uniform, tmp_path)
     again = graphprune.from_pretrained(str(tmp_path))
-    want = first_tensor(run_model(small, inputs))
     # the same weights, possibly another attention kernel after loading: float noise only
     torch.testing.assert_close(first_tensor(run_model(again, inputs)), want, rtol=1e-5, atol=1e-6)
     if uniform:
         assert graphprune.config_mismatches(small) == []
-        _stock_load_matches(cls, tmp_path, inputs, want)
+
+
+@pytest.mark.parametrize("arch,cls", _params("stock-load", slow=True))
+def test_stock_transformers_loads_uniform_folder(arch: Arch, cls: str, tmp_path) -> None:
+    _, inputs, want = _saved(arch, cls, True, tmp_path)
+    _stock_load_matches(cls, tmp_path, inputs, want)
 
 
 def _stock_load_matches(cls: str, path, inputs, want: torch.Tensor) -> None:
