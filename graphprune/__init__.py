@@ -6,14 +6,16 @@
 'ResNet'
 """
 from .api import shrink
+from .calibrate import InputStats, Stats, calibrate
+from .compensate import Compensation, compensate_, recalibrate_bn_
 from .config import ShrinkConfig
 from .coupling import RULES, register_rule
-from .errors import (ConfigError, GraphPruneError, PlanError, RegistryError, SurgeryError, TraceError,
+from .errors import (CalibrationError, ConfigError, GraphPruneError, PlanError, RegistryError, SurgeryError, TraceError,
                      UnsupportedOpError)
 from .groups import Group, Groups, Member, find_groups
 from .plan import Plan, count_params, make_plan
 from .report import Report, count_macs
-from .scores import list_scorers, register_scorer, score
+from .scores import ScoreContext, Scores, list_scorers, register_scorer, score
 from .surgery import SLICERS, apply_plan_, register_slicer
 from .trace import Traced, trace
 
@@ -32,7 +34,8 @@ def list_rules() -> list[str]:
 
 
 __all__ = [
-    "ConfigError", "GraphPruneError", "Group", "Groups", "Member", "Plan", "PlanError", "RegistryError",
+    "CalibrationError", "Compensation", "InputStats", "ScoreContext", "Scores", "Stats", "calibrate",
+    "compensate_", "recalibrate_bn_", "ConfigError", "GraphPruneError", "Group", "Groups", "Member", "Plan", "PlanError", "RegistryError",
     "Report", "ShrinkConfig", "SurgeryError", "TraceError", "Traced", "UnsupportedOpError", "apply_plan_",
     "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",

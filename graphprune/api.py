@@ -4,25 +4,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from torch import nn
 
+from .calibrate import Stats, calibrate
+from .compensate import Compensation, compensation
 from .config import ShrinkConfig
-from .groups import find_groups
-from .errors import PlanError, SurgeryError
+from .groups import Groups, find_groups
+from .errors import CalibrationError, PlanError, SurgeryError
 from .plan import Plan, make_plan
 from .report import Report, make_report
+from .scores import Scores, needs_of, score
 from .surgery import apply_plan_
 from .trace import trace
 
 
 def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplace: bool = False,
-           return_report: bool = False, scorer: Any = None, **options: Any) -> Any:
+           return_report: bool = False, scorer: Any = None, calibration: Iterable[Any] | None = None,
+           loss_fn: Callable[[Any, Any], Any] | None = None, **options: Any) -> Any:
     """Remove ``ratio`` of ``model``'s parameters (or MACs with ``target="macs"``) by structural pruning.
 
     Returns a model of the same class (a pruned deep copy unless ``inplace=True``), or
     ``(model, report)`` with ``return_report=True``. Options are those of ``ShrinkConfig``.
+    ``calibration``: batches (Tensor, tuple of args or dict of kwargs; a DataLoader yielding them)
+    that data-aware criteria (``scorer="activation"``, ``"taylor"``, ...) and ``compensate=`` read,
+    in one pass; ``loss_fn(output, batch)`` gives gradient criteria their loss (see ``calibrate``).
 
     >>> import timm, graphprune
     >>> small = graphprune.shrink(timm.create_model("resnet18"), 0.5)
@@ -32,30 +39,57 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
     traced = trace(model, example_inputs)
     groups = find_groups(traced, strict=config.strict)
+    stats = _calibration(model, groups, config, scorer, calibration, loss_fn)
+    scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
     target = model if inplace else copy.deepcopy(model)
     original = copy.deepcopy(model) if inplace and return_report else model
-    plan = _plan_and_apply_(target, model, groups, config, scorer, traced.inputs)
+    plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats)
     if not return_report:
         return target
     left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
-    report: Report = make_report(original, target, plan, groups, left_out)
+    report: Report = make_report(original, target, plan, groups, left_out, scores=scores, stats=stats,
+                                 compensation=comp)
     return target, report
+
+
+def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, batches: Any,
+                 loss_fn: Any) -> Stats | None:
+    """One calibration pass collecting what the criterion and the compensation read (None: no data needed)."""
+    needs = set(needs_of(scorer or config.scorer))
+    if config.compensate:
+        needs.add("gram" if config.compensate == "lstsq" else "inputs")
+        needs.add("inputs")
+    if batches is None:
+        if config.compensate:
+            raise CalibrationError(f"compensate={config.compensate!r} reads calibration data; pass calibration= "
+                                   f"(an iterable of input batches, e.g. a few hundred samples of your data)")
+        return None  # a data-aware scorer says what to pass when score() runs
+    if not needs:
+        warnings.warn(f"graphprune: calibration= was given but scorer={config.scorer!r} and compensate=None read no "
+                      f"data; pass scorer='activation' (or 'taylor', 'fluctuation', ...) to use it")
+        return None
+    return calibrate(model, groups, batches, needs=tuple(needs), loss_fn=loss_fn, max_batches=config.max_batches,
+                     seed=config.seed)
 
 
 MAX_RETRIES = 16
 
 
-def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: ShrinkConfig, scorer: Any,
-                     inputs: Any) -> Plan:
+def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores,
+                     inputs: Any, stats: Stats | None = None) -> tuple[Plan, Compensation | None]:
     """Plan and prune; if the pruned forward breaks inside a module (its code derives a width from a
     constant or another tensor's shape, invisible in the traced graph), leave every module of that
     type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done stays."""
     left_out: list[str] = []
     for _ in range(MAX_RETRIES):
-        plan = _make_plan_noting(model, groups, config, scorer, left_out)
+        plan = _make_plan_noting(model, groups, config, scores, left_out)
+        comp = compensation(model, plan, groups, stats, config.compensate) if config.compensate else None
+        if stats is not None:
+            plan = dataclasses.replace(plan, config={**plan.config, "calibration": {
+                "batches": stats.batches, "loss": stats.loss, "needs": list(stats.needs)}})
         try:
-            apply_plan_(target, plan, inputs)
-            return plan
+            apply_plan_(target, plan, inputs, compensation=comp)
+            return plan, comp
         except SurgeryError as err:
             culprits = _same_type(model, getattr(err, "module", None))
             if not culprits or set(culprits) <= set(config.ignore):
@@ -66,9 +100,9 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
     raise SurgeryError(f"the pruned forward still fails after leaving {MAX_RETRIES} module types unpruned")
 
 
-def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, scorer: Any, left_out: list[str]) -> Plan:
+def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores, left_out: list[str]) -> Plan:
     try:
-        return make_plan(model, groups, config, scorer=scorer)
+        return make_plan(model, groups, config, scores=scores)
     except PlanError as err:
         if not left_out:
             raise

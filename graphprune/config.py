@@ -6,9 +6,12 @@ from typing import Any
 
 from .errors import ConfigError
 
-VERSION = 1
+VERSION = 2  # 2: scope, max_fraction, normalize, compensate, seed, max_batches (1 reads as their defaults)
 TARGETS = ("params", "macs")
 KINDS = ("heads", "mlp", "hidden")
+SCOPES = ("global", "local")
+NORMALIZE = ("mean", "max", "sum", "none")
+COMPENSATE = (None, "mean", "lstsq")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,14 @@ class ShrinkConfig:
     conv channels), "hidden" (widths normalised by layer/RMS norms: a transformer's residual stream).
     ``uniform``: groups playing the same part in every layer keep equal widths (a standard HF config
     can then describe the pruned model).
+    ``scope``: "global" ranks units of every group against each other (scores normalised per group
+    by ``normalize``: "mean", "max", "sum" or "none"); "local" removes the same fraction of every
+    group. ``max_fraction``: no group loses more than this fraction of its units.
+    ``compensate``: after removal, fold what the removed units fed their consumers into what stays,
+    from calibration data: "mean" (into a bias or the next norm's running mean) or "lstsq" (refit the
+    consumers' kept weights by ridge least squares; "mean" where a consumer is no linear map).
+    ``seed``: for the random criterion and the random output projection of gradient criteria.
+    ``max_batches``: calibration batches read at most (None: all).
 
     >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
     0.5
@@ -41,6 +52,12 @@ class ShrinkConfig:
     prune: tuple[str, ...] = KINDS
     uniform: bool = False
     strict: bool = False
+    scope: str = "global"
+    max_fraction: float = 1.0
+    normalize: str = "mean"
+    compensate: str | None = None
+    seed: int = 0
+    max_batches: int | None = None
     version: int = field(default=VERSION)
 
     def __post_init__(self) -> None:
@@ -57,6 +74,15 @@ class ShrinkConfig:
             raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 1]")
         if not isinstance(self.cost_power, (int, float)) or not 0 <= self.cost_power <= 2:
             raise ConfigError(f"cost_power={self.cost_power!r} must be a number in [0, 2]")
+        for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("compensate", COMPENSATE)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if isinstance(self.max_fraction, bool) or not isinstance(self.max_fraction, (int, float)) \
+                or not 0 < self.max_fraction <= 1:
+            raise ConfigError(f"max_fraction={self.max_fraction!r} must be in (0, 1]: the largest fraction of "
+                              f"one group's units that may go")
+        if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
+            raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
         prune = (self.prune,) if isinstance(self.prune, str) else tuple(self.prune)
         if not prune or set(prune) - set(KINDS):
             raise ConfigError(f"prune={self.prune!r} must name some of {KINDS}")

@@ -10,6 +10,11 @@ class ConfigError(GraphPruneError, ValueError):
     """An option has a value outside its range; the message names the option and the fix."""
 
 
+class CalibrationError(ConfigError):
+    """Calibration data cannot be used: no batches, a batch the model does not accept, a loss that is
+    not a scalar, or a data-aware criterion asked for without data. The model is left as it was."""
+
+
 class TraceError(GraphPruneError):
     """The model could not be turned into a graph (neither torch.export nor symbolic_trace)."""
 

@@ -69,6 +69,19 @@ def _hf_inputs(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, An
     return kwargs
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """An HF model whose own loss is next-token prediction on ``labels=input_ids``.
+
+    >>> is_causal_lm(nn.Linear(2, 2))
+    False
+    """
+    if not type(model).__module__.startswith("transformers."):
+        return False  # transformers is slow to import: only a model of its own implies it is loaded
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
 def _forward_params(model: nn.Module) -> set[str]:
     import inspect
     try:

@@ -22,7 +22,7 @@ from .coupling import attr_path, owner_key
 from .errors import PlanError
 from .groups import Group, Groups
 from . import widths
-from .scores import score
+from .scores import Scores, score
 
 @dataclass(frozen=True)
 class Plan:
@@ -75,8 +75,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any = None) -> Plan:
-    """Rank every prunable unit globally and remove the least important ones until ``config.ratio``.
+def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any = None,
+              scores: Scores | None = None, stats: Any = None) -> Plan:
+    """Rank every prunable unit (globally, or within its group with ``scope="local"``) and remove
+    the least important ones until ``config.ratio``. ``scores`` (from ``graphprune.score``) are used
+    as given; otherwise ``scorer`` (default ``config.scorer``) scores, reading ``stats`` if it needs data.
 
     >>> import timm
     >>> from graphprune.groups import find_groups
@@ -85,22 +88,29 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
     >>> abs(plan.ratio - 0.3) <= 0.01
     True
     """
+    if scores is None:
+        scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
     if config.uniform and getattr(getattr(model, "config", None), "to_dict", None) is not None:
-        return _describable_plan(model, groups, config, scorer)
-    return _plan_kinds(model, groups, config, scorer)
+        return _describable_plan(model, groups, config, scores)
+    return _plan_kinds(model, groups, config, scores)
 
 
-def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, allow: Any = None) -> Plan:
+def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scores: Scores, allow: Any = None) -> Plan:
     live = [g for g in groups.prunable if kind(g) in config.prune and not _ignored(model, g, config.ignore)
             and (allow is None or allow(g))]
     live, shared = _tie_shared(model, live, groups.groups)
-    scores = score(model, Groups(tuple(live), groups.coupling), scorer or config.scorer)
+    normalised = all_scores.normalised(config.normalize)
+    missing = [g.id for g in live if g.id not in normalised]
+    if missing:
+        raise PlanError(f"scores= has no scores for groups {missing[:5]}; score the same groups the plan uses "
+                        f"(graphprune.score(model, groups, ...))")
+    scores = {g.id: normalised[g.id] for g in live}
     cost = Cost(model, live, groups, config.target)
     removed = _search(live, scores, cost, config, shared)
     return _build(model, live, scores, removed, config, groups)
 
 
-def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any) -> Plan:
+def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scores: Scores) -> Plan:
     """A uniform plan whose widths the model's own config can describe, so stock ``from_pretrained``
     rebuilds it. Kinds the config cannot express (BERT derives the head size from hidden_size //
     heads, so neither may change alone) are left out, hidden size first, with a warning."""
@@ -115,7 +125,7 @@ def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, sc
         tried.add(kinds)
         try:
             # a width no config field counts (BERT's pooler, a classifier's dense layer) must stay
-            plan = _plan_kinds(model, groups, dataclasses.replace(config, prune=kinds), scorer,
+            plan = _plan_kinds(model, groups, dataclasses.replace(config, prune=kinds), scores,
                                allow=lambda g: widths.describes(model.config, kind(g), g.width))
         except PlanError as err:
             why.append(f"prune={kinds}: {err}")
@@ -236,7 +246,7 @@ def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config
     blocks = _blocks(live, config.uniform, shared)
     unit_costs = np.array([sum(cost.unit_cost(i) for i in b) for b in blocks])
     rel = (unit_costs / np.median(unit_costs)) ** config.cost_power
-    keys = np.concatenate([np.mean([np.sort(scores[live[i].id]) for i in b], axis=0) / rel[j]
+    keys = np.concatenate([_keys(np.mean([np.sort(scores[live[i].id]) for i in b], axis=0), config) / rel[j]
                            for j, b in enumerate(blocks)])
     owner = np.concatenate([np.full(live[b[0]].width, j) for j, b in enumerate(blocks)])
     order = owner[np.argsort(keys, kind="stable")]
@@ -264,6 +274,19 @@ def _search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config
                     f"{frac(lo):.4f}; ask for one of those or pass a larger tolerance=")
 
 
+def _keys(sorted_scores: np.ndarray, config: ShrinkConfig) -> np.ndarray:
+    """Ranking keys of one block's units, lowest first. Global: the normalised scores themselves.
+    Local: each unit's quantile within its block, so a prefix of the merged ranking removes the same
+    fraction of every group (and the scores only decide which units of a group go).
+
+    >>> _keys(np.array([0.1, 5.0]), ShrinkConfig(ratio=0.1, scope="local")).tolist()
+    [0.25, 0.75]
+    """
+    if config.scope == "local":
+        return (np.arange(len(sorted_scores)) + 0.5) / len(sorted_scores)
+    return sorted_scores
+
+
 def _per_group(per_block: list[int], blocks: list[list[int]], live: list[Group], config: ShrinkConfig) -> list[int]:
     counts = [0] * len(live)
     for c, b in zip(per_block, blocks):
@@ -288,7 +311,7 @@ def _top_up(per_block: list[int], rest: np.ndarray, expand, cost: Cost, config: 
 
 
 def _capped(count: int, g: Group, config: ShrinkConfig) -> int:
-    keep = max(g.width - count, config.min_keep)
+    keep = max(g.width - count, config.min_keep, g.width - math.floor(config.max_fraction * g.width + 1e-9))
     step = math.lcm(config.round_to, g.align)
     if step > 1 and g.width >= step:
         keep = min(g.width, math.ceil(keep / step) * step)

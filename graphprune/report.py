@@ -69,6 +69,12 @@ class Report:
     frozen: tuple[str, ...]
     unsupported: tuple[str, ...] = field(default=())
     left_out: tuple[str, ...] = field(default=())  # modules whose pruned forward broke, left unpruned
+    criterion: str = "l2"
+    scope: str = "global"
+    compensate: str | None = None
+    calibration_batches: int = 0
+    calibration_seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())  # criterion fallbacks, compensation limits
     plan: "Plan | None" = field(default=None, repr=False, compare=False)
 
     @property
@@ -80,24 +86,36 @@ class Report:
                  f"MACs       {self.macs_before:,} -> {self.macs_after:,} "
                  f"(-{1 - self.macs_after / max(self.macs_before, 1):.1%})",
                  f"pruned {len(self.pruned)} groups, {len(self.frozen)} frozen, "
-                 f"{len(self.unsupported)} ops without a rule"]
+                 f"{len(self.unsupported)} ops without a rule",
+                 f"criterion {self.criterion}, scope {self.scope}, compensation {self.compensate or 'none'}"
+                 + (f", calibration {self.calibration_batches} batches in {self.calibration_seconds:.1f} s"
+                    if self.calibration_batches else "")]
         lines += [f"  pruned: {p}" for p in self.pruned[:8]]
         lines += [f"  frozen: {f}" for f in self.frozen[:5]]
         lines += [f"  no rule: {u}" for u in self.unsupported[:5]]
         if self.left_out:
             lines.append(f"  left unpruned (their forward broke when pruned): {', '.join(self.left_out[:8])}")
+        lines += [f"  note: {n}" for n in self.notes[:8]]
+        if len(self.notes) > 8:
+            lines.append(f"  ... {len(self.notes) - 8} more notes (report.notes)")
         return "\n".join(lines)
 
 
 def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Groups",
-                left_out: tuple[str, ...] = ()) -> Report:
+                left_out: tuple[str, ...] = (), scores: Any = None, stats: Any = None, compensation: Any = None) -> Report:
     inputs = groups.traced.inputs
     by_id = {g.id: g for g in groups}
+    notes = tuple(f"{scores.criterion} cannot judge {by_id[i].module or '<root>'} ({by_id[i].structure}); "
+                  f"ranked by l2 there" for i in (scores.fallback if scores is not None else ()))
+    notes += tuple(compensation.notes) if compensation is not None else ()
     pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
                    f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))
     return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),
                   macs_before=count_macs(before, inputs), macs_after=count_macs(after, inputs), pruned=pruned,
-                  frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), left_out=left_out, plan=plan)
+                  frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), left_out=left_out,
+                  criterion=str(plan.config.get("scorer", "l2")), scope=str(plan.config.get("scope", "global")),
+                  compensate=plan.config.get("compensate"), calibration_batches=stats.batches if stats else 0,
+                  calibration_seconds=stats.seconds if stats else 0.0, notes=notes, plan=plan)
 
 
 def _frozen_lines(groups: "Groups") -> list[str]:

@@ -1,93 +1,156 @@
-"""Stage 4, scores: one importance value per unit of every group, normalised to compare globally."""
+"""Stage 4, scores: one importance value per unit of every prunable group, from a named criterion.
+
+A criterion is ``fn(ctx) -> array of shape (group.width,)`` registered by name with the statistics
+it needs (``needs=("inputs",)``, see ``graphprune.calibrate``); the calibration stage collects them,
+the criterion only reads ``ctx``. The older form ``fn(group, tensors)`` still works. A criterion may
+return None for a group it cannot judge (no norm over its channels, no consumer ran): that group is
+scored by ``l2`` instead and listed in ``Scores.fallback``.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .calibrate import Stats
+from .errors import CalibrationError, ConfigError
 from .groups import Group, Groups
 from .registry import Registry
 
-Scorer = Callable[[Group, dict[str, torch.Tensor]], np.ndarray]
 SCORERS = Registry("scorer")
+NORMALIZE = ("mean", "max", "sum", "none")
 
 
-def register_scorer(name: str, override: bool = False) -> Callable[[Scorer], Scorer]:
-    """Register ``fn(group, tensors) -> array of shape (group.width,)`` under ``name``.
+@dataclass(frozen=True, eq=False)
+class ScoreContext:
+    """What a criterion may read for one group: the model's tensors and the calibration stats."""
+
+    group: Group
+    tensors: Mapping[str, torch.Tensor]  # parameters and buffers by FQN
+    params: frozenset[str]  # which of them are parameters
+    model: nn.Module
+    stats: Stats | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Scores:
+    """Raw per-unit scores by group id; ``normalised`` makes groups comparable for a global ranking."""
+
+    criterion: str
+    raw: Mapping[int, np.ndarray]
+    fallback: tuple[int, ...] = ()  # groups the criterion could not judge, scored by l2
+    notes: tuple[str, ...] = field(default=())
+
+    def normalised(self, how: str = "mean") -> dict[int, np.ndarray]:
+        """Each group's scores divided by their mean, max or sum ("none": as they are).
+
+        >>> Scores("x", {0: np.array([1.0, 3.0])}).normalised("max")[0].tolist()
+        [0.3333333333333333, 1.0]
+        """
+        if how not in NORMALIZE:
+            raise ConfigError(f"normalize={how!r} is not one of {NORMALIZE}")
+        out = {}
+        for gid, raw in self.raw.items():
+            scale = {"mean": raw.mean(), "max": raw.max(), "sum": raw.sum(), "none": 1.0}[how]
+            out[gid] = raw / scale if scale > 0 else np.ones_like(raw)
+        return out
+
+
+def register_scorer(name: str, needs: tuple[str, ...] = (), override: bool = False) -> Callable:
+    """Register ``fn(ctx) -> scores`` (or the older ``fn(group, tensors)``) under ``name``; ``needs``
+    names the statistics ``graphprune.calibrate`` must collect for it.
 
     >>> @register_scorer("ones", override=True)
-    ... def ones(group, tensors): return np.ones(group.width)
+    ... def ones(ctx): return np.ones(ctx.group.width)
     >>> "ones" in list_scorers()
     True
     """
-    return SCORERS.register(name, override=override)
+    def deco(fn: Callable) -> Callable:
+        fn.needs = tuple(needs)  # type: ignore[attr-defined]
+        return SCORERS.register(name, override=override)(fn)
+    return deco
 
 
 def list_scorers() -> list[str]:
     """Names accepted by ``scorer=``."""
+    from . import criteria  # noqa: F401 - registers the built-in criteria
+
     return SCORERS.names()
 
 
-def _unit_norms(group: Group, tensors: dict[str, torch.Tensor], p: int) -> np.ndarray:
-    """Sum over every member of the |w|^p mass of each unit's slices (buffers excluded)."""
-    total = np.zeros(group.width)
-    for m in group.members:
-        t = tensors.get(m.fqn)
-        if t is None or not t.is_floating_point():
-            continue
-        flat = t.detach().float().abs().pow(p).movedim(m.dim, 0).reshape(t.shape[m.dim], -1).sum(1)
-        total += flat.cpu().numpy()[m.indices].sum(1)
-    return total
+def needs_of(scorer: Any) -> tuple[str, ...]:
+    """The statistics a criterion reads (empty for data-free ones).
+
+    >>> needs_of("activation"), needs_of("l2")
+    (('inputs',), ())
+    """
+    return tuple(getattr(resolve_scorer(scorer), "needs", ()))
 
 
-@register_scorer("l2")
-def l2(group: Group, tensors: dict[str, torch.Tensor]) -> np.ndarray:
-    """Group L2 magnitude: sqrt of the summed squares of all member slices of a unit."""
-    return np.sqrt(_unit_norms(group, tensors, 2))
-
-
-@register_scorer("l1")
-def l1(group: Group, tensors: dict[str, torch.Tensor]) -> np.ndarray:
-    """Group L1 magnitude."""
-    return _unit_norms(group, tensors, 1)
-
-
-@register_scorer("random")
-def random(group: Group, tensors: dict[str, torch.Tensor]) -> np.ndarray:
-    """Uniform random scores, seeded by the group id so plans are reproducible (a baseline)."""
-    return np.random.default_rng(group.id).random(group.width)
-
-
-def score(model: nn.Module, groups: Groups, scorer: str | Scorer = "l2") -> dict[int, np.ndarray]:
-    """Normalised scores for every prunable group: each group's scores divided by their mean.
+def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | None = None,
+          seed: int = 0) -> Scores:
+    """Raw scores of every prunable group under ``scorer`` (a registered name or a callable).
 
     >>> import timm
     >>> from graphprune.groups import find_groups
     >>> m = timm.create_model("resnet18")
     >>> s = score(m, find_groups(m))
-    >>> round(float(next(iter(s.values())).mean()), 6)
-    1.0
+    >>> s.criterion, round(float(next(iter(s.normalised().values())).mean()), 6)
+    ('l2', 1.0)
     """
     fn = resolve_scorer(scorer)
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    out = {}
+    missing = [n for n in getattr(fn, "needs", ()) if stats is None or n not in stats.needs]
+    if missing:
+        raise CalibrationError(f"scorer={_name(scorer)!r} reads calibration statistics {missing}; pass "
+                               f"calibration= (an iterable of input batches) to shrink, or stats=graphprune."
+                               f"calibrate(model, groups, batches, needs={missing}) to score")
+    params = dict(model.named_parameters())
+    tensors = MappingProxyType({**params, **dict(model.named_buffers())})
+    raw, fallback = {}, []
     for g in groups.prunable:
-        raw = np.asarray(fn(g, tensors), dtype=np.float64)
-        if raw.shape != (g.width,):
-            raise ConfigError(f"scorer {scorer!r} returned shape {raw.shape} for group {g.id} "
-                              f"({g.module}); it must return one score per unit, shape ({g.width},)")
-        mean = raw.mean()
-        out[g.id] = raw / mean if mean > 0 else np.ones_like(raw)
-    return out
+        ctx = ScoreContext(g, tensors, frozenset(params), model, stats, seed)
+        values = _call(fn, ctx)
+        if values is None:
+            values, _ = SCORERS["l2"](ctx), fallback.append(g.id)
+        raw[g.id] = _checked(values, g, scorer)
+    return Scores(_name(scorer), MappingProxyType(raw), tuple(fallback))
 
 
-def resolve_scorer(scorer: Any) -> Scorer:
+def _call(fn: Callable, ctx: ScoreContext) -> Any:
+    try:
+        positional = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):
+        positional = []
+    return fn(ctx.group, ctx.tensors) if len(positional) >= 2 else fn(ctx)
+
+
+def _checked(values: Any, g: Group, scorer: Any) -> np.ndarray:
+    raw = np.asarray(values, dtype=np.float64)
+    if raw.shape != (g.width,):
+        raise ConfigError(f"scorer {_name(scorer)!r} returned shape {raw.shape} for group {g.id} "
+                          f"({g.module}); it must return one score per unit, shape ({g.width},)")
+    if not np.isfinite(raw).all():
+        raise ConfigError(f"scorer {_name(scorer)!r} returned non-finite scores for group {g.id} ({g.module})")
+    return raw
+
+
+def _name(scorer: Any) -> str:
+    return scorer if isinstance(scorer, str) else getattr(scorer, "__qualname__", repr(scorer))
+
+
+def resolve_scorer(scorer: Any) -> Callable:
+    from . import criteria  # noqa: F401 - registers the built-in criteria
+
     if callable(scorer):
         return scorer
     if isinstance(scorer, str) and scorer in SCORERS:
         return SCORERS[scorer]
     raise ConfigError(f"scorer={scorer!r} is not a registered name or a callable; "
-                      f"choose one of {list_scorers()} or pass fn(group, tensors) -> scores")
+                      f"choose one of {list_scorers()} or pass fn(ctx) -> scores")

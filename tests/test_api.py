@@ -68,3 +68,23 @@ def test_same_type_is_only_the_module_itself_for_torch_nn_builtins():
 def test_unreachable_after_leaving_modules_out_names_them():
     with pytest.warns(UserWarning), pytest.raises(graphprune.PlanError, match="InputWidthAttention"):
         graphprune.shrink(Tower().eval(), 0.85, example_inputs=X)
+
+
+def test_plan_json_records_criterion_scope_compensation_and_calibration() -> None:
+    import json
+
+    from .calib_models import Mlp
+
+    small, report = graphprune.shrink(Mlp(), 0.2, example_inputs=torch.randn(2, 4), calibration=Mlp.data(),
+                                      scorer="fluctuation", scope="local", compensate="mean", tolerance=0.1,
+                                      return_report=True)
+    saved = json.loads(report.plan.to_json())["config"]
+    assert (saved["scorer"], saved["scope"], saved["compensate"]) == ("fluctuation", "local", "mean")
+    assert saved["calibration"]["batches"] == 4 and report.calibration_seconds > 0
+
+
+def test_calibration_without_a_data_aware_choice_warns() -> None:
+    from .calib_models import Mlp
+
+    with pytest.warns(UserWarning, match="read no data"):
+        graphprune.shrink(Mlp(), 0.2, example_inputs=torch.randn(2, 4), calibration=Mlp.data(), tolerance=0.1)

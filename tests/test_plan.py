@@ -92,3 +92,49 @@ def test_scorers_change_which_units_go(resnet, scorer) -> None:
     assert abs(plan.ratio - 0.3) <= 0.01
     if callable(scorer):  # increasing scores: the first units of every group are the ones removed
         assert all(units == list(range(len(units))) for units in plan.removed.values())
+
+
+def _fractions(plan, groups) -> dict[int, float]:
+    width = {g.id: g.width for g in groups}
+    return {gid: len(units) / width[gid] for gid, units in plan.removed.items()}
+
+
+def test_local_scope_removes_the_same_fraction_of_every_group(resnet) -> None:
+    model, groups = resnet
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3, scope="local"))
+    fractions = _fractions(plan, groups)
+    assert len(fractions) == len(groups.prunable) and abs(plan.ratio - 0.3) <= 0.01
+    widths = {g.id: g.width for g in groups}
+    # equal to within one unit of each group (the search stops inside a round of the merged ranking)
+    assert max(fractions.values()) - min(fractions.values()) <= 1.5 / min(widths[i] for i in fractions)
+
+
+def test_global_scope_is_uneven_and_max_fraction_caps_it(resnet) -> None:
+    model, groups = resnet
+    free = _fractions(graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.5)), groups)
+    capped = _fractions(graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.5, max_fraction=0.37)),
+                        groups)
+    assert max(free.values()) > 0.37 and max(capped.values()) <= 0.37
+
+
+def test_given_scores_decide_and_are_not_recomputed(resnet) -> None:
+    model, groups = resnet
+    ones = graphprune.score(model, groups, lambda ctx: __import__("numpy").arange(ctx.group.width, 0, -1.0))
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3), scores=ones)
+    # decreasing scores: the last units of every group are the ones removed
+    width = {g.id: g.width for g in groups}
+    assert all(units == list(range(width[gid] - len(units), width[gid])) for gid, units in plan.removed.items())
+
+
+@pytest.mark.parametrize("normalize", ["mean", "max", "sum", "none"])
+def test_normalisations_all_reach_the_ratio(resnet, normalize: str) -> None:
+    model, groups = resnet
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3, normalize=normalize))
+    assert abs(plan.ratio - 0.3) <= 0.01
+
+
+@pytest.mark.parametrize("bad", [dict(scope="layer"), dict(max_fraction=0.0), dict(normalize="z"),
+                                 dict(compensate="median"), dict(max_batches=0)])
+def test_allocation_options_are_validated(bad) -> None:
+    with pytest.raises(graphprune.ConfigError, match=next(iter(bad))):
+        graphprune.ShrinkConfig(ratio=0.3, **bad)

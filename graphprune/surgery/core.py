@@ -32,9 +32,11 @@ def register_slicer(*types: type, override: bool = False) -> Callable:
     return SLICERS.register(*types, override=override)
 
 
-def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None) -> nn.Module:
+def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None) -> nn.Module:
     """Prune ``model`` in place as ``plan`` says; with example inputs, check the forward still runs
-    and gives the shapes it gave before. On any failure the model is restored and SurgeryError raised.
+    and gives the shapes it gave before. ``compensation`` (``graphprune.compensate.compensation``)
+    is written first, from the columns about to go. On any failure the model is restored (the
+    compensation too) and SurgeryError raised.
 
     >>> import timm, graphprune
     >>> m = timm.create_model("resnet18")
@@ -43,8 +45,11 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None) -> nn.
     True
     """
     _check(model, plan)
-    snapshot = _Snapshot(model, plan)
+    extra = _compensated_modules(compensation)
+    snapshot = _Snapshot(model, plan, extra)
     try:
+        if compensation is not None:
+            compensation.apply_(model)
         start_record_(model)
         _slice_tensors(model, plan)
         _set_attrs(model, plan)
@@ -65,6 +70,12 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None) -> nn.
         raise SurgeryError(f"surgery failed and the model was restored: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err
     return model
+
+
+def _compensated_modules(compensation: Any) -> set[str]:
+    if compensation is None:
+        return set()
+    return {_owner(f)[0] for f in compensation.updates} | set(compensation.new_biases)
 
 
 def _owner(fqn: str) -> tuple[str, str]:
@@ -176,13 +187,13 @@ def _is_inputs(x: Any) -> bool:
 class _Snapshot:
     """What surgery may change, so a failure can put the model back exactly as it was."""
 
-    def __init__(self, model: nn.Module, plan: Plan):
+    def __init__(self, model: nn.Module, plan: Plan, extra: set[str] = frozenset()):
         self.model = model
         tensors = {**dict(model.named_parameters(remove_duplicate=False)),
                    **dict(model.named_buffers(remove_duplicate=False))}
         aliases = _aliases(model)
         owners = {_owner(n)[0] for f in plan.keep for n in aliases[id(tensors[f])]}
-        self.modules = sorted(owners | set(plan.attrs))
+        self.modules = sorted(owners | set(plan.attrs) | set(extra))
         self.saved = {fqn: self._save(model.get_submodule(fqn)) for fqn in self.modules}
         cfg = hf_config(model)
         self.configs = [(c, dict(c.__dict__)) for c in (config_objects(cfg) if cfg is not None else [])]

@@ -1,0 +1,82 @@
+"""Tests for graphprune/criteria/gradient.py and activation.py on a toy whose answers are known."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune
+
+from ..calib_models import BIG, CONSTANT, DEAD, Mlp
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    model = Mlp()
+    groups = graphprune.find_groups(model, torch.randn(2, 4))
+    (g,) = [g for g in groups.prunable if g.width == 10]
+    stats = graphprune.calibrate(model, groups, Mlp.data(), needs=("inputs", "grads"))
+    return model, groups, g, stats
+
+
+def _raw(mlp, scorer: str) -> np.ndarray:
+    model, groups, g, stats = mlp
+    return graphprune.score(model, groups, scorer, stats).raw[g.id]
+
+
+def test_large_weights_but_zero_activations_score_lowest_under_activation(mlp) -> None:
+    assert int(np.argmax(_raw(mlp, "l2"))) == DEAD  # the magnitude criterion keeps the dead unit
+    raw = _raw(mlp, "activation")
+    assert raw[DEAD] == 0.0 and (np.delete(raw, DEAD) > 0).all()
+
+
+@pytest.mark.parametrize("scorer", ["taylor", "hessian"])
+def test_zero_gradient_scores_lowest_under_gradient_criteria(mlp, scorer: str) -> None:
+    raw = _raw(mlp, scorer)
+    assert raw[DEAD] == 0.0
+    assert (np.delete(raw, [DEAD, CONSTANT]) > 0).all()
+
+
+def test_constant_unit_scores_zero_under_fluctuation_but_not_activation(mlp) -> None:
+    assert _raw(mlp, "fluctuation")[CONSTANT] < 1e-12
+    assert _raw(mlp, "activation")[CONSTANT] > 0
+
+
+def test_activation_is_input_norm_times_column_norm(mlp) -> None:
+    model, _, _, _ = mlp
+    h = torch.relu(model.fc1(torch.cat(Mlp.data())))
+    want = h.norm(dim=0) * model.fc2.weight.norm(dim=0)
+    np.testing.assert_allclose(_raw(mlp, "activation"), want.detach().numpy(), rtol=1e-5)
+
+
+def test_taylor_is_the_mean_over_batches_of_abs_unit_sums_of_w_times_grad(mlp) -> None:
+    model, groups, g, _ = mlp
+    loss = lambda out, batch: out.pow(2).sum()
+    stats = graphprune.calibrate(model, groups, Mlp.data(), needs=("grads",), loss_fn=loss)
+    total = np.zeros(10)
+    for x in Mlp.data():
+        model.zero_grad()
+        model(x).pow(2).sum().backward()
+        wg = ((model.fc1.weight * model.fc1.weight.grad).sum(1) + model.fc1.bias * model.fc1.bias.grad
+              + (model.fc2.weight * model.fc2.weight.grad).sum(0))
+        total += wg.abs().detach().numpy()
+    model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(stats.taylor[g.id], total / 4, rtol=1e-6, atol=1e-9)
+
+
+def test_data_aware_criterion_without_data_says_what_to_pass(mlp) -> None:
+    model, groups, _, _ = mlp
+    with pytest.raises(graphprune.CalibrationError, match="calibration="):
+        graphprune.score(model, groups, "activation")
+    with pytest.raises(graphprune.CalibrationError, match="calibration="):
+        graphprune.shrink(model, 0.2, scorer="taylor", example_inputs=torch.randn(2, 4))
+
+
+def test_every_criterion_is_listed() -> None:
+    assert {"l1", "l2", "random", "bn_scale", "taylor", "hessian", "activation", "fluctuation"} <= set(
+        graphprune.list_scorers())
+
+
+def test_big_unit_outranks_others_under_l2(mlp) -> None:
+    raw = _raw(mlp, "l2")
+    assert raw[BIG] > np.median(raw)
