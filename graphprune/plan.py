@@ -90,9 +90,32 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
     """
     if scores is None:
         scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
+    config = resolve_scope(config, scores)
+    hf = getattr(model, "config", None)
+    if "hidden" in config.prune and hasattr(hf, "to_dict") and widths.head_dim_follows_hidden(hf):
+        warnings.warn(f"graphprune: {type(hf).__name__} derives head_dim from hidden_size, so the hidden size "
+                      f"stays; pruning heads and MLP widths only")
+        config = dataclasses.replace(config, prune=tuple(k for k in config.prune if k != "hidden") or ("mlp",))
     if config.uniform and getattr(getattr(model, "config", None), "to_dict", None) is not None:
         return _describable_plan(model, groups, config, scores)
     return _plan_kinds(model, groups, config, scores)
+
+
+def resolve_scope(config: ShrinkConfig, scores: Scores) -> ShrinkConfig:
+    """``"auto"`` scope and normalisation: global and unnormalised for data-aware criteria, local
+    (with mean-normalised scores, which only matter in blocks) for weight-only ones. The plan
+    records what ran.
+
+    >>> c = resolve_scope(ShrinkConfig(ratio=0.1), Scores("l2", {}))
+    >>> c.scope, c.normalize
+    ('local', 'mean')
+    """
+    aware = bool(scores.needs)
+    if config.scope == "auto":
+        config = dataclasses.replace(config, scope="global" if aware else "local")
+    if config.normalize == "auto":
+        config = dataclasses.replace(config, normalize="none" if aware else "mean")
+    return config
 
 
 def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scores: Scores, allow: Any = None) -> Plan:

@@ -9,7 +9,7 @@ scored by ``l2`` instead and listed in ``Scores.fallback``.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -23,7 +23,7 @@ from .groups import Group, Groups
 from .registry import Registry
 
 SCORERS = Registry("scorer")
-NORMALIZE = ("mean", "max", "sum", "none")
+NORMALIZE = ("mean", "max", "sum", "none")  # "auto" is resolved by the plan
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +45,7 @@ class Scores:
     criterion: str
     raw: Mapping[int, np.ndarray]
     fallback: tuple[int, ...] = ()  # groups the criterion could not judge, scored by l2
-    notes: tuple[str, ...] = field(default=())
+    needs: tuple[str, ...] = ()  # the calibration statistics the criterion read (empty: weights only)
 
     def normalised(self, how: str = "mean") -> dict[int, np.ndarray]:
         """Each group's scores divided by their mean, max or sum ("none": as they are).
@@ -119,7 +119,7 @@ def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | N
         if values is None:
             values, _ = SCORERS["l2"](ctx), fallback.append(g.id)
         raw[g.id] = _checked(values, g, scorer)
-    return Scores(_name(scorer), MappingProxyType(raw), tuple(fallback))
+    return Scores(_name(scorer), MappingProxyType(raw), tuple(fallback), tuple(getattr(fn, "needs", ())))
 
 
 def _call(fn: Callable, ctx: ScoreContext) -> Any:

@@ -94,6 +94,18 @@ def _settable(cfg: Any, name: str) -> bool:
     return not isinstance(prop, property) or prop.fset is not None
 
 
+def head_dim_follows_hidden(config: Any) -> bool:
+    """True where the config computes ``head_dim`` from ``hidden_size`` and cannot be told otherwise
+    (a read-only property): a pruned hidden size would make it describe heads the weights lack,
+    and a reload recompute rotary tables of the wrong size.
+
+    >>> import transformers
+    >>> head_dim_follows_hidden(transformers.FalconConfig()), head_dim_follows_hidden(transformers.LlamaConfig())
+    (True, False)
+    """
+    return hasattr(config, "hidden_size") and not _settable(config, "head_dim")
+
+
 def _head_dim(config: Any) -> int:
     if getattr(config, "head_dim", None):
         return int(config.head_dim)

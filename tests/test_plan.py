@@ -111,8 +111,9 @@ def test_local_scope_removes_the_same_fraction_of_every_group(resnet) -> None:
 
 def test_global_scope_is_uneven_and_max_fraction_caps_it(resnet) -> None:
     model, groups = resnet
-    free = _fractions(graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.5)), groups)
-    capped = _fractions(graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.5, max_fraction=0.37)),
+    config = graphprune.ShrinkConfig(ratio=0.5, scope="global")
+    free = _fractions(graphprune.make_plan(model, groups, config), groups)
+    capped = _fractions(graphprune.make_plan(model, groups, __import__("dataclasses").replace(config, max_fraction=0.37)),
                         groups)
     assert max(free.values()) > 0.37 and max(capped.values()) <= 0.37
 
@@ -138,3 +139,13 @@ def test_normalisations_all_reach_the_ratio(resnet, normalize: str) -> None:
 def test_allocation_options_are_validated(bad) -> None:
     with pytest.raises(graphprune.ConfigError, match=next(iter(bad))):
         graphprune.ShrinkConfig(ratio=0.3, **bad)
+
+
+def test_auto_scope_is_local_for_weight_criteria_and_global_for_data_aware_ones(resnet) -> None:
+    model, groups = resnet
+    config = graphprune.ShrinkConfig(ratio=0.3)
+    plan = graphprune.make_plan(model, groups, config)
+    assert (plan.config["scope"], plan.config["normalize"]) == ("local", "mean")
+    fake = graphprune.Scores("activation", graphprune.score(model, groups, "l2").raw, needs=("inputs",))
+    aware = graphprune.make_plan(model, groups, config, scores=fake).config
+    assert (aware["scope"], aware["normalize"]) == ("global", "none")
