@@ -3,7 +3,8 @@ at equal parameter budgets, on pretrained and bench-trained models (see each mod
 
     python -m bench.quality                 # every benchmark, then bench/results/quality.md
     python -m bench.quality minilm effnet   # some of them (the others' saved JSON is reused)
-    python -m bench.quality --quick         # tiny settings, to check the bench itself runs
+    python -m bench.quality --quick         # tiny settings, to check the bench runs (nothing saved)
+    python -m bench.quality --render        # only rebuild quality.md from the saved JSON
 """
 from __future__ import annotations
 
@@ -24,11 +25,14 @@ LOWER_IS_BETTER = {"kl", "ppl"}
 
 def main(argv: list[str]) -> None:
     quick = "--quick" in argv
-    chosen = [a for a in argv if not a.startswith("--")] or list(BENCHES)
+    chosen = [] if "--render" in argv else [a for a in argv if not a.startswith("--")] or list(BENCHES)
     for name in chosen:
         result = importlib.import_module(f"bench.quality.{name}").run(quick=quick)
-        (RESULTS / f"quality_{result['name']}.json").write_text(json.dumps(result, indent=1))
         print(f"{name}: {result['seconds']:.0f} s")
+        if not quick:  # quick numbers must never replace a real run's
+            (RESULTS / f"quality_{result['name']}.json").write_text(json.dumps(result, indent=1))
+    if quick:
+        return
     results = [json.loads(p.read_text()) for b in BENCHES if (p := RESULTS / f"quality_{NAMES[b]}.json").exists()]
     (RESULTS / "quality.md").write_text(render(results))
     print((RESULTS / "quality.md").read_text())

@@ -115,6 +115,18 @@ def cli(run: Callable[..., dict]) -> None:
     import json
 
     result = run(quick="--quick" in sys.argv)
-    out = Path(__file__).resolve().parents[1] / "results" / f"quality_{result['name']}.json"
-    out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
+    if "--quick" not in sys.argv:  # a debugging run must not overwrite the recorded results
+        out = Path(__file__).resolve().parents[1] / "results" / f"quality_{result['name']}.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def ratio_rows(model: nn.Module, ratio: float, ctx: dict[str, Any], methods: list[tuple[str, Callable]],
+               one_row: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """All methods at one ratio; Torch-Pruning is matched to what graphprune's default achieved."""
+    rows, ctx["matched"] = [], ratio
+    for label, prune in methods:
+        rows.append(one_row(label, prune, model, ratio, ctx))
+        if label == RECIPES[0][0] and "params_removed" in rows[-1]:
+            ctx["matched"] = rows[-1]["params_removed"]
+    return rows
