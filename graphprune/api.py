@@ -57,8 +57,7 @@ def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer:
     """One calibration pass collecting what the criterion and the compensation read (None: no data needed)."""
     needs = set(needs_of(scorer or config.scorer))
     if config.compensate:
-        needs.add("gram" if config.compensate == "lstsq" else "inputs")
-        needs.add("inputs")
+        needs |= {"inputs", "gram"} if config.compensate == "lstsq" else {"inputs"}
     if batches is None:
         if config.compensate:
             raise CalibrationError(f"compensate={config.compensate!r} reads calibration data; pass calibration= "

@@ -132,6 +132,7 @@ class _Grads:
         self.groups = [g for g in groups.prunable if any(m.fqn in params for m in g.members)]
         self.names = sorted({m.fqn for g in self.groups for m in g.members if m.fqn in params})
         self.params = [params[n] for n in self.names]
+        self.dims = {n: sorted({m.dim for g in self.groups for m in g.members if m.fqn == n}) for n in self.names}
         self.taylor = {g.id: np.zeros(g.width) for g in self.groups}
         self.fisher: dict[tuple[str, int], np.ndarray] = {}
 
@@ -139,7 +140,7 @@ class _Grads:
         signed: dict[tuple[str, int], np.ndarray] = {}
         for name, p, g in zip(self.names, self.params, grads):
             wg = (p.detach() * g).double() if g is not None else torch.zeros_like(p, dtype=torch.float64)
-            for d in sorted({m.dim for gr in self.groups for m in gr.members if m.fqn == name}):
+            for d in self.dims[name]:
                 other = [i for i in range(wg.dim()) if i != d]
                 signed[name, d] = (wg.sum(other) if other else wg).cpu().numpy()
                 sq = (wg.pow(2).sum(other) if other else wg.pow(2)).cpu().numpy()
