@@ -64,7 +64,7 @@ def section(r: dict) -> list[str]:
             cells += [cell(row, c) for c in cols] + [cell(row, "params_removed")]
         if method == "unpruned":
             base = next(x for x in r["rows"] if x["method"] == method)
-            cells = [cell(base, c) if i % (len(cols) + 1) < len(cols) else "0" for i in range(len(cells))]
+            cells = [cell(base, c) for _ in ratios for c in cols + ["params_removed"]]
         out.append(f"| {method} | " + " | ".join(cells) + " |")
     notes = [f"- {row['method']} at {row['ratio']:g}: {row['note']}" for row in r["rows"] if row.get("note")]
     return out + ([""] + notes if notes else []) + [""]
