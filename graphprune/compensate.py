@@ -20,12 +20,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from .calibrate import InputStats, Stats
+from .config import COMPENSATE
 from .errors import CalibrationError
 from .groups import Groups
 from .inputs import normalize_inputs
 from .plan import Plan
 
-METHODS = ("mean", "lstsq")
+METHODS = tuple(m for m in COMPENSATE if m)
 RIDGE = 1e-3  # lstsq damping, relative to the mean input energy of the kept channels
 
 
@@ -77,13 +78,13 @@ def compensation(model: nn.Module, plan: Plan, groups: Groups, stats: Stats, met
     biases: dict[str, torch.Tensor] = {}
     notes: list[str] = []
     hf = hasattr(getattr(model, "config", None), "to_dict")
-    in_dims = _input_dims(groups)
+    in_dims, bns = _input_dims(groups), _batch_norms_after(groups)
     for fqn, dims in plan.keep.items():
         owner, _, leaf = fqn.rpartition(".")
         cut = [d for d in in_dims.get(fqn, ()) if d in dims]
         if leaf != "weight" or len(cut) != 1 or owner not in stats.inputs:
             continue  # no consumer input lost here, or no statistics of what it read
-        _one(model, groups, stats.inputs[owner], method, ridge, owner, cut[0], np.asarray(dims[cut[0]]), hf,
+        _one(model, bns.get(fqn), stats.inputs[owner], method, ridge, owner, cut[0], np.asarray(dims[cut[0]]), hf,
              (updates, biases, notes), dims)
     return Compensation(method, MappingProxyType(updates), MappingProxyType(biases), tuple(notes))
 
@@ -98,7 +99,7 @@ def _input_dims(groups: Groups) -> dict[str, set[int]]:
     return out
 
 
-def _one(model, groups, seen: InputStats, method, ridge, owner, in_dim, keep, hf, into, keep_out=None) -> None:
+def _one(model, next_bn, seen: InputStats, method, ridge, owner, in_dim, keep, hf, into, keep_out=None) -> None:
     updates, biases, notes = into
     mod = model.get_submodule(owner)
     w2 = _linear_view(mod, mod.weight.detach().double(), in_dim)
@@ -107,7 +108,7 @@ def _one(model, groups, seen: InputStats, method, ridge, owner, in_dim, keep, hf
         return
     bias = getattr(mod, "bias", None)
     can_bias = bias is not None or not hf  # an HF config that says "no bias" would drop it on reload
-    bn = None if bias is not None else _next_batch_norm(groups, f"{owner}.weight")
+    bn = None if bias is not None else next_bn
     if method == "lstsq" and (mod.weight.dim() == 2 or _pointwise(mod)):
         w_new, b_new = _refit(w2, bias, seen, keep, ridge, with_bias=can_bias or bn is not None)
         updates[f"{owner}.weight"] = _unview(mod, w_new, in_dim).to(mod.weight.dtype)
@@ -178,24 +179,23 @@ class _BN:
     running_mean: torch.Tensor
 
 
-def _next_batch_norm(groups: Groups, weight_fqn: str) -> _BN | None:
-    """The BatchNorm that alone reads the conv/linear using ``weight_fqn`` (in the traced graph)."""
+def _batch_norms_after(groups: Groups) -> dict[str, _BN]:
+    """Weight FQN -> the BatchNorm that alone reads the conv/linear using it, from one walk of the
+    traced graph."""
     traced = groups.traced
-    fqn_of = traced.tensor_fqn
+    fqn_of, out = traced.tensor_fqn, {}
     for node in traced.graph.nodes:
-        if node.op != "call_function" or len(node.args) < 2 or getattr(node.args[1], "name", None) is None:
+        if node.op != "call_function" or len(node.args) < 2 or len(node.users) != 1:
             continue
-        if fqn_of.get(node.args[1].name) != weight_fqn or len(node.users) != 1:
-            continue
+        weight = fqn_of.get(getattr(node.args[1], "name", None))
         user = next(iter(node.users))
-        name = getattr(user.target, "__name__", "")
-        if "batch_norm" in name and len(user.args) > 3 and hasattr(user.args[3], "name"):
-            mean_fqn = fqn_of.get(user.args[3].name, "")
-            owner = mean_fqn.rpartition(".")[0]
-            mod = traced.model.get_submodule(owner) if owner else None
-            if isinstance(mod, _BatchNorm) and mod.running_mean is not None:
-                return _BN(owner, mod.running_mean)
-    return None
+        if weight is None or "batch_norm" not in getattr(user.target, "__name__", "") or len(user.args) < 4:
+            continue
+        owner = fqn_of.get(getattr(user.args[3], "name", None), "").rpartition(".")[0]
+        mod = traced.model.get_submodule(owner) if owner else None
+        if isinstance(mod, _BatchNorm) and mod.running_mean is not None:
+            out[weight] = _BN(owner, mod.running_mean)
+    return out
 
 
 def compensate_(model: nn.Module, plan: Plan, stats: Stats, groups: Groups, method: str = "mean",

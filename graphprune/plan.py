@@ -96,7 +96,7 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
         warnings.warn(f"graphprune: {type(hf).__name__} derives head_dim from hidden_size, so the hidden size "
                       f"stays; pruning heads and MLP widths only")
         config = dataclasses.replace(config, prune=tuple(k for k in config.prune if k != "hidden") or ("mlp",))
-    if config.uniform and getattr(getattr(model, "config", None), "to_dict", None) is not None:
+    if config.uniform and hasattr(hf, "to_dict"):
         return _describable_plan(model, groups, config, scores)
     return _plan_kinds(model, groups, config, scores)
 

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import config
 from .calibrate import Stats
 from .errors import CalibrationError, ConfigError
 from .groups import Group, Groups
 from .registry import Registry
 
 SCORERS = Registry("scorer")
-NORMALIZE = ("mean", "max", "sum", "none")  # "auto" is resolved by the plan
+NORMALIZE = tuple(n for n in config.NORMALIZE if n != "auto")  # the plan resolves "auto"
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,23 +113,24 @@ def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | N
                                f"calibrate(model, groups, batches, needs={missing}) to score")
     params = dict(model.named_parameters())
     tensors = MappingProxyType({**params, **dict(model.named_buffers())})
-    raw, fallback = {}, []
+    raw, fallback, call = {}, [], _caller(fn)
     for g in groups.prunable:
         ctx = ScoreContext(g, tensors, frozenset(params), model, stats, seed)
-        values = _call(fn, ctx)
+        values = call(ctx)
         if values is None:
             values, _ = SCORERS["l2"](ctx), fallback.append(g.id)
         raw[g.id] = _checked(values, g, scorer)
     return Scores(_name(scorer), MappingProxyType(raw), tuple(fallback), tuple(getattr(fn, "needs", ())))
 
 
-def _call(fn: Callable, ctx: ScoreContext) -> Any:
+def _caller(fn: Callable) -> Callable[[ScoreContext], Any]:
+    """``fn(ctx)``, or the older ``fn(group, tensors)`` for a criterion with two required arguments."""
     try:
         positional = [p for p in inspect.signature(fn).parameters.values()
                       if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
     except (TypeError, ValueError):
         positional = []
-    return fn(ctx.group, ctx.tensors) if len(positional) >= 2 else fn(ctx)
+    return (lambda ctx: fn(ctx.group, ctx.tensors)) if len(positional) >= 2 else fn
 
 
 def _checked(values: Any, g: Group, scorer: Any) -> np.ndarray:
