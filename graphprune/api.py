@@ -13,16 +13,16 @@ from .compensate import Compensation, compensation
 from .config import ShrinkConfig
 from .groups import Groups, find_groups
 from .errors import CalibrationError, PlanError, SurgeryError
-from .plan import Plan, make_plan
+from .plan import Plan, kind, make_plan, plan_from_units
 from .report import Report, make_report
 from .scores import Scores, needs_of, score
 from .surgery import apply_plan_
-from .trace import trace
+from .trace import check_module, trace
 
 
 def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplace: bool = False,
            return_report: bool = False, scorer: Any = None, calibration: Iterable[Any] | None = None,
-           loss_fn: Callable[[Any, Any], Any] | None = None, **options: Any) -> Any:
+           loss_fn: Callable[[Any, Any], Any] | None = None, submodules: Any = None, **options: Any) -> Any:
     """Remove ``ratio`` of ``model``'s parameters (or MACs with ``target="macs"``) by structural pruning.
 
     Returns a model of the same class (a pruned deep copy unless ``inplace=True``), or
@@ -30,15 +30,24 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     ``calibration``: batches (Tensor, tuple of args or dict of kwargs; a DataLoader yielding them)
     that data-aware criteria (``scorer="activation"``, ``"taylor"``, ...) and ``compensate=`` read,
     in one pass; ``loss_fn(output, batch)`` gives gradient criteria their loss (see ``calibrate``).
+    ``submodules=("backbone",)``: prune only these submodules, each by ``ratio`` of its own
+    parameters, traced on the inputs the model's forward gives them; the rest of the model is left
+    as it is (a detector whose heads do not trace, see ``graphprune.partial``).
 
     >>> import timm, graphprune
     >>> small = graphprune.shrink(timm.create_model("resnet18"), 0.5)
     >>> type(small).__name__
     'ResNet'
     """
+    check_module(model)
+    if submodules is not None:
+        from .partial import shrink_submodules
+        return shrink_submodules(model, ratio, submodules, example_inputs=example_inputs, inplace=inplace,
+                                 return_report=return_report, scorer=scorer, calibration=calibration,
+                                 loss_fn=loss_fn, **options)
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
     traced = trace(model, example_inputs)
-    groups = find_groups(traced, strict=config.strict)
+    groups = find_groups(traced, strict=config.strict, read_source=config.read_source)
     stats = _calibration(model, groups, config, scorer, calibration, loss_fn)
     scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
     target = model if inplace else copy.deepcopy(model)
@@ -90,6 +99,8 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             apply_plan_(target, plan, inputs, compensation=comp)
             return plan, comp
         except SurgeryError as err:
+            if getattr(err, "module", None) == "":
+                raise SurgeryError(f"{err} {_root_advice(model, groups, plan, inputs, config)}") from err
             culprits = _same_type(model, getattr(err, "module", None))
             if not culprits or set(culprits) <= set(config.ignore):
                 raise
@@ -107,6 +118,26 @@ def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, score
             raise
         raise PlanError(f"{err} [after leaving {', '.join(left_out)} unpruned: their forward breaks "
                         f"when pruned]") from err
+
+
+def _root_advice(model: nn.Module, groups: Any, plan: Plan, inputs: Any, config: ShrinkConfig) -> str:
+    """Which kinds of groups break the model's own forward (it cannot be ignored): each kind's part
+    of the plan is applied alone to a copy, and the advice names the kinds that still work."""
+    by_id = {g.id: g for g in groups}
+    kinds = sorted({kind(by_id[i]) for i in plan.removed})
+    breaking = []
+    for k in kinds:
+        part = plan_from_units(model, [(by_id[i], u) for i, u in plan.removed.items() if kind(by_id[i]) == k],
+                               plan.config, groups)
+        try:
+            apply_plan_(copy.deepcopy(model), part, inputs)
+        except SurgeryError:
+            breaking.append(k)
+    fine = tuple(k for k in kinds if k not in breaking)
+    if breaking and fine:
+        return f"Pruning {' and '.join(breaking)} breaks it; pass prune={fine} to prune the rest."
+    return ("Every kind of group the plan prunes breaks it; prune the submodules that do not depend on those "
+            "widths with submodules=, or compute the width from the tensor in the forward (x.shape)")
 
 
 def _same_type(model: nn.Module, fqn: str | None) -> list[str]:

@@ -41,6 +41,8 @@ class ShrinkConfig:
     consumers' kept weights by ridge least squares; "mean" where a consumer is no linear map).
     ``seed``: for the random criterion and the random output projection of gradient criteria.
     ``max_batches``: calibration batches read at most (None: all).
+    ``strict``: an op without a coupling rule, or a rule that fails, raises instead of freezing.
+    ``read_source``: let rules read the model's code for widths it computes (``graphprune.source``).
 
     >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
     0.5
@@ -57,6 +59,7 @@ class ShrinkConfig:
     prune: tuple[str, ...] = KINDS
     uniform: bool = False
     strict: bool = False
+    read_source: bool = True
     scope: str = "auto"
     max_fraction: float = 1.0
     normalize: str = "auto"

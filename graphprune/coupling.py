@@ -7,11 +7,8 @@ rule can only ever be too strict, never silently wrong.
 """
 from __future__ import annotations
 
-import ast
-import linecache
 import operator
 import re
-import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -20,7 +17,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from .errors import UnsupportedOpError
+from . import source
+from .errors import CouplingError, UnsupportedOpError
 from .registry import Registry
 from .trace import Traced
 
@@ -73,12 +71,16 @@ def is_pointwise(target: Any) -> bool:
 
 @dataclass
 class Factor:
-    """``whole`` (size prod(sizes)) is the row-major flattening of ``parts``; resolved later."""
+    """``whole`` (size prod(sizes)) is the row-major flattening of ``parts``; resolved later. Factors
+    sharing a ``choice`` id are resolved together: option k picks part ``picks[k]`` of each (a
+    grouped conv's channels are (groups, per-group) on both sides, and both sides pick alike)."""
 
     whole: Slot
     parts: tuple[Slot, ...]
     sizes: tuple[int, ...]
     why: str
+    choice: int = -1
+    picks: tuple[int, ...] = ()
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Coupling:
     factors: list[Factor] = field(default_factory=list)
     bindings: list[Binding] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    rule_errors: list[str] = field(default_factory=list)  # rules that raised: their nodes are frozen
     pinned: dict[tuple[str, str], str] = field(default_factory=dict)  # (fqn, attr) -> why it must stay
 
     def explain(self, a: Slot, b: Slot) -> list[str]:
@@ -210,6 +213,15 @@ class Builder:
         for p in parts:
             self.g.add_edge(whole, p, maps=[], why=f"factor of {why or self.where()}")
 
+    def choice(self, factors: list[tuple[Slot, list[Slot]]], options: list[tuple[int, ...]], why: str = "") -> None:
+        """Factors resolved together: option k couples each whole to its part ``options[k][i]``,
+        the first option that leaves something prunable wins (``groups.py``)."""
+        ident = len(self.c.factors)
+        for i, (whole, parts) in enumerate(factors):
+            self.factor(whole, parts, why)
+            self.c.factors[-1].choice = ident
+            self.c.factors[-1].picks = tuple(opt[i] for opt in options)
+
     def freeze(self, s: Slot, why: str) -> None:
         self._touched.add(s)
         self.g.nodes[s]["frozen"].append(f"{why} ({self.where()})" if self.node is not None else why)
@@ -253,21 +265,26 @@ class Builder:
         except AttributeError:
             return path, None
 
-    def code_attrs(self, size: int, names: set[str] | None = None) -> list[str]:
-        """The int attributes of the node's module that equal ``size`` and that the source statement
-        making the node names (``x.split(self.split_size)``). Bound to a slot, they make the code
-        compute the pruned size; the name is required because a value alone is no proof (a module
-        may hold several attributes of that value, none of them read here)."""
+    def code_attrs(self, size: int, expr: Any = None) -> list[str]:
+        """Attributes of the node's module that equal ``size`` and that the source statement making
+        the node reads (``x.split(self.split_size)``; ``expr``: one size argument of it, as parsed
+        by ``source.size_exprs``): an int attribute named there, or a path read from ``self``
+        (``self.attn.num_heads``, ``self.heads[i]``). Bound to a slot, they make the code compute
+        the pruned size; the name is required because a value alone is no proof (a module may hold
+        several attributes of that value, none of them read here)."""
         _, mod = self.module()
-        equal = [k for k, v in vars(mod).items() if type(v) is int and v == size] if mod is not None else []
-        if not equal:
-            return []  # the common case: no need to read the source
-        names = statement_names(self.node) if names is None else names
-        return sorted(k for k in equal if k in names)
+        if mod is None or size < 2 or not source.enabled():
+            return []
+        text = source.statement_source(self.node) if expr is None else None
+        names = source.names_in(expr) if expr is not None else set(source.NAME.findall(text))
+        found = {k for k, v in vars(mod).items() if type(v) is int and v == size and k in names}
+        if expr is not None or re.search(r"self\.\w+\s*[.\[]", text):  # self.sub.x, self.xs[i]
+            found.update(source.int_attrs_named(mod, expr if expr is not None else text, size))
+        return sorted(found)
 
-    def bind_code_attrs(self, s: Slot, names: set[str] | None = None) -> list[str]:
+    def bind_code_attrs(self, s: Slot, expr: Any = None) -> list[str]:
         """Bind every attribute ``code_attrs`` finds for the slot's size; returns their names."""
-        attrs = self.code_attrs(self.size(s), names)
+        attrs = self.code_attrs(self.size(s), expr)
         for attr in attrs:
             self.bind(s, self.traced.module_path(self.node), attr)
         return attrs
@@ -314,80 +331,10 @@ def _within(path: str, fqn: str) -> bool:
     return path == fqn or path.startswith(fqn + ".") if fqn else True
 
 
-def _frame(node: fx.Node) -> tuple[str, int] | None:
-    """File and line of the node's innermost stack frame (the model code that made it)."""
-    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
-    return (frames[-1][0], int(frames[-1][1])) if frames else None
-
-
-def statement_names(node: fx.Node) -> set[str]:
-    """Identifiers of the source statement that made ``node`` (its innermost stack frame), read
-    whole from the file so a call spread over several lines is seen entire.
-
-    >>> statement_names(fx.symbolic_trace(torch.nn.Linear(2, 2)).graph.find_nodes(op="placeholder")[0])
-    set()
-    """
-    return set(re.findall(r"[A-Za-z_]\w*", statement_source(node)))
-
-
-def statement_source(node: fx.Node) -> str:
-    """The source statement that made ``node`` (its innermost stack frame), whole."""
-    frame = _frame(node)
-    if frame is None:
-        return ""
-    path, line = frame
-    text, depth = "", 0
-    for n in range(line, line + 12):  # until the brackets opened on the first line close
-        code = linecache.getline(path, n)
-        text += code
-        depth += sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
-        if depth <= 0 or not code:
-            break
-    return text
-
-
-def shape_args(node: fx.Node, ndim: int) -> list[set[str]] | None:
-    """Identifiers in each size argument of the statement's ``.view(...)``/``.reshape(...)`` call
-    with ``ndim`` sizes: in ``q.view(B, self.heads, n, self.q_stride, -1, d)`` both attributes may
-    equal 4, and only the position tells which one sizes a dim. None if the call is not written
-    out (``x.view(hidden_shape)``), the statement does not parse alone, or two calls disagree."""
-    try:
-        tree = ast.parse(textwrap.dedent(statement_source(node)).strip())
-    except SyntaxError:
-        return None
-    found = []
-    for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "attr", None) in ("view", "reshape"):
-            args = call.args
-            if getattr(call.func.value, "id", None) == "torch":
-                args = args[1:]  # torch.reshape(x, shape)
-            if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
-                args = args[0].elts
-            if len(args) == ndim and not any(isinstance(a, ast.Starred) for a in args):
-                found.append([{n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(arg)
-                               if isinstance(n, (ast.Name, ast.Attribute))} for arg in args])
-    # several calls that disagree (a cat of two views): no way to tell which made this node
-    return found[0] if found and all(f == found[0] for f in found) else None
-
-
-def function_source(node: fx.Node) -> str:
-    """The source of the function that made ``node``, from its ``def`` to the line before the node's."""
-    frame = _frame(node)
-    if frame is None:
-        return ""
-    path, line = frame
-    lines = []
-    for n in range(line - 1, max(line - 400, 0), -1):
-        code = linecache.getline(path, n)
-        lines.append(code)
-        if re.match(r"\s*(async\s+)?def\s", code):
-            break
-    return "".join(reversed(lines))
-
-
 def attr_path(obj: Any, dotted: str) -> tuple[Any, str]:
     """The object holding a possibly dotted attribute, and the attribute's last name: a binding may
-    name ``config.num_attention_heads`` when the module's code reads the width from its config.
+    name ``config.num_attention_heads`` when the module's code reads the width from its config, or
+    one item of a list attribute, ``split_sizes[1]`` (the leaf then keeps its index).
 
     >>> import types
     >>> attr_path(types.SimpleNamespace(config=types.SimpleNamespace(n=4)), "config.n")[1]
@@ -399,15 +346,61 @@ def attr_path(obj: Any, dotted: str) -> tuple[Any, str]:
     return obj, leaf
 
 
+def _item(leaf: str) -> tuple[str, int | None]:
+    name, _, index = leaf.partition("[")
+    return (name, int(index.rstrip("]"))) if index else (name, None)
+
+
+def get_attr(obj: Any, dotted: str) -> Any:
+    """The value a binding names: ``num_heads``, ``config.num_heads`` or ``split_sizes[1]``.
+
+    >>> import types
+    >>> get_attr(types.SimpleNamespace(sizes=[4, 2]), "sizes[1]")
+    2
+    """
+    owner, leaf = attr_path(obj, dotted)
+    name, index = _item(leaf)
+    value = getattr(owner, name)
+    return value if index is None else value[index]
+
+
+def set_attr(obj: Any, dotted: str, value: Any) -> None:
+    """Write what ``get_attr`` reads. An item of a list is written into a new list (tuples stay
+    tuples), so a snapshot holding the old list can restore it.
+
+    >>> import types
+    >>> o = types.SimpleNamespace(sizes=(4, 2)); set_attr(o, "sizes[0]", 3); o.sizes
+    (3, 2)
+    """
+    owner, leaf = attr_path(obj, dotted)
+    name, index = _item(leaf)
+    if index is not None:
+        items = list(getattr(owner, name))
+        items[index] = value
+        old = getattr(owner, name)
+        value = type(old)(items) if isinstance(old, tuple) else items
+    setattr(owner, name, value)
+
+
 def owner_key(model: Any, fqn: str, attr: str) -> tuple[int, str]:
     """Identity of the attribute a binding writes: every layer's ``config.num_attention_heads`` is
-    one attribute when the layers share their config."""
+    one attribute when the layers share their config, and an item of one list shared by several
+    modules is one attribute too."""
     owner, leaf = attr_path(model.get_submodule(fqn), attr)
+    name, index = _item(leaf)
+    if index is not None:
+        return id(getattr(owner, name)), f"[{index}]"
     return id(owner), leaf
 
 
-def build_coupling(traced: Traced, strict: bool = False) -> Coupling:
-    """Run the registered rule of every node; unknown ops freeze what they touch (or raise if strict).
+def shared_attr(attr: str) -> bool:
+    """Whether a binding's attribute may be read by other modules too (on a config, or a list item)."""
+    return "." in attr or "[" in attr
+
+
+def build_coupling(traced: Traced, strict: bool = False, read_source: bool = True) -> Coupling:
+    """Run the registered rule of every node; unknown ops freeze what they touch (or raise if
+    strict). ``read_source=False`` keeps the rules from reading the model's code (``source.py``).
 
     >>> import timm
     >>> from graphprune.trace import trace
@@ -418,8 +411,9 @@ def build_coupling(traced: Traced, strict: bool = False) -> Coupling:
     from . import rules  # noqa: F401  (registers the built-in rules)
 
     b = Builder(traced)
-    for node in traced.graph.nodes:
-        _visit(b, node, strict)
+    with source.reading(read_source):
+        for node in traced.graph.nodes:
+            _visit(b, node, strict)
     _tie(b)
     _freeze_unused(b)
     return b.c
@@ -475,13 +469,35 @@ def _visit(b: Builder, node: fx.Node, strict: bool) -> None:
     if rule is None:
         _unsupported(b, node, key, strict)
         return
-    b.run(node, rule, key)
+    try:
+        b.run(node, rule, key)
+    except Exception as err:  # noqa: BLE001 - a rule is user-extensible code; its failure must not be raw
+        _rule_failed(b, node, key, rule, err, strict)
+
+
+def _rule_failed(b: Builder, node: fx.Node, key: str, rule: Rule, err: Exception, strict: bool) -> None:
+    """A rule that raises leaves its node's dims unknown: freeze them and list why (or raise if strict)."""
+    b.node = node
+    name = f"{getattr(rule, '__module__', '?')}.{getattr(rule, '__qualname__', rule)}"
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    msg = f"coupling rule {name} for {key} failed on {b.where()}: {type(err).__name__}: {first}"
+    if strict:
+        raise CouplingError(f"{msg}; fix the rule (register it again with override=True)"
+                            f"{_leave_out(b.traced.module_path(node))}") from err
+    b.c.rule_errors.append(f"{msg}; the dims it touches are frozen")
+    for s in b._owned(node):
+        b.freeze(s, f"coupling rule for {key} failed ({type(err).__name__})")
+
+
+def _leave_out(fqn: str) -> str:
+    """Advice a user can follow: a submodule can be left out with ignore=, the root cannot."""
+    return f", or add {fqn!r} to ignore=" if fqn else ""
 
 
 def _unsupported(b: Builder, node: fx.Node, key: str, strict: bool) -> None:
     b.node = node
-    msg = (f"no coupling rule for {key} ({b.where()}): register one with @graphprune.register_rule, "
-           f"or add {b.traced.module_path(node) or '<root>'!r} to ignore=")
+    msg = (f"no coupling rule for {key} ({b.where()}): register one with @graphprune.register_rule"
+           f"{_leave_out(b.traced.module_path(node))}")
     if strict:
         raise UnsupportedOpError(msg)
     b.c.unsupported.append(msg)

@@ -23,6 +23,12 @@ class UnsupportedOpError(GraphPruneError):
     """An op has no coupling rule and ``strict=True`` was asked for."""
 
 
+class CouplingError(GraphPruneError):
+    """A coupling rule raised on a node and ``strict=True`` was asked for; the message names the
+    rule, the node, its module path and source line. Without ``strict`` the node's dims are
+    frozen instead and the error is listed (``groups.coupling.rule_errors``, the report)."""
+
+
 class PlanError(GraphPruneError):
     """The requested target cannot be met, or a plan does not fit the model it is applied to."""
 

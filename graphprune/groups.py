@@ -14,8 +14,11 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
-from .coupling import HEAD_COUNT_ATTRS, Coupling, Slot, build_coupling, owner_key
+from .coupling import HEAD_COUNT_ATTRS, Coupling, Factor, Slot, build_coupling, owner_key
 from .trace import Traced, trace
+
+
+GROUP_CHANNEL = "group-channel"  # the unit of a grouped conv pruned inside its groups: one position in each
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,15 +108,18 @@ class Groups:
     def to_json(self, path: str | None = None) -> str:
         """Every group with each member as parameter FQN, dim and per-unit index mapping."""
         text = json.dumps({"groups": [g.to_dict() for g in self.groups],
-                           "unsupported": self.coupling.unsupported}, indent=1)
+                           "unsupported": self.coupling.unsupported,
+                           "rule_errors": self.coupling.rule_errors}, indent=1)
         if path is not None:
             with open(path, "w") as fh:
                 fh.write(text)
         return text
 
 
-def find_groups(model: Any, example_inputs: Any = None, strict: bool = False) -> Groups:
-    """Trace ``model`` and return its groups of coupled channels.
+def find_groups(model: Any, example_inputs: Any = None, strict: bool = False, read_source: bool = True) -> Groups:
+    """Trace ``model`` and return its groups of coupled channels. ``strict``: an op without a rule,
+    or a rule that fails, raises instead of freezing what it touches; ``read_source=False``: the
+    rules decide from the graph alone, never reading the model's code (see ``graphprune.source``).
 
     >>> import timm
     >>> groups = find_groups(timm.create_model("resnet18"))
@@ -121,7 +127,7 @@ def find_groups(model: Any, example_inputs: Any = None, strict: bool = False) ->
     True
     """
     traced = model if isinstance(model, Traced) else trace(model, example_inputs)
-    return groups_from_coupling(build_coupling(traced, strict=strict))
+    return groups_from_coupling(build_coupling(traced, strict=strict, read_source=read_source))
 
 
 def groups_from_coupling(c: Coupling) -> Groups:
@@ -149,31 +155,98 @@ def _pin(groups: list[Group], c: Coupling) -> list[Group]:
 
 def _resolve_factors(c: Coupling) -> None:
     """Couple each reshape to one of its parts: the first part (row-major) not frozen elsewhere.
-    The other parts are frozen, because one flat index cannot follow two independent prunings."""
+    The other parts are frozen, because one flat index cannot follow two independent prunings.
+    Factors of one choice (a grouped conv's two sides) pick alike; equal factorisations of one
+    dim (a grouped conv's output, then a view of it into (radix, channels)) share their parts."""
     g = c.graph
     uf = nx.utils.UnionFind(g.nodes)
     for u, v, d in g.edges(data=True):
         if d["maps"]:
             uf.union(u, v)
+    _share_equal_factorisations(c, uf)
     frozen = {uf[s] for s in g.nodes if g.nodes[s]["frozen"]}
+    choices: dict[int, list[Factor]] = {}
     for f in c.factors:
-        live = [p for p, n in zip(f.parts, f.sizes) if n > 1]
-        pick = None if uf[f.whole] in frozen else next((p for p in live if uf[p] not in frozen), None)
-        for p in live:
-            if p != pick:
-                g.nodes[p]["frozen"].append(f"only one factor of a reshape can be pruned: {f.why}")
-                frozen.add(uf[p])
-        if pick is None:
-            g.nodes[f.whole]["frozen"].append(f"no prunable factor in reshape: {f.why}")
-            frozen.add(uf[f.whole])
-            continue
-        stride = math.prod(f.sizes[f.parts.index(pick) + 1:])
-        idx = np.arange(g.nodes[f.whole]["size"])
-        g.edges[f.whole, pick]["maps"].append((f.whole, idx, (idx // stride) % g.nodes[pick]["size"]))
-        was_frozen = uf[f.whole] in frozen or uf[pick] in frozen
-        uf.union(f.whole, pick)
-        if was_frozen:
-            frozen.add(uf[pick])
+        choices.setdefault(f.choice, []).append(f)
+    for f in c.factors:
+        if f.choice < 0:
+            _resolve(g, uf, frozen, f, [p for p, n in zip(f.parts, f.sizes) if n > 1])
+        elif choices[f.choice][0] is f:
+            _resolve_choice(g, uf, frozen, choices[f.choice])
+
+
+def _resolve_choice(g: nx.Graph, uf, frozen: set, factors: list[Factor]) -> None:
+    """The option under which most factors pick a live part nothing froze (the first such option:
+    options come in order of preference)."""
+    def usable(f: Factor, k: int) -> bool:
+        part = f.parts[f.picks[k]]
+        return g.nodes[part]["size"] > 1 and uf[part] not in frozen and uf[f.whole] not in frozen
+    counts = [sum(usable(f, k) for f in factors) for k in range(len(factors[0].picks))]
+    k = counts.index(max(counts))
+    for f in factors:
+        _resolve(g, uf, frozen, f, [f.parts[f.picks[k]]])
+
+
+def _resolve(g: nx.Graph, uf, frozen: set, f: Factor, order: list) -> None:
+    """Couple ``f.whole`` to the first part of ``order`` nothing froze; freeze its other live parts."""
+    live = [p for p, n in zip(f.parts, f.sizes) if n > 1]
+    pick = None if uf[f.whole] in frozen else next((p for p in order if p in live and uf[p] not in frozen), None)
+    for p in live:
+        if p != pick:
+            g.nodes[p]["frozen"].append(f"only one factor of a reshape can be pruned: {f.why}")
+            frozen.add(uf[p])
+    if pick is None:
+        g.nodes[f.whole]["frozen"].append(f"no prunable factor in reshape: {f.why}")
+        frozen.add(uf[f.whole])
+        return
+    stride = math.prod(f.sizes[f.parts.index(pick) + 1:])
+    idx = np.arange(g.nodes[f.whole]["size"])
+    g.edges[f.whole, pick]["maps"].append((f.whole, idx, (idx // stride) % g.nodes[pick]["size"]))
+    was_frozen = uf[f.whole] in frozen or uf[pick] in frozen
+    uf.union(f.whole, pick)
+    if was_frozen:
+        frozen.add(uf[pick])
+
+
+def _share_equal_factorisations(c: Coupling, uf) -> None:
+    """Two factors of dims that are the same channels (coupled index for index) into the same
+    sizes describe one factorisation: their parts are coupled, so they resolve alike."""
+    g = c.graph
+    buckets: dict[tuple, list[Factor]] = {}
+    for f in c.factors:
+        live = tuple(n for n in f.sizes if n > 1)
+        if len(live) > 1:
+            buckets.setdefault((uf[f.whole], live), []).append(f)
+    pairs = [(fs[0], f) for fs in buckets.values() for f in fs[1:]]
+    if not pairs:
+        return
+    active = nx.Graph((u, v) for u, v, d in g.edges(data=True) if d["maps"] and u != v)
+    for a, b in pairs:
+        if a.whole == b.whole or _same_channels(g, active, a.whole, b.whole):
+            for p, q in zip(*[[x for x, n in zip(f.parts, f.sizes) if n > 1] for f in (a, b)]):
+                if p != q:
+                    idx = np.arange(g.nodes[p]["size"])
+                    maps = g.edges[p, q]["maps"] if g.has_edge(p, q) else []
+                    g.add_edge(p, q, maps=[*maps, (p, idx, idx)], why=f"equal factorisations: {a.why}; {b.why}")
+                    uf.union(p, q)
+
+
+def _same_channels(g: nx.Graph, active: nx.Graph, a: Slot, b: Slot) -> bool:
+    """Whether channel i of ``a`` is channel i of ``b`` along a shortest chain of couplings."""
+    try:
+        path = nx.shortest_path(active, a, b)
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        return False
+    idx = np.arange(g.nodes[a]["size"])
+    for u, v in zip(path, path[1:]):
+        step = np.full(g.nodes[u]["size"], -1)
+        for first, ia, ib in g.edges[u, v]["maps"]:
+            src, dst = (ia, ib) if first == u else (ib, ia)
+            step[src] = dst
+        idx = step[idx]
+        if (idx < 0).any():
+            return False
+    return g.nodes[b]["size"] == len(idx) and bool((idx == np.arange(len(idx))).all())
 
 
 # -- channel-level union-find -------------------------------------------------------------------
@@ -309,8 +382,9 @@ def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group |
         else:
             _add_member(members, Member(key[0], key[1], stacked, key[2]))
     names = {a.attr.rsplit(".", 1)[-1] for a in attrs}
-    unit = ("head" if names & set(HEAD_COUNT_ATTRS) or unit_of.get(labs[0]) == "head"
-            else "group" if names & {"groups", "num_groups"} else "channel")
+    tag = unit_of.get(labs[0])
+    unit = ("head" if names & set(HEAD_COUNT_ATTRS) or tag == "head"
+            else "group" if names & {"groups", "num_groups"} else tag if tag == GROUP_CHANNEL else "channel")
     return Group(id=-1, width=len(labs), unit=unit, members=tuple(members.values()), attrs=tuple(attrs),
                  frozen=frozen_why.get(labs[0]), inexact=inexact_why.get(labs[0]),
                  align=align_of[labs[0]][0] if labs[0] in align_of else 1)

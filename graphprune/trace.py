@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -10,7 +12,8 @@ from torch import fx, nn
 
 from .compat import export_shims
 from .errors import TraceError
-from .inputs import Inputs, default_inputs, normalize_inputs, output_shapes, run_model
+from .inputs import Inputs, default_inputs, hf_trace_inputs, normalize_inputs, output_shapes, run_model
+from .source import helper_frames
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,22 +77,123 @@ def trace(model: nn.Module, example_inputs: Any = None) -> Traced:
     >>> t.tensor_fqn["p_conv1_weight"], t.method
     ('conv1.weight', 'torch.export')
     """
+    check_module(model)
     inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
+    inputs, notes = hf_trace_inputs(model, inputs)
     with _eval_mode(model):
         shapes = _reference_output(model, inputs)
         try:
-            return _from_export(model, model, inputs, shapes, "torch.export")
+            return _from_export(model, model, inputs, shapes, "torch.export", notes)
         except Exception as err:  # noqa: BLE001 - every export failure is retried via symbolic_trace
             first = err
         try:
             gm = fx.symbolic_trace(model)
-            return _from_export(model, gm, inputs, shapes, "symbolic_trace+export")
+            return _from_export(model, gm, inputs, shapes, "symbolic_trace+export", notes)
         except Exception as err:  # noqa: BLE001
-            raise TraceError(
-                f"cannot trace {type(model).__qualname__}: torch.export failed with "
-                f"{type(first).__name__}: {_first_line(first)}; symbolic_trace fallback failed with "
-                f"{type(err).__name__}: {_first_line(err)}. Fix the data-dependent code the message "
-                f"points to, or pass ignore= for the submodule and prune the rest") from first
+            fallback = err
+        raise TraceError(untraceable_message(model, inputs, first, fallback)) from first
+
+
+def check_module(model: Any) -> None:
+    """graphprune prunes a module; anything else (a state dict, a path) is refused by name.
+
+    >>> check_module({"fc.weight": None})
+    Traceback (most recent call last):
+    ...
+    graphprune.errors.TraceError: graphprune prunes an nn.Module, got a dict (a state dict?): build the model and load the weights into it first (model.load_state_dict(state_dict)), then pass the model
+    """
+    if isinstance(model, nn.Module):
+        return
+    hint = " (a state dict?)" if isinstance(model, dict) else ""
+    raise TraceError(f"graphprune prunes an nn.Module, got a {type(model).__name__}{hint}: build the model and "
+                     f"load the weights into it first (model.load_state_dict(state_dict)), then pass the model")
+
+
+def untraceable_message(model: nn.Module, inputs: Inputs, err: BaseException, fallback: BaseException) -> str:
+    """One line: the model, where tracing failed (file, line, function and module), the error, and
+    the submodules that do trace (``submodules=`` prunes those alone)."""
+    where = failure_site(model, err)
+    parts = [f"cannot trace {type(model).__qualname__}: torch.export failed{where} with "
+             f"{type(err).__name__}: {_first_line(err)[:200]}"]
+    parts.append(f"symbolic_trace failed too ({type(fallback).__name__}: {_first_line(fallback)[:100]})")
+    subs = traceable_submodules(model, inputs)
+    if subs:
+        shown = ", ".join(repr(s) for s in subs[:6]) + (", ..." if len(subs) > 6 else "")
+        parts.append(f"these submodules trace: {shown}; prune them alone with "
+                     f"shrink(model, ratio, submodules=({subs[0]!r},)) and leave the rest as it is")
+    else:
+        parts.append("no submodule traces on its own either; fix the data-dependent code at that line "
+                     "or pass example_inputs= that avoid it")
+    return "; ".join(parts)
+
+
+def failure_site(model: nn.Module, err: BaseException) -> str:
+    """' at boxes.py:86 in batched_nms (module 'rpn')': the innermost frame of the error outside
+    torch, and the innermost module whose forward was running."""
+    names = {id(mod): name for name, mod in model.named_modules()}
+    fqn, frame = None, None
+    tb = err.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if "/torch/" not in code.co_filename.replace("\\", "/") and not code.co_filename.startswith("<"):
+            frame = (code.co_filename.rsplit("/", 1)[-1], tb.tb_lineno, code.co_name)
+        owner = tb.tb_frame.f_locals.get("self")
+        fqn = names.get(id(owner), fqn) if isinstance(owner, nn.Module) else fqn
+        tb = tb.tb_next
+    out = f" at {frame[0]}:{frame[1]} in {frame[2]}" if frame else ""
+    return out + (f" (module {fqn!r})" if fqn else "")
+
+
+def traceable_submodules(model: nn.Module, inputs: Inputs, budget: int = 24) -> list[str]:
+    """The largest submodules (with parameters) that trace on the inputs they receive in the
+    model's forward, breadth first: a module that does not trace is searched for children that do."""
+    seen = _submodule_inputs(model, inputs)
+    found: list[str] = []
+    queue = [name for name, _ in model.named_children()]
+    while queue and budget > 0:
+        fqn = queue.pop(0)
+        mod = model.get_submodule(fqn)
+        if next(mod.parameters(), None) is None or fqn not in seen:
+            continue
+        budget -= 1
+        try:
+            with torch.no_grad(), export_shims(), quiet_export():
+                torch.export.export(mod, *seen[fqn], strict=False)
+            found.append(fqn)
+        except Exception:  # noqa: BLE001 - any failure: look inside
+            queue += [f"{fqn}.{name}" for name, _ in mod.named_children()]
+    return found
+
+
+def _submodule_inputs(model: nn.Module, inputs: Inputs) -> dict[str, tuple[tuple, dict]]:
+    """The arguments each submodule receives in the model's first call."""
+    seen: dict[str, tuple[tuple, dict]] = {}
+    hooks = [mod.register_forward_pre_hook(
+        lambda m, args, kwargs, fqn=fqn: seen.setdefault(fqn, (args, kwargs)) and None, with_kwargs=True)
+        for fqn, mod in model.named_modules() if fqn]
+    try:
+        with _eval_mode(model):
+            run_model(model, inputs)
+    except Exception:  # noqa: BLE001 - the caller already knows the model runs; nothing to add
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """torch.export prints the partial graph of a failed export on stderr (thousands of lines for
+    a detector) and logs its classification; the error we raise says what matters."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _reference_output(model: nn.Module, inputs: Inputs) -> tuple[tuple[int, ...], ...]:
@@ -125,12 +229,15 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes: Any, method: str) -> Traced:
+def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes: Any, method: str,
+                 notes: tuple[str, ...] = ()) -> Traced:
     args, kwargs = inputs
     # under no_grad a forward's own `torch.no_grad()` (HF rotary embeddings) is a no-op, so export
     # inlines it instead of hiding its ops in a wrap_with_set_grad_enabled submodule no rule can see
-    with torch.no_grad(), export_shims():
+    with torch.no_grad(), export_shims(), helper_frames(model), quiet_export():
         ep = torch.export.export(traced_obj, args, kwargs, strict=False)
+    # what the forward computes and drops (attention weights a caller discards) must not constrain pruning
+    ep.graph_module.graph.eliminate_dead_code()
     sig = ep.graph_signature
     canonical = _canonical_names(model)
     fqn_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
@@ -144,7 +251,7 @@ def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes
         model=model, graph=ep.graph_module.graph, inputs=inputs, tensor_fqn=tensor_fqn, params=params,
         aliases={k: tuple(v) for k, v in aliases.items()},
         constants=frozenset(sig.inputs_to_lifted_tensor_constants),
-        user_inputs=tuple(sig.user_inputs), output_shapes=tuple(shapes), method=method)
+        user_inputs=tuple(sig.user_inputs), output_shapes=tuple(shapes), method=method, notes=tuple(notes))
 
 
 def _canonical_names(model: nn.Module) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Stage 6, surgery: slice tensors per plan, then let a slicer per module type fix its attributes."""
-from . import hf, modules  # noqa: F401  (registers the torch.nn and loaded transformers slicers)
+from . import hf, mha, modules  # noqa: F401  (registers the torch.nn and loaded transformers slicers)
 from .core import SLICERS, apply_plan_, register_slicer
+from .mha import PrunedMultiheadAttention
 
-__all__ = ["SLICERS", "apply_plan_", "register_slicer"]
+__all__ = ["SLICERS", "PrunedMultiheadAttention", "apply_plan_", "register_slicer"]
