@@ -121,6 +121,7 @@ class Builder:
         self.node: fx.Node | None = None
         self.rule_name = ""
         self._touched: set[Slot] = set()
+        self.bound: set[Slot] = set()  # slots whose size the code keeps up with (bindings, bsz * num_heads)
         self._inputs: dict[str, list[fx.Node]] = {}
         self._by_path: dict[str, list[fx.Node]] = {}
 
@@ -249,6 +250,7 @@ class Builder:
 
     def bind(self, s: Slot, fqn: str, attr: str, scale: int = 1) -> None:
         self.c.bindings.append(Binding(s, fqn, attr, scale))
+        self.bound.add(s)
 
     def pin(self, fqn: str, attr: str, why: str) -> None:
         """The attribute is also read where its width is fixed: groups binding it are frozen."""

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
-from .coupling import HEAD_COUNT_ATTRS, Coupling, Factor, Slot, build_coupling, owner_key
+from .coupling import HEAD_COUNT_ATTRS, Coupling, Factor, Slot, build_coupling, owner_key, shared_attr
 from .trace import Traced, trace
 
 
@@ -134,7 +134,46 @@ def groups_from_coupling(c: Coupling) -> Groups:
     _resolve_factors(c)
     slots, base = _relevant_slots(c)
     labels = _channel_labels(c, slots, base)
-    return Groups(tuple(_pin(_make_groups(c, slots, base, labels), c)), c)
+    groups = _make_groups(c, slots, base, labels)
+    return Groups(tuple(_pin(_one_width_per_attr(groups, c, slots, base, labels), c)), c)
+
+
+def _one_width_per_attr(groups: list[Group], c: Coupling, slots: list[Slot], base: dict[Slot, int],
+                        labels: np.ndarray) -> list[Group]:
+    """An attribute bound to several dims must give each the same width. Where one of those dims
+    stays (``head_dim`` sizes the frozen query heads and the prunable values alike), the groups
+    that would change it are frozen; where independent groups would each change it, too."""
+    model, g = c.traced.model, c.graph
+    frozen_why = _label_reasons(g, slots, base, labels, "frozen")
+    dims: dict[tuple, dict[Slot, str | None]] = {}
+    shared: set[tuple] = set()  # a config field or list item several layers read: plan.py ties their counts
+    for bnd in c.bindings:
+        if bnd.slot in base:
+            labs = labels[base[bnd.slot]: base[bnd.slot] + g.nodes[bnd.slot]["size"]]
+            why = next((frozen_why[l] for l in np.unique(labs).tolist() if l in frozen_why), None)
+            key = owner_key(model, bnd.fqn, bnd.attr)
+            dims.setdefault(key, {})[bnd.slot] = why
+            if shared_attr(bnd.attr):
+                shared.add(key)
+    holders: dict[tuple, list[int]] = {}
+    for i, grp in enumerate(groups):
+        if grp.prunable:
+            for key in {owner_key(model, a.fqn, a.attr) for a in grp.attrs}:
+                holders.setdefault(key, []).append(i)
+    out = list(groups)
+    for key, found in dims.items():
+        live = holders.get(key, [])
+        if len(found) < 2 or not live:
+            continue
+        stays = next((why for why in found.values() if why), None)
+        if stays is None and (len(live) < 2 or key in shared):
+            continue
+        name = next(f"{a.fqn or '<root>'}.{a.attr}" for a in groups[live[0]].attrs if owner_key(model, a.fqn, a.attr) == key)
+        why = (f"{name} also sizes a dim that stays ({stays})" if stays else
+               f"{name} sizes dims of {len(live)} independent groups, which would each change it")
+        for i in live:
+            out[i] = replace(out[i], frozen=why) if out[i].frozen is None else out[i]
+    return out
 
 
 def _pin(groups: list[Group], c: Coupling) -> list[Group]:
@@ -381,7 +420,7 @@ def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group |
                 attrs.append(AttrMember(key[0], key[1], stacked))
         else:
             _add_member(members, Member(key[0], key[1], stacked, key[2]))
-    names = {a.attr.rsplit(".", 1)[-1] for a in attrs}
+    names = {a.attr.rsplit(".", 1)[-1].split("[")[0] for a in attrs}
     tag = unit_of.get(labs[0])
     unit = ("head" if names & set(HEAD_COUNT_ATTRS) or tag == "head"
             else "group" if names & {"groups", "num_groups"} else tag if tag == GROUP_CHANNEL else "channel")

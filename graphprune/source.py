@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import inspect
 import linecache
+import os
 import re
 import sys
 import textwrap
@@ -53,6 +54,13 @@ def enabled() -> bool:
 
 
 # -- where a node was made ------------------------------------------------------------------------
+
+def in_torch(node: fx.Node | None) -> bool:
+    """Whether the node was made by torch's own code (``nn.MultiheadAttention``'s forward), whose
+    sizes come from its inputs' shapes, and whose modules surgery knows how to rebuild."""
+    found = frame(node)
+    return found is not None and f"{os.sep}torch{os.sep}" in found[0]
+
 
 def frame(node: fx.Node | None) -> tuple[str, int] | None:
     """File and line of the node's innermost stack frame (the model code that made it)."""
@@ -105,10 +113,15 @@ def function_source(node: fx.Node | None) -> str:
 
 # -- size arguments -----------------------------------------------------------------------------
 
+FROM_SHAPE = ast.Constant(value="from a shape")  # a position a starred shape (``*input_shape``) covers
+
+
 def size_exprs(node: fx.Node, ndim: int) -> list[ast.expr] | None:
     """The size arguments of the statement's ``.view(...)``/``.reshape(...)`` call with ``ndim``
-    sizes, as expressions. None if the call is not written out (``x.view(hidden_shape)``), the
-    statement does not parse alone, or two such calls in it disagree (a cat of two views)."""
+    sizes, as expressions. A shape held in a name (``view(hidden_shape)``) is read from its last
+    assignment in the function; positions a starred shape covers (``reshape(*input_shape, -1)``)
+    are ``FROM_SHAPE``. None if the call is not written out, the statement does not parse alone,
+    or two such calls in it disagree (a cat of two views)."""
     try:
         tree = ast.parse(textwrap.dedent(statement_source(node)).strip())
     except SyntaxError:
@@ -119,12 +132,89 @@ def size_exprs(node: fx.Node, ndim: int) -> list[ast.expr] | None:
             args = call.args
             if getattr(call.func.value, "id", None) == "torch":
                 args = args[1:]  # torch.reshape(x, shape)
+            if len(args) == 1 and isinstance(args[0], ast.Name):
+                args = [_assigned_tuple(node, args[0].id)]
             if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
                 args = args[0].elts
-            if len(args) == ndim and not any(isinstance(a, ast.Starred) for a in args):
-                found.append(list(args))
+            aligned = _align(list(args), ndim)
+            if aligned is not None:
+                found.append(aligned)
     dumps = [[ast.dump(a) for a in f] for f in found]
     return found[0] if found and all(d == dumps[0] for d in dumps) else None
+
+
+def _align(args: list, ndim: int) -> list[ast.expr] | None:
+    """Sizes by output position; one starred argument covers the positions the others leave."""
+    stars = [i for i, a in enumerate(args) if isinstance(a, ast.Starred)]
+    if not stars:
+        return args if len(args) == ndim and all(isinstance(a, ast.expr) for a in args) else None
+    if len(stars) > 1 or len(args) - 1 > ndim:
+        return None
+    i = stars[0]
+    return args[:i] + [FROM_SHAPE] * (ndim - len(args) + 1) + args[i + 1:]
+
+
+def _assigned_tuple(node: fx.Node, name: str) -> ast.expr | None:
+    """The shape last assigned to ``name`` before the node's statement, as a tuple:
+    ``hidden_shape = (*s, -1, d)``, or GPT-2's ``size_out = x.size()[:-1] + (self.nf,)``."""
+    for line in reversed(function_source(node).splitlines()):
+        match = re.match(rf"\s*{re.escape(name)}\s*=\s*(.+)$", line)
+        if match:
+            try:
+                value = ast.parse(match.group(1).strip(), mode="eval").body
+            except SyntaxError:
+                return None
+            elts = _shape_elts(value)
+            return None if elts is None else ast.Tuple(elts=elts, ctx=ast.Load())
+    return None
+
+
+def _shape_elts(expr: ast.expr) -> list[ast.expr] | None:
+    """The sizes a shape expression lists; a slice of a tensor's shape becomes one starred part.
+
+    >>> [ast.unparse(e) for e in _shape_elts(ast.parse("x.size()[:-1] + (self.nf,)", mode="eval").body)]
+    ['*x.size()[:-1]', 'self.nf']
+    """
+    if isinstance(expr, (ast.Tuple, ast.List)):
+        return list(expr.elts)
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
+        left, right = _shape_elts(expr.left), _shape_elts(expr.right)
+        return None if left is None or right is None else left + right
+    if isinstance(expr, ast.Call) and getattr(expr.func, "id", None) in ("list", "tuple") and len(expr.args) == 1:
+        return _shape_elts(expr.args[0])
+    if isinstance(expr, ast.Subscript) and isinstance(expr.slice, ast.Slice) and _reads_shape(expr.value):
+        return [ast.Starred(value=expr, ctx=ast.Load())]
+    return None
+
+
+def _reads_shape(expr: ast.expr) -> bool:
+    return (isinstance(expr, ast.Attribute) and expr.attr == "shape") or (
+        isinstance(expr, ast.Call) and getattr(expr.func, "attr", None) == "size" and not expr.args)
+
+
+def follows(expr: ast.expr | None, source_of_function: str) -> bool:
+    """Whether a size expression keeps up with pruning without a binding: ``-1``, a size read
+    from a tensor's shape (``x.shape[1]``, ``C`` from ``B, N, C = x.shape``, ``*input_shape``) or
+    arithmetic on those. An attribute or another name does not (unless bound elsewhere).
+
+    >>> follows(ast.parse("C // 4", mode="eval").body, "    B, N, C = x.shape\\n")
+    True
+    >>> follows(ast.parse("n", mode="eval").body, "    n = 4\\n")
+    False
+    """
+    if expr is None or expr is FROM_SHAPE:
+        return expr is FROM_SHAPE
+    for sub in ast.walk(expr):
+        if isinstance(sub, ast.Call) and getattr(sub.func, "attr", None) in ("size", "dim", "numel"):
+            return True
+        if isinstance(sub, ast.Attribute) and sub.attr == "shape":
+            return True
+    names = [n.id for n in ast.walk(expr) if isinstance(n, ast.Name)]
+    if any(isinstance(n, ast.Attribute) for n in ast.walk(expr)):
+        return False
+    if not names:
+        return ast.unparse(expr).replace(" ", "") == "-1"
+    return all(shape_read(source_of_function, n) is not None for n in names)
 
 
 def shape_args(node: fx.Node, ndim: int) -> list[set[str]] | None:
@@ -143,6 +233,37 @@ def names_in(expr: ast.AST) -> set[str]:
     """
     return {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(expr)
             if isinstance(n, (ast.Name, ast.Attribute))}
+
+
+def direct_read(expr: ast.expr | None) -> bool:
+    """A size read as it is: a name, an attribute or an indexed attribute (no arithmetic)."""
+    return isinstance(expr, (ast.Name, ast.Attribute, ast.Subscript))
+
+
+def constant_size(expr: ast.expr) -> bool:
+    """A size written as a number (``4``, ``2 * 8``), which no pruning can change; ``-1`` is
+    computed by the reshape, so it is not one.
+
+    >>> [constant_size(ast.parse(t, mode="eval").body) for t in ("4", "2 * 8", "-1", "self.n", "x.size(1)")]
+    [True, True, False, False, False]
+    """
+    if expr is FROM_SHAPE:
+        return False
+    nodes = list(ast.walk(expr))
+    if any(isinstance(n, (ast.Name, ast.Attribute, ast.Call, ast.Subscript, ast.Starred)) for n in nodes):
+        return False
+    return ast.unparse(expr).replace(" ", "") != "-1"
+
+
+def product_terms(expr: ast.expr | None) -> list[ast.expr]:
+    """The factors of a size written as a product, in order (``bsz * num_heads`` -> two).
+
+    >>> [ast.unparse(t) for t in product_terms(ast.parse("b * self.h * 2", mode="eval").body)]
+    ['b', 'self.h', '2']
+    """
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Mult):
+        return product_terms(expr.left) + product_terms(expr.right)
+    return [] if expr is None else [expr]
 
 
 def quotient(expr: ast.expr) -> tuple[ast.expr, ast.expr] | None:
@@ -321,19 +442,39 @@ def helper_frames(model: nn.Module) -> Iterator[None]:
 
 
 def _model_functions(model: nn.Module) -> set[tuple[str, str]]:
-    """(file, name) of every function in the Python modules defining the model's classes,
-    torch's own modules excepted (their helpers are not the model's code)."""
-    names = {c.__module__ for m in model.modules() for c in type(m).__mro__}
+    """(file, name) of every function, method, nested function and lambda in the loaded Python
+    modules of the packages the model's classes come from (``timm.*``, a user's module), torch's
+    own packages excepted (their helpers are not the model's code)."""
+    roots = {c.__module__.split(".")[0] for m in model.modules() for c in type(m).__mro__}
+    roots -= {"torch", "builtins"}
     out: set[tuple[str, str]] = set()
-    for name in sorted(names):
-        module = sys.modules.get(name)
-        if module is None or name == "torch" or name.startswith(("torch.", "builtins")):
-            continue
-        for value in list(vars(module).values()):
-            for fn in _functions(value, name):
-                code = inspect.unwrap(fn).__code__
-                out.add((code.co_filename, code.co_name))
+    for name in sorted(n for n in list(sys.modules) if n.split(".")[0] in roots):
+        out |= _module_functions(name)
     return out
+
+
+_SEEN: dict[str, frozenset[tuple[str, str]]] = {}
+
+
+def _module_functions(name: str) -> frozenset[tuple[str, str]]:
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    key = f"{name}:{file}"
+    if key not in _SEEN:  # a module's code does not change while it is loaded
+        found: set[tuple[str, str]] = set()
+        for value in list(vars(module).values()) if module is not None else []:
+            for fn in _functions(value, name):
+                _codes(inspect.unwrap(fn).__code__, found)
+        _SEEN[key] = frozenset(found)
+    return _SEEN[key]
+
+
+def _codes(code: Any, found: set[tuple[str, str]]) -> None:
+    """A code object and those defined inside it (lambdas, nested functions)."""
+    found.add((code.co_filename, code.co_name))
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            _codes(const, found)
 
 
 def _functions(value: Any, module: str) -> list[Any]:
@@ -343,7 +484,7 @@ def _functions(value: Any, module: str) -> list[Any]:
         found = []
         for attr in vars(value).values():
             fn = getattr(attr, "__func__", attr)
-            if inspect.isfunction(fn) and fn.__name__ != "forward":
+            if inspect.isfunction(fn):
                 found.append(fn)
         return found
     return []

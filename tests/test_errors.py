@@ -76,14 +76,17 @@ def test_unreachable_ratio_names_largest_reachable() -> None:
 
 
 class HardCoded(nn.Module):
-    """A forward that reshapes with a constant: invisible to the graph, caught by validation."""
+    """A forward that checks a width against a constant: invisible to the graph, caught by validation."""
 
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
 
     def forward(self, x):
-        return self.b(torch.relu(self.a(x)).reshape(-1, 8))
+        y = torch.relu(self.a(x))
+        if y.shape[-1] != 8:
+            raise RuntimeError(f"expected 8 features, got {y.shape[-1]}")
+        return self.b(y)
 
 
 def test_inplace_failure_rolls_back_every_tensor_and_attribute() -> None:

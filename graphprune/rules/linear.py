@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import fx
 
 from ..coupling import Builder, register_rule
+from .attention import HEAD_DIM_KEPT
 
 aten = __import__("torch").ops.aten
 
@@ -72,6 +73,8 @@ def matmul(b: Builder, node: fx.Node) -> None:
             b.role(param, role)
     if len(out) > 2 and not any(p for p, _ in params):
         b.unit(out[-3], "head")  # a batched product of two activations is per head (eager attention)
+        if b.size(xs[-1]) > 1 and len(xs) > 2 and len(ys) > 2:
+            b.freeze(xs[-1], HEAD_DIM_KEPT)  # q @ k^T contracts the head size: it stays, as under SDPA
 
 
 @register_rule(aten.einsum)
@@ -92,6 +95,10 @@ def einsum(b: Builder, node: fx.Node) -> None:
             else:
                 seen[letter] = s
                 b.touch(s)
+    activations = len(terms) == 2 and all(len(t) > 2 and not b.g.nodes[b.slots(o)[0]]["fqn"] for t, o in zip(terms, operands))
+    for letter in set(terms[0]) & set(terms[-1]) - set(rhs) if activations else ():
+        if b.size(seen[letter]) > 1:  # "bhqd,bhkd->bhqk": the head size is contracted, as in q @ k^T
+            b.freeze(seen[letter], HEAD_DIM_KEPT)
 
 
 # ``transformers.grouped_mm_fallback`` is transformers' CPU stand-in for ``aten._grouped_mm``, same schema

@@ -55,21 +55,57 @@ def reshape(b: Builder, node: fx.Node) -> None:
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:
             b.link_same(ins[ra[0]], outs[rb[0]])
-            b.bind_code_attrs(outs[rb[0]], exprs[rb[0]])  # x.reshape(-1, self.hidden_dim)
+            if exprs[rb[0]] is not None:  # x.reshape(-1, self.hidden_dim); unsqueeze names no size
+                b.bind_code_attrs(outs[rb[0]], exprs[rb[0]])
         elif len(ra) == 1 and rb:
             b.factor(ins[ra[0]], [outs[j] for j in rb])
             _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb])
+            for j in rb:  # view(B, N, self.heads[self.stage], -1): a part read from an attribute
+                if source.direct_read(exprs[j]):
+                    b.bind_code_attrs(outs[j], exprs[j])
+                elif exprs[j] is not None:  # view(B, 2, self.width // 2, H, W): the whole's width
+                    b.bind_code_attrs(ins[ra[0]], exprs[j])
         elif len(rb) == 1 and ra:
             b.factor(outs[rb[0]], [ins[i] for i in ra])
             _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra])
             if exprs[rb[0]] is not None:  # x.reshape(B, -1, self.dim_out) merging heads: only the written position binds
                 b.bind_code_attrs(outs[rb[0]], exprs[rb[0]])
+                _bind_product(b, node, outs[rb[0]], [ins[i] for i in ra], exprs[rb[0]])  # h * self.n_rep
         elif ra and rb:
-            refine(b, node, [ins[i] for i in ra], [outs[j] for j in rb])
+            refine(b, node, [ins[i] for i in ra], [outs[j] for j in rb], [exprs[j] for j in rb])
     if canonical_is(node, aten.view_as) or canonical_is(node, aten.reshape_as):
         _link_template(b, node)
     elif written:
         _follow_input_sizes(b, node, exprs)
+        _freeze_fixed_sizes(b, node, outs, exprs)
+
+
+def _freeze_fixed_sizes(b: Builder, node: fx.Node, outs: list, exprs: list) -> None:
+    """A size the code writes as a number, or computes from something pruning does not update,
+    stays: with a ``-1`` elsewhere in the call the reshape would silently absorb the change
+    (``view(B, N, 4, -1)`` after removing a head splits into 4 heads of the wrong size). Sizes
+    bound to an attribute, read from a tensor's shape, or ``-1`` follow. With source reading off
+    (``read_source=False``) no size can be read, so every dim no attribute is bound to stays."""
+    if source.in_torch(node):
+        return
+    function = None
+    for s, expr in zip(outs, exprs):
+        if b.size(s) < 2 or s in b.bound:
+            continue
+        if expr is not None and source.constant_size(expr):
+            b.freeze(s, "its size is a number written in the model's code")
+            continue
+        function = source.function_source(node) if function is None else function
+        if source.follows(expr, function) or _linked_to_input(b, s):
+            continue
+        unread = "the code's size for this dim cannot be read" + ("" if source.enabled() else " (read_source=False)")
+        b.freeze(s, unread if expr is None else
+                 f"its size {ast.unparse(expr)!r} is computed from a value pruning does not update")
+
+
+def _linked_to_input(b: Builder, s) -> bool:
+    """Coupled (by ``_follow_input_sizes``) to a dim of the module's input."""
+    return any(b.g.edges[s, o]["why"].startswith("reshape to a size read") for o in b.g.adj[s])
 
 
 def fine_sizes(left: list[int], right: list[int]) -> list[int] | None:
@@ -85,17 +121,18 @@ def fine_sizes(left: list[int], right: list[int]) -> list[int] | None:
     return [c2 // c1 for c1, c2 in zip(cuts, cuts[1:])]
 
 
-def refine(b: Builder, node: fx.Node, left: list, right: list) -> None:
+def refine(b: Builder, node: fx.Node, left: list, right: list, exprs: list | None = None) -> None:
     """Couple an n:m run through virtual slots of the finer factorisation: each dim of either side
     is one fine slot (coupled) or a merge of several (a factor). torch's own attention views
-    ``(L, B, E)`` as ``(L, B*H, hd)``: the fine slots are B, H and hd."""
+    ``(L, B, E)`` as ``(L, B*H, hd)``: the fine slots are B, H and hd, and the code's
+    ``bsz * num_heads`` names the size of each."""
     fine = fine_sizes([b.size(s) for s in left], [b.size(s) for s in right])
     if fine is None:
         return  # left to the automatic freeze
     slots = [b.virtual(node, f"fine {k} of {left[0][1]}", n) for k, n in enumerate(fine)]
-    for side in (left, right):
+    for side, written in ((left, [None] * len(left)), (right, exprs or [None] * len(right))):
         k = 0
-        for i, s in enumerate(side):
+        for i, (s, expr) in enumerate(zip(side, written)):
             j, covered = k, 1
             while covered < b.size(s):
                 covered, j = covered * fine[j], j + 1
@@ -105,7 +142,25 @@ def refine(b: Builder, node: fx.Node, left: list, right: list) -> None:
                 b.factor(s, slots[k:j])
                 if i == len(side) - 1:  # a run's last dim splitting into (heads, head_dim)
                     _bind_sizes(b, s, slots[k:j])
+                _bind_product(b, node, s, slots[k:j], expr)
             k = j
+
+
+def _bind_product(b: Builder, node: fx.Node, whole, parts: list, expr) -> None:
+    """``bsz * num_heads`` sizing a merge of (batch, heads): each term sizes one part; the merge
+    follows pruning when every term is bound or read from a shape."""
+    terms = source.product_terms(expr)
+    if len(terms) != len(parts):
+        return
+    function = source.function_source(node)
+    ok = True
+    for term, part in zip(terms, parts):
+        if source.direct_read(term):
+            b.bind_code_attrs(part, term)
+        fixed = b.size(part) == 1 or bool(b.g.nodes[part]["frozen"])  # kv heads * n_rep: the repeat stays
+        ok = ok and (part in b.bound or source.follows(term, function) or fixed)
+    if ok:
+        b.bound.add(whole)
 
 
 def _follow_input_sizes(b: Builder, node: fx.Node, exprs: list) -> None:
