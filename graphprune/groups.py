@@ -203,7 +203,10 @@ def _resolve_factors(c: Coupling) -> None:
         if d["maps"]:
             uf.union(u, v)
     _share_equal_factorisations(c, uf)
-    frozen = {uf[s] for s in g.nodes if g.nodes[s]["frozen"]}
+    frozen: dict = {}  # component root -> why it stays
+    for s in g.nodes:
+        if g.nodes[s]["frozen"]:
+            frozen.setdefault(uf[s], g.nodes[s]["frozen"][0])
     choices: dict[int, list[Factor]] = {}
     for f in c.factors:
         choices.setdefault(f.choice, []).append(f)
@@ -214,7 +217,7 @@ def _resolve_factors(c: Coupling) -> None:
             _resolve_choice(g, uf, frozen, choices[f.choice])
 
 
-def _resolve_choice(g: nx.Graph, uf, frozen: set, factors: list[Factor]) -> None:
+def _resolve_choice(g: nx.Graph, uf, frozen: dict, factors: list[Factor]) -> None:
     """The option under which most factors pick a live part nothing froze (the first such option:
     options come in order of preference)."""
     def usable(f: Factor, k: int) -> bool:
@@ -226,25 +229,27 @@ def _resolve_choice(g: nx.Graph, uf, frozen: set, factors: list[Factor]) -> None
         _resolve(g, uf, frozen, f, [f.parts[f.picks[k]]])
 
 
-def _resolve(g: nx.Graph, uf, frozen: set, f: Factor, order: list) -> None:
+def _resolve(g: nx.Graph, uf, frozen: dict, f: Factor, order: list) -> None:
     """Couple ``f.whole`` to the first part of ``order`` nothing froze; freeze its other live parts."""
     live = [p for p, n in zip(f.parts, f.sizes) if n > 1]
     pick = None if uf[f.whole] in frozen else next((p for p in order if p in live and uf[p] not in frozen), None)
+    because = next((frozen[uf[p]] for p in order if p in live and uf[p] in frozen), None)
     for p in live:
         if p != pick:
             g.nodes[p]["frozen"].append(f"only one factor of a reshape can be pruned: {f.why}")
-            frozen.add(uf[p])
+            frozen.setdefault(uf[p], g.nodes[p]["frozen"][-1])
     if pick is None:
-        g.nodes[f.whole]["frozen"].append(f"no prunable factor in reshape: {f.why}")
-        frozen.add(uf[f.whole])
+        why = f"no prunable factor in reshape: {f.why}" + (f"; the factor that could be: {because}" if because else "")
+        g.nodes[f.whole]["frozen"].append(why)
+        frozen.setdefault(uf[f.whole], why)
         return
     stride = math.prod(f.sizes[f.parts.index(pick) + 1:])
     idx = np.arange(g.nodes[f.whole]["size"])
     g.edges[f.whole, pick]["maps"].append((f.whole, idx, (idx // stride) % g.nodes[pick]["size"]))
-    was_frozen = uf[f.whole] in frozen or uf[pick] in frozen
+    was_frozen = frozen.get(uf[f.whole]) or frozen.get(uf[pick])
     uf.union(f.whole, pick)
     if was_frozen:
-        frozen.add(uf[pick])
+        frozen.setdefault(uf[pick], was_frozen)
 
 
 def _share_equal_factorisations(c: Coupling, uf) -> None:

@@ -49,7 +49,7 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
     if missing:
         raise ConfigError(f"submodules={missing[0]!r} is not called by the model's forward on these inputs; "
                           f"name modules the forward runs")
-    saved = {n: copy.deepcopy(target.get_submodule(n)) for n in names} if inplace else {}
+    saved = {n: _state(target.get_submodule(n)) for n in names} if inplace else {}
     before = (count_params(model), count_macs(model, inputs)) if return_report else None
     reports: list[tuple[str, Report]] = []
     try:
@@ -61,8 +61,8 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
         with _eval_mode(target):
             run_model(target, inputs)
     except Exception as err:
-        for n, sub in saved.items():
-            _put_back(target, n, sub)
+        for n, state in saved.items():
+            _restore(target.get_submodule(n), state)
         if isinstance(err, SurgeryError) or not reports or len(reports) < len(names):
             raise
         raise SurgeryError(f"the model no longer runs after pruning {', '.join(names)} "
@@ -101,9 +101,21 @@ def _relative(options: dict[str, Any], fqn: str) -> dict[str, Any]:
     return {**options, "ignore": tuple(mine)}
 
 
-def _put_back(model: nn.Module, fqn: str, module: nn.Module) -> None:
-    parent, _, name = fqn.rpartition(".")
-    setattr(model.get_submodule(parent), name, module)
+def _state(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """What surgery replaces in each module of a subtree (it never edits a tensor in place)."""
+    return [(m, {"class": type(m), "_parameters": dict(m._parameters), "_buffers": dict(m._buffers),
+                 "attrs": {k: v for k, v in m.__dict__.items() if not k.startswith("_")}})
+            for m in module.modules()]
+
+
+def _restore(module: nn.Module, state: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    for m, saved in state:
+        m.__class__ = saved["class"]
+        m._parameters.clear()
+        m._parameters.update(saved["_parameters"])
+        m._buffers.clear()
+        m._buffers.update(saved["_buffers"])
+        m.__dict__.update(saved["attrs"])
 
 
 def _merged(model: nn.Module, inputs: Inputs, before: tuple[int, int], reports: list[tuple[str, Report]]) -> Report:

@@ -114,6 +114,7 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
     notes = tuple(f"{scores.criterion} cannot judge {by_id[i].module or '<root>'} ({by_id[i].structure}); "
                   f"ranked by l2 there" for i in (scores.fallback if scores is not None else ()))
     notes += tuple(compensation.notes) if compensation is not None else ()
+    notes += tuple(groups.traced.notes)
     pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
                    f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))
     return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),

@@ -192,10 +192,10 @@ def _reads_shape(expr: ast.expr) -> bool:
         isinstance(expr, ast.Call) and getattr(expr.func, "attr", None) == "size" and not expr.args)
 
 
-def follows(expr: ast.expr | None, source_of_function: str) -> bool:
-    """Whether a size expression keeps up with pruning without a binding: ``-1``, a size read
-    from a tensor's shape (``x.shape[1]``, ``C`` from ``B, N, C = x.shape``, ``*input_shape``) or
-    arithmetic on those. An attribute or another name does not (unless bound elsewhere).
+def follows(expr: ast.expr | None, source_of_function: str, bound: frozenset[str] = frozenset()) -> bool:
+    """Whether a size expression keeps up with pruning: ``-1``, a size read from a tensor's shape
+    (``x.shape[1]``, ``C`` from ``B, N, C = x.shape``, ``*input_shape``), attributes in ``bound``
+    (surgery updates them), or arithmetic on those. Any other attribute or name does not.
 
     >>> follows(ast.parse("C // 4", mode="eval").body, "    B, N, C = x.shape\\n")
     True
@@ -209,12 +209,13 @@ def follows(expr: ast.expr | None, source_of_function: str) -> bool:
             return True
         if isinstance(sub, ast.Attribute) and sub.attr == "shape":
             return True
-    names = [n.id for n in ast.walk(expr) if isinstance(n, ast.Name)]
-    if any(isinstance(n, ast.Attribute) for n in ast.walk(expr)):
+    reads = [p for p in attribute_paths(expr)]
+    if any(p not in bound for p in reads):
         return False
-    if not names:
+    names = [n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id != "self"]
+    if not names and not reads:
         return ast.unparse(expr).replace(" ", "") == "-1"
-    return all(shape_read(source_of_function, n) is not None for n in names)
+    return all(n in bound or shape_read(source_of_function, n) is not None for n in names)
 
 
 def shape_args(node: fx.Node, ndim: int) -> list[set[str]] | None:

@@ -100,12 +100,12 @@ def check_module(model: Any) -> None:
     >>> check_module({"fc.weight": None})
     Traceback (most recent call last):
     ...
-    graphprune.errors.TraceError: graphprune prunes an nn.Module, got a dict (a state dict?): build the model and load the weights into it first (model.load_state_dict(state_dict)), then pass the model
+    graphprune.errors.TraceError: graphprune prunes an nn.Module, got an object of type dict (a state dict?): build the model and load the weights into it first (model.load_state_dict(state_dict)), then pass the model
     """
     if isinstance(model, nn.Module):
         return
     hint = " (a state dict?)" if isinstance(model, dict) else ""
-    raise TraceError(f"graphprune prunes an nn.Module, got a {type(model).__name__}{hint}: build the model and "
+    raise TraceError(f"graphprune prunes an nn.Module, got an object of type {type(model).__name__}{hint}: build the model and "
                      f"load the weights into it first (model.load_state_dict(state_dict)), then pass the model")
 
 

@@ -52,6 +52,7 @@ def reshape(b: Builder, node: fx.Node) -> None:
             b.touch(outs[j])
     written = any(canonical_is(node, k) for k in (aten.view, aten.reshape, aten._unsafe_view))
     exprs = (source.size_exprs(node, len(outs)) if written else None) or [None] * len(outs)
+    first_binding = len(b.c.bindings)
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:
             b.link_same(ins[ra[0]], outs[rb[0]])
@@ -77,10 +78,10 @@ def reshape(b: Builder, node: fx.Node) -> None:
         _link_template(b, node)
     elif written:
         _follow_input_sizes(b, node, exprs)
-        _freeze_fixed_sizes(b, node, outs, exprs)
+        _freeze_fixed_sizes(b, node, outs, exprs, frozenset(bd.attr for bd in b.c.bindings[first_binding:]))
 
 
-def _freeze_fixed_sizes(b: Builder, node: fx.Node, outs: list, exprs: list) -> None:
+def _freeze_fixed_sizes(b: Builder, node: fx.Node, outs: list, exprs: list, bound: frozenset[str]) -> None:
     """A size the code writes as a number, or computes from something pruning does not update,
     stays: with a ``-1`` elsewhere in the call the reshape would silently absorb the change
     (``view(B, N, 4, -1)`` after removing a head splits into 4 heads of the wrong size). Sizes
@@ -96,7 +97,7 @@ def _freeze_fixed_sizes(b: Builder, node: fx.Node, outs: list, exprs: list) -> N
             b.freeze(s, "its size is a number written in the model's code")
             continue
         function = source.function_source(node) if function is None else function
-        if source.follows(expr, function) or _linked_to_input(b, s):
+        if source.follows(expr, function, bound) or _linked_to_input(b, s):
             continue
         unread = "the code's size for this dim cannot be read" + ("" if source.enabled() else " (read_source=False)")
         b.freeze(s, unread if expr is None else

@@ -88,7 +88,7 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             return torch.bmm(F.dropout(weights, p) if p > 0 else weights, v), weights
         heads = self.num_heads
         four = lambda t: t.view(batch, heads, t.shape[1], t.shape[2])
-        mask = None if bias is None else bias.view(-1, heads if bias.shape[0] > 1 else 1, length, bias.shape[-1])
+        mask = None if bias is None else bias.view(-1, heads if bias.shape[0] > 1 else 1, *bias.shape[1:])
         out = F.scaled_dot_product_attention(four(q), four(k), four(v), attn_mask=mask, dropout_p=p)
         return out.reshape(batch * heads, length, self.head_dim), None
 
