@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from .config import ShrinkConfig
-from .coupling import get_attr, owner_key, shared_attr
+from .attrs import get_attr, owner_key, shared_attr
 from .errors import PlanError
 from .groups import Group, Groups
 from . import widths

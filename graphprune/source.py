@@ -218,14 +218,6 @@ def follows(expr: ast.expr | None, source_of_function: str, bound: frozenset[str
     return all(n in bound or shape_read(source_of_function, n) is not None for n in names)
 
 
-def shape_args(node: fx.Node, ndim: int) -> list[set[str]] | None:
-    """Identifiers in each size argument of the statement's view/reshape: in
-    ``q.view(B, self.heads, n, self.q_stride, -1, d)`` both attributes may equal 4, and only the
-    position tells which one sizes a dim."""
-    exprs = size_exprs(node, ndim)
-    return None if exprs is None else [names_in(e) for e in exprs]
-
-
 def names_in(expr: ast.AST) -> set[str]:
     """Every name and attribute name an expression reads.
 

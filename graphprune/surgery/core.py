@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..coupling import attr_path, set_attr, shared_attr
+from ..attrs import attr_path, set_attr, shared_attr
 from ..errors import PlanError, SurgeryError
 from ..inputs import Inputs, normalize_inputs, output_shapes, run_model
 from ..plan import Plan
