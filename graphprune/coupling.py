@@ -28,6 +28,9 @@ Slot = tuple[str, Hashable]
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
                     "num_kv_heads", "n_kv_heads")
 Rule = Callable[["Builder", fx.Node], None]
+aten = torch.ops.aten
+SPLITS = (aten.split, aten.split_with_sizes, aten.chunk, aten.unsafe_split)
+SAME_DIMS = (aten.slice, aten.alias, aten.detach, aten._to_copy, aten.contiguous, aten.clone, aten.to)  # dim i is dim i
 
 RULES = Registry("coupling rule")
 
@@ -121,6 +124,7 @@ class Builder:
         self.node: fx.Node | None = None
         self.rule_name = ""
         self._touched: set[Slot] = set()
+        self._nodes = {n.name: n for n in traced.graph.nodes}
         self.bound: set[Slot] = set()  # slots whose size the code keeps up with (bindings, bsz * num_heads)
         self._inputs: dict[str, list[fx.Node]] = {}
         self._by_path: dict[str, list[fx.Node]] = {}
@@ -237,8 +241,32 @@ class Builder:
         self._touched.add(s)
 
     def role(self, s: Slot, role: str) -> None:
-        """Tag a parameter slot as consuming ('in') or producing ('out') the coupled channels."""
-        self.g.nodes[s]["roles"].add(role)
+        """Tag a parameter slot as consuming ('in') or producing ('out') the coupled channels; a
+        slot of a view of a parameter (``w.t()``, a split of a fused weight) tags the parameter's."""
+        node = self._nodes.get(s[0])
+        found = self.param_slot(node, s[1]) if node is not None and isinstance(s[1], int) else None
+        self.g.nodes[found or s]["roles"].add(role)
+
+    def param_slot(self, node: fx.Node, dim: int) -> Slot | None:
+        """The parameter slot behind dim ``dim`` of ``node``, through transposes, slices and the
+        pieces of a split (Falcon's ``x @ self.weight.T``; torch's attention splitting its fused
+        ``in_proj_weight``), so the oracle knows which parameter dims consume."""
+        for _ in range(8):
+            if node.op == "placeholder":
+                return (node.name, dim) if self.g.nodes.get((node.name, dim), {}).get("fqn") else None
+            key = getattr(node.target, "overloadpacket", None)
+            if key in (aten.transpose, aten.t, aten.numpy_T, aten.swapaxes, aten.swapdims):
+                ndim = len(self.shape(node))
+                if len(node.args) < 3 and ndim != 2:
+                    return None  # numpy_T of more than 2 dims reverses them all
+                d0, d1 = (a % ndim for a in node.args[1:3]) if len(node.args) > 2 else (0, 1)
+                dim = {d0: d1, d1: d0}.get(dim, dim)
+            elif node.target is operator.getitem and getattr(node.args[0].target, "overloadpacket", None) in SPLITS:
+                node = node.args[0]
+            elif key not in SAME_DIMS:
+                return None
+            node = node.args[0]
+        return None
 
     def align(self, s: Slot, multiple: int, why: str) -> None:
         """Kept widths of this slot must stay multiples of ``multiple`` (a kernel's alignment)."""

@@ -60,7 +60,7 @@ def reshape(b: Builder, node: fx.Node) -> None:
                 b.bind_code_attrs(outs[rb[0]], exprs[rb[0]])
         elif len(ra) == 1 and rb:
             b.factor(ins[ra[0]], [outs[j] for j in rb])
-            _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb])
+            _bind_sizes(b, ins[ra[0]], [outs[j] for j in rb], {outs[j]: exprs[j] for j in rb})
             for j in rb:  # view(B, N, self.heads[self.stage], -1): a part read from an attribute
                 if source.direct_read(exprs[j]):
                     b.bind_code_attrs(outs[j], exprs[j])
@@ -68,7 +68,7 @@ def reshape(b: Builder, node: fx.Node) -> None:
                     b.bind_code_attrs(ins[ra[0]], exprs[j])
         elif len(rb) == 1 and ra:
             b.factor(outs[rb[0]], [ins[i] for i in ra])
-            _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra])
+            _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra], {outs[rb[0]]: exprs[rb[0]]})
             if exprs[rb[0]] is not None:  # x.reshape(B, -1, self.dim_out) merging heads: only the written position binds
                 b.bind_code_attrs(outs[rb[0]], exprs[rb[0]])
                 _bind_product(b, node, outs[rb[0]], [ins[i] for i in ra], exprs[rb[0]])  # h * self.n_rep
@@ -223,17 +223,22 @@ WIDTH_ATTRS = ("attn_dim", "all_head_size", "inner_dim")
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size")
 
 
-def _bind_sizes(b: Builder, whole, parts: list) -> None:
-    """Bind the module's width/head attributes to the reshape dims whose size and position they match."""
+def _bind_sizes(b: Builder, whole, parts: list, written: dict | None = None) -> None:
+    """Bind the module's width/head attributes to the reshape dims whose size and position they
+    match. Where the code's size for a dim is known (``written``: slot -> expression), only an
+    attribute it names may bind there: in ``view(bsz, num_heads, L, d)`` with two heads and a
+    batch of two, ``num_heads`` sizes the second dim only."""
     fqn, mod = b.module()
-    if mod is None:
+    if mod is None or source.in_torch(b.node):  # torch's own layers are rebuilt by their slicers
         return
+    written = written or {}
     for names, slots in ((WIDTH_ATTRS, [whole]), (HEAD_SIZE_ATTRS, parts[-1:]), (HEAD_COUNT_ATTRS, parts[:-1])):
         for name in names:
             value = getattr(mod, name, None)
-            for s in slots:
-                if type(value) is int and value > 1 and b.size(s) == value:
-                    b.bind(s, fqn, name)
+            fits = [s for s in slots if type(value) is int and value > 1 and b.size(s) == value
+                    and (written.get(s) is None or name in source.names_in(written[s]))]
+            if len(fits) == 1:  # (batch, heads) of equal sizes: no way to tell which one it counts
+                b.bind(fits[0], fqn, name)
 
 
 def _link_perm(b: Builder, node: fx.Node, perm: list[int]) -> None:

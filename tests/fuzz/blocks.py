@@ -196,6 +196,7 @@ class Attention(nn.Module):
         self.rope = self.head_dim % 2 == 0 and rng.random() < 0.4
         self.scores = rng.choice(["sdpa", "matmul", "einsum"])
         self.causal = rng.random() < 0.3
+        self.head_scale = nn.Parameter(torch.rand(self.num_heads, 1, 1) + 0.5) if rng.random() < 0.3 else None
         self.merge = rng.choice(["minus", "attr", "width"] if self.inner == d else ["minus", "attr"])
 
     def heads(self, t, n: int):
@@ -252,6 +253,8 @@ class Attention(nn.Module):
             if self.causal:
                 att = att.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
             y = att.softmax(dim=-1) @ v
+        if self.head_scale is not None and y.shape[1] == self.num_heads:
+            y = y * self.head_scale
         y = y.transpose(1, 2)
         if self.merge == "minus":
             y = y.reshape(b, s, -1)
@@ -263,15 +266,25 @@ class Attention(nn.Module):
 
 
 class TorchMHA(nn.Module):
+    """nn.MultiheadAttention, batch first or not, self-attention or keys and values of their own widths."""
+
     def __init__(self, d: int, rng: random.Random):
         super().__init__()
         heads = next(h for h in (rng.choice([2, 4]), 2, 1) if d % h == 0)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True, bias=rng.random() < 0.7)
+        self.cross = rng.random() < 0.3
+        kdim, vdim = (rng.choice([6, 10]), rng.choice([4, 8])) if self.cross else (None, None)
+        self.batch_first = rng.random() < 0.7
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=self.batch_first, bias=rng.random() < 0.7,
+                                          kdim=kdim, vdim=vdim, add_bias_kv=rng.random() < 0.2)
+        self.k, self.v = (nn.Linear(d, kdim), nn.Linear(d, vdim)) if self.cross else (None, None)
         self.need_weights = rng.random() < 0.5
 
     def forward(self, x):
-        y, _ = self.attn(x, x, x, need_weights=self.need_weights)
-        return x + y
+        k, v = (self.k(x), self.v(x)) if self.cross else (x, x)
+        if not self.batch_first:
+            x, k, v = x.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+        y, _ = self.attn(x, k, v, need_weights=self.need_weights)
+        return (x + y) if self.batch_first else (x + y).transpose(0, 1)
 
 
 class MLP(nn.Module):
@@ -282,10 +295,12 @@ class MLP(nn.Module):
         self.up, self.down = nn.Linear(d, hidden), nn.Linear(hidden, d)
         self.gate = nn.Linear(d, hidden, bias=False) if self.gated else None
         self.act = act(rng)
+        self.gamma = nn.Parameter(torch.full((d,), 0.5)) if rng.random() < 0.3 else None
 
     def forward(self, x):
         h = self.act(self.up(x))
-        return x + self.down(h * self.gate(x) if self.gated else h)
+        y = self.down(h * self.gate(x) if self.gated else h)
+        return x + (y if self.gamma is None else self.gamma * y)
 
 
 class Norm(nn.Module):

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import blocks as B
 
-T, HW = 5, 6  # tokens, image side: small, the fuzzer runs thousands of models
+T, HW, VOCAB = 5, 6, 11  # tokens, image side, vocabulary: small, the fuzzer runs thousands of models
 
 
 class ConvNet(nn.Module):
@@ -76,10 +76,10 @@ def _conv_block(c: int, rng: random.Random) -> tuple[nn.Module, int]:
 
 
 class SeqNet(nn.Module):
-    def __init__(self, rng: random.Random, two_inputs: bool, two_outputs: bool):
+    def __init__(self, rng: random.Random, two_inputs: bool, two_outputs: bool, tokens: bool = False):
         super().__init__()
         d = rng.choice([8, 12, 16])
-        self.embed = nn.Linear(6, d)
+        self.embed = nn.Embedding(VOCAB, d) if tokens else nn.Linear(6, d)
         self.side = nn.Linear(3, d) if two_inputs else None
         self.tokens = B.Tokens(d, T, rng) if rng.random() < 0.3 else None
         layers, self.recipe = [], []
@@ -91,6 +91,10 @@ class SeqNet(nn.Module):
         self.pool = rng.choice(["mean", "first"])
         self.head = nn.Linear(d, 3)
         self.aux = nn.Linear(d, 2) if two_outputs else None
+        self.lm = None
+        if tokens and d == self.embed.embedding_dim:  # tied: the output projection is the embedding
+            self.lm = nn.Linear(d, VOCAB, bias=False)
+            self.lm.weight = self.embed.weight
 
     def forward(self, x, y=None):
         h = self.embed(x)
@@ -100,6 +104,8 @@ class SeqNet(nn.Module):
             h = self.tokens(h)
         h = self.body(h)
         out = self.head(h.mean(1) if self.pool == "mean" else h[:, 0])
+        if self.lm is not None:
+            out = out + self.lm(h).mean((1, 2), keepdim=False)[:, None]
         return (out, self.aux(F.gelu(h))) if self.aux is not None else out
 
 
@@ -158,13 +164,14 @@ def random_model(seed: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], str]:
     kind = rng.choice([ConvNet, ConvNet, SeqNet, SeqNet, HybridNet])
     if kind is HybridNet:
         two_inputs = two_outputs = False
-    conv = kind is not SeqNet
-    model = kind(rng, two_inputs, two_outputs).eval()
+    tokens = kind is SeqNet and rng.random() < 0.25
+    model = (kind(rng, two_inputs, two_outputs, tokens) if kind is SeqNet else kind(rng, two_inputs, two_outputs)).eval()
     gen = torch.Generator().manual_seed(seed)
-    if conv:
+    if kind is not SeqNet:
         inputs = (torch.randn(2, 3, HW, HW, generator=gen),) + ((torch.randn(2, 2, HW, HW, generator=gen),) if two_inputs else ())
     else:
-        inputs = (torch.randn(2, T, 6, generator=gen),) + ((torch.randn(2, T, 3, generator=gen),) if two_inputs else ())
+        first = torch.randint(0, VOCAB, (2, T), generator=gen) if tokens else torch.randn(2, T, 6, generator=gen)
+        inputs = (first,) + ((torch.randn(2, T, 3, generator=gen),) if two_inputs else ())
     recipe = f"{type(model).__name__}({', '.join(model.recipe)}{', 2 inputs' if two_inputs else ''}" \
              f"{', 2 outputs' if two_outputs else ''})"
     return model, inputs, recipe
