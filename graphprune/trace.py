@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -185,13 +186,15 @@ def _submodule_inputs(model: nn.Module, inputs: Inputs) -> dict[str, tuple[tuple
 @contextlib.contextmanager
 def quiet_export() -> Iterator[None]:
     """torch.export prints the partial graph of a failed export on stderr (thousands of lines for
-    a detector) and logs its classification; the error we raise says what matters."""
+    a detector) and logs its classification; the error we raise says what matters. What an export
+    that succeeds writes there (warnings) is passed on."""
     logger = logging.getLogger("torch.export")
-    level = logger.level
+    level, buffer = logger.level, io.StringIO()
     logger.setLevel(logging.CRITICAL)
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(buffer):
             yield
+        sys.stderr.write(buffer.getvalue())
     finally:
         logger.setLevel(level)
 
