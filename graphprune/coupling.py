@@ -219,8 +219,8 @@ class Builder:
             self.g.add_edge(whole, p, maps=[], why=f"factor of {why or self.where()}")
 
     def choice(self, factors: list[tuple[Slot, list[Slot]]], options: list[tuple[int, ...]], why: str = "") -> None:
-        """Factors resolved together: option k couples each whole to its part ``options[k][i]``,
-        the first option that leaves something prunable wins (``groups.py``)."""
+        """Factors resolved together: option k couples each whole to its part ``options[k][i]``;
+        the option under which most of them stay prunable wins, ties in the order given (``factors.py``)."""
         ident = len(self.c.factors)
         for i, (whole, parts) in enumerate(factors):
             self.factor(whole, parts, why)

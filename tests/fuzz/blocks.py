@@ -193,10 +193,13 @@ class Attention(nn.Module):
         if self.split == "width" and (self.inner != d or self.n_rep != 1):
             self.split = "attr"
         self.repeat = rng.choice(["interleave", "expand"])
-        self.rope = self.head_dim % 2 == 0 and rng.random() < 0.4
+        # no Python branch may test a shape (`if q.shape[-1] == self.head_dim`): the traced graph
+        # holds one branch, and a pruned model could take the other (a limit graphprune documents)
+        literal = self.split == "literal_size"  # heads of size 2, whatever head_dim says
+        self.rope = self.head_dim % 2 == 0 and not literal and rng.random() < 0.4
         self.scores = rng.choice(["sdpa", "matmul", "einsum"])
         self.causal = rng.random() < 0.3
-        self.head_scale = nn.Parameter(torch.rand(self.num_heads, 1, 1) + 0.5) if rng.random() < 0.3 else None
+        self.head_scale = nn.Parameter(torch.rand(self.num_heads, 1, 1) + 0.5) if not literal and rng.random() < 0.3 else None
         self.merge = rng.choice(["minus", "attr", "width"] if self.inner == d else ["minus", "attr"])
 
     def heads(self, t, n: int):
@@ -240,7 +243,7 @@ class Attention(nn.Module):
         else:
             q, k, v = self.heads(self.q(x), self.num_heads), self.heads(self.k(x), self.num_kv_heads), \
                 self.heads(self.v(x), self.num_kv_heads)
-        if self.rope and q.shape[-1] == self.head_dim:
+        if self.rope:
             q, k = rotary(q, k, self.head_dim)
         k, v = self.kv_repeat(k), self.kv_repeat(v)
         if self.scores == "sdpa":
@@ -253,7 +256,7 @@ class Attention(nn.Module):
             if self.causal:
                 att = att.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
             y = att.softmax(dim=-1) @ v
-        if self.head_scale is not None and y.shape[1] == self.num_heads:
+        if self.head_scale is not None:
             y = y * self.head_scale
         y = y.transpose(1, 2)
         if self.merge == "minus":
