@@ -12,8 +12,14 @@ from .check import EXACT, FROZEN, check
 from .generator import random_model
 
 FAST_SEEDS = list(range(24))
-# seeds that found bugs (the model each builds, and the bug):
+# seeds whose models failed before a fix (found again by reverting each fix on the final generator)
 REGRESSIONS = {
+    42: "hand-written attention pruned the value head size, which head_dim (read in Python) also sizes",
+    122: "torch's MHA splits in_proj_weight: its input columns had no consumer role, the oracle saw a diff",
+    129: "num_heads matched torch's batch dim by value; with one width per attribute the heads froze",
+    171: "an attribute bound by value to two dims of different groups changed for both",
+    1175: "a block's num_heads followed another block's heads through the residual stream they share",
+    1527: "the same, loudly: the other block's view(B, T, self.num_heads, d) no longer fitted",
 }
 
 
