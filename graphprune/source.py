@@ -28,8 +28,10 @@ import sys
 import textwrap
 from typing import Any, Iterator
 
+import torch
 from torch import fx, nn
 
+TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("graphprune_read_source", default=True)
 NAME = re.compile(r"[A-Za-z_]\w*")
 
@@ -59,7 +61,7 @@ def in_torch(node: fx.Node | None) -> bool:
     """Whether the node was made by torch's own code (``nn.MultiheadAttention``'s forward), whose
     sizes come from its inputs' shapes, and whose modules surgery knows how to rebuild."""
     found = frame(node)
-    return found is not None and f"{os.sep}torch{os.sep}" in found[0]
+    return found is not None and found[0].startswith(TORCH_DIR)
 
 
 def frame(node: fx.Node | None) -> tuple[str, int] | None:

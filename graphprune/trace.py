@@ -14,7 +14,7 @@ from torch import fx, nn
 from .compat import export_shims
 from .errors import TraceError
 from .inputs import Inputs, default_inputs, hf_trace_inputs, normalize_inputs, output_shapes, run_model
-from .source import helper_frames
+from .source import TORCH_DIR, helper_frames
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,7 +136,7 @@ def failure_site(model: nn.Module, err: BaseException) -> str:
     tb = err.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
-        if "/torch/" not in code.co_filename.replace("\\", "/") and not code.co_filename.startswith("<"):
+        if not code.co_filename.startswith((TORCH_DIR, "<")):
             frame = (code.co_filename.rsplit("/", 1)[-1], tb.tb_lineno, code.co_name)
         owner = tb.tb_frame.f_locals.get("self")
         fqn = names.get(id(owner), fqn) if isinstance(owner, nn.Module) else fqn
