@@ -106,7 +106,7 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
     inputs = groups.traced.inputs
     by_id = {g.id: g for g in groups}
     notes = tuple(f"{scores.criterion} cannot judge {by_id[i].module or '<root>'} ({by_id[i].structure}); "
-                  f"ranked by l2 there" for i in (scores.fallback if scores is not None else ()))
+                  f"ranked by l2 there, at the judged groups' median scale" for i in (scores.fallback if scores is not None else ()))
     notes += tuple(compensation.notes) if compensation is not None else ()
     pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
                    f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))

@@ -4,7 +4,7 @@ A criterion is ``fn(ctx) -> array of shape (group.width,)`` registered by name w
 it needs (``needs=("inputs",)``, see ``graphprune.calibrate``); the calibration stage collects them,
 the criterion only reads ``ctx``. The older form ``fn(group, tensors)`` still works. A criterion may
 return None for a group it cannot judge (no norm over its channels, no consumer ran): that group is
-scored by ``l2`` instead and listed in ``Scores.fallback``.
+scored by ``l2`` instead, scaled to the judged groups' typical score, and listed in ``Scores.fallback``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Scores:
 
     criterion: str
     raw: Mapping[int, np.ndarray]
-    fallback: tuple[int, ...] = ()  # groups the criterion could not judge, scored by l2
+    fallback: tuple[int, ...] = ()  # groups the criterion could not judge: l2, at the judged groups' scale
     needs: tuple[str, ...] = ()  # the calibration statistics the criterion read (empty: weights only)
 
     def normalised(self, how: str = "mean") -> dict[int, np.ndarray]:
@@ -120,7 +120,25 @@ def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | N
         if values is None:
             values, _ = SCORERS["l2"](ctx), fallback.append(g.id)
         raw[g.id] = _checked(values, g, scorer)
+    raw = _on_judged_scale(raw, fallback)
     return Scores(_name(scorer), MappingProxyType(raw), tuple(fallback), tuple(getattr(fn, "needs", ())))
+
+
+def _on_judged_scale(raw: dict[int, np.ndarray], fallback: list[int]) -> dict[int, np.ndarray]:
+    """Scale the l2 scores of groups the criterion could not judge to the median group mean of the
+    judged ones. A weight norm means nothing next to an activation norm or a loss change: ranked
+    globally as it is, such a group (MoE experts behind a grouped matmul, channels a bare parameter
+    reads) would go first or never. Now it ranks like a typical group, and its own l2 order still
+    picks which of its units go.
+
+    >>> _on_judged_scale({0: np.array([1.0, 3.0]), 1: np.array([10.0, 30.0])}, [1])[1].tolist()
+    [1.0, 3.0]
+    """
+    judged = [float(v.mean()) for i, v in raw.items() if i not in fallback]
+    if not fallback or not judged:
+        return raw
+    target = float(np.median(judged))
+    return {i: v * (target / v.mean()) if i in fallback and v.mean() > 0 else v for i, v in raw.items()}
 
 
 def _caller(fn: Callable) -> Callable[[ScoreContext], Any]:
