@@ -41,6 +41,9 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     check_options(options, also=SHRINK_KEYWORDS)
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
     config = checked(model, config)  # before tracing, which can take minutes
+    if calibration is None and needs_of(scorer or config.scorer):  # needs_of also refuses unknown names
+        raise CalibrationError(f"scorer={getattr(scorer, '__qualname__', scorer or config.scorer)!r} reads "
+                               f"calibration data; pass calibration= (an iterable of input batches)")
     with stages("shrink", ["trace", "groups", "calibrate", "score", "plan and surgery", "report"]) as step:
         step("trace")
         traced = trace(model, example_inputs)

@@ -225,7 +225,10 @@ def check_attr_write(model: nn.Module, fqn: str, attr: str, value: Any, field: s
     if callable(declared) or (isinstance(declared, property) and declared.fset is None):
         raise PlanError(f"plan field {field}: {attr!r} is a method or read-only property of "
                         f"{type(owner).__name__}, not a width")
-    old = getattr(owner, leaf, None)
+    if not hasattr(owner, leaf):
+        raise PlanError(f"plan field {field}: {fqn or '<root>'} has no attribute {attr!r}; a plan only changes "
+                        f"widths that exist")
+    old = getattr(owner, leaf)
     if not _is_width(old):
         raise PlanError(f"plan field {field}: {fqn or '<root>'}.{attr} is {old!r}, not a width (an integer); "
                         f"a plan writes only widths")
