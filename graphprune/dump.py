@@ -156,13 +156,14 @@ def to_html(groups: "Groups", title: str | None = None) -> str:
 
 
 def to_dot(groups: "Groups") -> str:
-    """A graphviz DOT graph: modules as nodes, each group an edge (in its colour) from the modules
-    producing its channels to those reading them; frozen groups dashed grey with the reason.
+    """A graphviz DOT graph: modules as boxes, each group spanning several modules as a node in its
+    colour, linked from the modules producing its channels and to those reading (or following)
+    them; frozen groups dashed grey with the reason. Edges grow with members, not their product.
 
     >>> import timm
     >>> from graphprune.groups import find_groups
     >>> text = to_dot(find_groups(timm.create_model("resnet18")))
-    >>> text.startswith("digraph graphprune {") and '"conv1" -> "bn1"' in text
+    >>> text.startswith("digraph graphprune {") and '"conv1" -> "g0"' in text
     True
     """
     q = lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -170,18 +171,21 @@ def to_dot(groups: "Groups") -> str:
     modules = dict(groups.traced.model.named_modules())
     lines = ["digraph graphprune {", '  graph [rankdir=TB, fontname="Helvetica"];',
              '  node [shape=box, style="rounded,filled", fillcolor="#f5f5f5", fontname="Helvetica", fontsize=10];',
-             '  edge [fontname="Helvetica", fontsize=8];']
+             '  edge [arrowsize=0.6];']
     for name in rows:
         kind = type(modules[name]).__name__ if name in modules else ""
         lines.append(f"  {q(name or '<root>')} [label={q((name or '<root>') + chr(10) + kind)}];")
     for g in cols:
         cells = _cells(g)
-        src = [m for m, (role, _) in cells.items() if role == "out"] or list(cells)[:1]
-        dst = [m for m in cells if m not in src]
-        style = f'color="#9e9e9e", style=dashed, tooltip={q("group " + str(g.id) + ": " + _status(g))}' \
-            if g.frozen else f"color={q(colour(g))}, tooltip={q('group ' + str(g.id) + ': ' + g.structure)}"
         lines.append(f"  // group {g.id}: {g.structure}, {_status(g)}".replace("\n", " "))
-        lines += [f"  {q(a or '<root>')} -> {q(b or '<root>')} [label={q('g' + str(g.id))}, {style}];"
-                  for a in src for b in dst]
+        if len(cells) < 2:
+            continue  # a group inside one module (kernel sizes): nothing to link
+        hub, c = q(f"g{g.id}"), colour(g)
+        dashed = ", style=dashed" if g.frozen or g.inexact else ""
+        lines.append(f"  {hub} [shape=ellipse, style=\"filled{',dashed' if dashed else ''}\", fillcolor={q(c)}, "
+                     f"fontcolor=white, label={q(f'g{g.id}: {g.structure}')}, tooltip={q(_status(g))}];")
+        for module, (role, _) in cells.items():
+            edge = (f"{q(module or '<root>')} -> {hub}" if role == "out" else f"{hub} -> {q(module or '<root>')}")
+            lines.append(f"  {edge} [color={q(c)}{dashed if role else ', style=dotted'}];")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -65,8 +65,8 @@ def _picked(modules: dict[str, nn.Module], fn: Callable) -> list[str]:
             raise ConfigError(f"ignore= filter {name} raised {type(err).__name__} for {fqn or '<root>'!r} "
                               f"({type(mod).__name__}): {err}") from err
         if not isinstance(hit, bool):
-            raise ConfigError(f"ignore= filter {name} returned {hit!r} for {fqn or '<root>'!r}; it must return "
-                              f"True (leave the module unpruned) or False")
+            raise ConfigError(f"ignore= filter {name} returned a {type(hit).__name__} for {fqn or '<root>'!r}; it "
+                              f"must return True (leave the module unpruned) or False")
         if hit and not any(fqn == p or fqn.startswith(p + ".") for p in picked if p) and "" not in picked:
             picked.append(fqn)
     if not picked:
@@ -77,8 +77,9 @@ def _picked(modules: dict[str, nn.Module], fn: Callable) -> list[str]:
 def _unknown(model: nn.Module, item: Any, modules: dict[str, nn.Module], classes: set[str]) -> str:
     if not isinstance(item, str):
         return f"ignore= takes module FQNs, module classes or filters fn(fqn, module) -> bool, got {item!r}"
-    owner = item.rsplit(".", 1)[0] if "." in item else None
-    if owner in modules and item not in modules:
+    owner = item.rsplit(".", 1)[0] if "." in item else ""
+    tensors = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    if item in tensors:
         return (f"ignore={item!r} names a parameter, not a module; ignore= takes module FQNs (a prefix covers "
                 f"the subtree): did you mean {owner!r}?")
     close = difflib.get_close_matches(item, [n for n in modules if n] + sorted(classes), n=3, cutoff=0.5)

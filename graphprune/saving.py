@@ -215,7 +215,8 @@ def describe_file(path: str) -> str:
     with open(path, "rb") as fh:
         head = fh.read(8)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return (f"{path} is a pickle (torch.save); graphprune never unpickles a file, since unpickling runs "
+        what = "a torch.save archive (a pickle)" if head.startswith(b"PK") else "a pickle"
+        return (f"{path} is {what}; graphprune never unpickles a file, since unpickling runs "
                 f"code from it. If you trust it, convert it once in Python: model = torch.load({path!r}, "
                 f"weights_only=False); graphprune.save_pretrained(model, 'FOLDER', base='timm:NAME') "
                 f"(base: how to build the unpruned model), then pass FOLDER")
