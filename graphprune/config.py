@@ -23,14 +23,15 @@ class ShrinkConfig:
     ``ignore``: module FQNs (a prefix matches the subtree), module classes (or their names) or
     filters ``fn(fqn, module) -> bool`` whose modules are left untouched; each name must exist in
     the model (``ConfigError`` with the closest names otherwise).
-    ``round_to``: kept widths are multiples of it. ``min_keep``: units every group keeps.
+    ``round_to``: kept widths are multiples of it (a group narrower than it stays whole).
+    ``min_keep``: units every group keeps.
     ``cost_power``: units are ranked by ``score / cost**cost_power`` (cost = parameters or MACs a unit
     carries): 0 ranks by importance alone, 1 by importance per parameter.
     ``tolerance``: how far the achieved ratio may be from ``ratio`` before ``PlanError`` is raised.
     ``prune``: which kinds of groups may shrink: "heads" (attention heads), "mlp" (MLP neurons and
     conv channels), "hidden" (widths normalised by layer/RMS norms: a transformer's residual stream).
     ``uniform``: groups playing the same part in every layer keep equal widths (a standard HF config
-    can then describe the pruned model).
+    can then describe the pruned model); refused for a model without a config (``model.config``).
     ``scope``: "global" ranks units of every group against each other (scores divided per group by
     their ``normalize``: "mean", "max", "sum", or "none"); "local" removes the same fraction of
     every group. "auto" (both defaults) is global and unnormalised for criteria that read

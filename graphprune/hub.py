@@ -3,7 +3,9 @@
 With ``uniform=True`` the pruned model's config describes it and stock ``from_pretrained`` loads the
 saved folder. With per-layer widths it cannot; ``graphprune.from_pretrained`` builds the model from
 the base config recorded in ``config.graphprune``, gives every pruned tensor its saved shape, and
-loads the weights.
+loads the weights. Everything read from the folder is checked first (``graphprune.record``): only
+safetensors weights, a model class of transformers, a record whose every field has its type and
+fits the base model; errors name the folder and the field, never a raw KeyError from inside.
 """
 from __future__ import annotations
 

@@ -23,7 +23,9 @@ from .errors import PlanError
 from . import schema
 from .groups import Group, Groups
 from . import widths
+from .options import checked
 from .scores import Scores, score
+from .validate import fingerprint
 
 PLAN_VERSION = 2  # 2: fingerprint of the model, coupled members of each pruned group (1: neither)
 REMAKE = "Make the plan again from the model (graphprune.make_plan, or graphprune shrink on the command line)."
@@ -123,8 +125,6 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
     >>> abs(plan.ratio - 0.3) <= 0.01
     True
     """
-    from .options import checked
-
     config = checked(model, config)
     if scores is None:
         scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
@@ -410,8 +410,6 @@ def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], con
     model_config = widths.config_updates(getattr(model, "config", None), list(groups), counts, kind)
     before = count_params(model)
     after = before - sum(_lost(params[f], dims) for f, dims in keep.items() if f in params)
-    from .validate import fingerprint
-
     return Plan(keep=keep, attrs=attrs, removed={g.id: u for g, u in chosen}, config=config,
                 params_before=before, params_after=int(after),
                 output_shapes=[list(s) for s in groups.traced.output_shapes], model_config=model_config,

@@ -6,6 +6,7 @@ tests stay silent; ``TQDM_DISABLE=1`` turns them off everywhere.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
@@ -18,8 +19,14 @@ def bar(iterable: Iterable[Any] | None = None, desc: str = "", total: int | None
     >>> list(bar([1, 2], "demo"))
     [1, 2]
     """
-    return tqdm(iterable, desc=f"graphprune: {desc}", total=total, unit=unit, disable=None, leave=False,
+    return tqdm(iterable, desc=f"graphprune: {desc}", total=total, unit=unit, disable=_disable(), leave=False,
                 dynamic_ncols=True)
+
+
+def _disable() -> bool | None:
+    """None (tqdm: off unless stderr is a terminal), or True when ``TQDM_DISABLE`` is set (tqdm reads
+    its environment only for arguments not passed, and ``disable`` is passed here)."""
+    return True if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes") else None
 
 
 class Stages:
@@ -31,7 +38,7 @@ class Stages:
 
     def __init__(self, what: str, names: Sequence[str]):
         self.names = list(names)
-        self.bar = tqdm(total=len(self.names), desc=f"graphprune: {what}", disable=None, leave=False,
+        self.bar = tqdm(total=len(self.names), desc=f"graphprune: {what}", disable=_disable(), leave=False,
                         bar_format="{desc}: {n_fmt}/{total_fmt} {postfix} [{elapsed}]", dynamic_ncols=True)
         self.current: str | None = None
 

@@ -45,6 +45,10 @@ def save_pretrained(model: nn.Module, directory: str, base: Any = None, plan: An
     from .surgery.config import hf_config
 
     os.makedirs(directory, exist_ok=True)
+    # files an earlier save left that would now describe another model (graphprune.json wins over config.json)
+    for stale in ([RECORD] if hf_config(model) is not None else []) + ([PLAN] if plan is None else []):
+        if os.path.isfile(os.path.join(directory, stale)):
+            os.remove(os.path.join(directory, stale))
     if hf_config(model) is not None:
         model.save_pretrained(directory)  # safetensors; config.json holds the graphprune record
     else:

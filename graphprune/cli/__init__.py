@@ -70,13 +70,19 @@ def _one_line_warnings(debug: bool) -> Iterator[None]:
 
 def _inspect(args: argparse.Namespace) -> int:
     from ..groups import find_groups
+    from ..progress import stages
     from ..report import groups_table
+    from ..trace import trace
 
     spec = c.check_args(args)
     for path, flag in ((args.json, "--json"), (args.html, "--html"), (args.dot, "--dot")):
         c.check_out_file(path, flag)
     model = _load(spec, args)
-    groups = find_groups(model, c.example_inputs(args, model), strict=args.strict)
+    with stages("inspect", ["trace", "groups"]) as step:
+        step("trace")
+        traced = trace(model, c.example_inputs(args, model))
+        step("groups")
+        groups = find_groups(traced, strict=args.strict)
     print(groups_table(groups, limit=args.limit))
     for path, write in ((args.json, groups.to_json), (args.html, groups.to_html), (args.dot, groups.to_dot)):
         if path:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LoadError
+from ..inputs import forward_params
 from ..sources import ModelSpec, folder_kind
 
 
@@ -102,14 +103,21 @@ def example_inputs(args: argparse.Namespace, model: nn.Module) -> Any:
         if (pos and named) or not (pos or named):
             raise ConfigError(f"--inputs {args.inputs} must hold positional tensors (keys 0, 1, ...) or named "
                               f"ones (keyword arguments), not both or neither")
-        return tuple(pos) if pos else named
+        return tuple(pos) if pos else _without_cache(model, named)
     if getattr(args, "input_shape", None):
         shape = parse_shape(args.input_shape)
         if getattr(model, "main_input_name", None) == "input_ids":
             vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 2
-            return {"input_ids": torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))}
+            return _without_cache(model, {"input_ids": torch.randint(0, vocab, shape,
+                                                                     generator=torch.Generator().manual_seed(0))})
         return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     return None
+
+
+def _without_cache(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A returned KV cache is no output shape to keep (graphprune's own HF inputs turn it off too)."""
+    return {**kwargs, "use_cache": False} if "use_cache" in forward_params(model) and "use_cache" not in kwargs \
+        else kwargs
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -35,7 +35,9 @@ def register_slicer(*types: type, override: bool = False) -> Callable:
 
 def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None) -> nn.Module:
     """Prune ``model`` in place as ``plan`` says; with example inputs, check the forward still runs
-    and gives the shapes it gave before. ``compensation`` (``graphprune.compensate.compensation``)
+    and gives the shapes it gave before. The plan is checked first (``graphprune.validate``: the
+    model it was made for, its version, every index, coupled widths, attribute writes); a plan
+    that does not fit raises ``PlanError`` with the model untouched. ``compensation`` (``graphprune.compensate.compensation``)
     is written first, from the columns about to go. On any failure the model is restored (the
     compensation too) and SurgeryError raised.
 
