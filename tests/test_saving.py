@@ -60,9 +60,17 @@ def test_a_wrong_base_is_refused_when_saving(tmp_path) -> None:
         graphprune.save_pretrained(small, str(tmp_path), base="timm:test_vit")
 
 
-def _saved(tmp_path) -> tuple[str, dict]:
-    small = graphprune.shrink(timm.create_model("test_resnet").eval(), 0.3)
-    graphprune.save_pretrained(small, str(tmp_path))
+@pytest.fixture(scope="module")
+def saved_once(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved")
+    graphprune.save_pretrained(graphprune.shrink(timm.create_model("test_resnet").eval(), 0.3), str(folder))
+    return folder
+
+
+def _saved(tmp_path, saved_once) -> tuple[str, dict]:
+    """A copy of the saved folder, to tamper with."""
+    for f in saved_once.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
     return str(tmp_path), json.loads((tmp_path / "graphprune.json").read_text())
 
 
@@ -81,16 +89,16 @@ def _saved(tmp_path) -> tuple[str, dict]:
     (lambda r: r["base"].update(source="class", name="some_unimported_pkg:Net"), LoadError, r"is not imported"),
     (lambda r: r.update(fingerprint="0000000000000000"), PlanError, r"is not the one the weights were pruned from"),
 ])
-def test_a_tampered_record_is_refused_naming_the_field(tmp_path, edit, error, match) -> None:
-    folder, record = _saved(tmp_path)
+def test_a_tampered_record_is_refused_naming_the_field(tmp_path, saved_once, edit, error, match) -> None:
+    folder, record = _saved(tmp_path, saved_once)
     edit(record)
     (tmp_path / "graphprune.json").write_text(json.dumps(record))
     with pytest.raises(error, match=match):
         graphprune.load_pretrained(folder)
 
 
-def test_weights_that_do_not_fit_the_record_are_refused(tmp_path) -> None:
-    folder, record = _saved(tmp_path)
+def test_weights_that_do_not_fit_the_record_are_refused(tmp_path, saved_once) -> None:
+    folder, record = _saved(tmp_path, saved_once)
     record["shapes"].pop("fc.weight")
     (tmp_path / "graphprune.json").write_text(json.dumps(record))
     with pytest.raises(LoadError, match=r"fc.weight is \(1000, \d+\) but the record rebuilt it as \(1000, \d+\)"):
