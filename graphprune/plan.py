@@ -60,13 +60,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (dims and group ids as string keys, tuples as lists)."""
-        data = {**self.__dict__, "keep": {f: {str(d): list(ix) for d, ix in dims.items()}
-                                          for f, dims in self.keep.items()},
-                "removed": {str(k): list(v) for k, v in self.removed.items()},
-                "coupled": {str(k): [list(m) for m in v] for k, v in self.coupled.items()},
-                "attrs": {f: {a: list(v) if isinstance(v, tuple) else v for a, v in av.items()}
-                          for f, av in self.attrs.items()}}
-        return data
+        return schema.plan_to_dict(self)
 
     def to_json(self, path: str | None = None) -> str:
         """Serialise; ``Plan.from_json`` reads it back.
@@ -96,15 +90,7 @@ class Plan:
     @classmethod
     def from_json(cls, text_or_path: str) -> "Plan":
         """Read a plan from JSON text or a JSON file (never anything else: a plan is data)."""
-        text, where = text_or_path, "plan"
-        if not text_or_path.lstrip().startswith("{"):
-            where = f"plan file {text_or_path!r}"
-            text = schema.read_text(text_or_path, "plan file")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise PlanError(f"{where} is not valid JSON ({err}); a plan is the JSON that Plan.to_json writes") from err
-        return cls.from_dict(data, where)
+        return cls.from_dict(*schema.read_json(text_or_path, "plan"))
 
 
 def count_params(model: nn.Module) -> int:

@@ -9,6 +9,7 @@ forces on dims back to ints); ``fields`` combines them into the check of one JSO
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any, Callable
 
 from .errors import PlanError
@@ -187,3 +188,25 @@ def read_text(path: str, what: str) -> str:
     except UnicodeDecodeError as err:
         raise PlanError(f"{what} {path!r} is not a JSON text file (binary data at byte {err.start}); "
                         f"graphprune reads it only as the JSON it writes") from err
+
+
+def read_json(text_or_path: str, what: str) -> tuple[Any, str]:
+    """(parsed JSON, where it came from) from JSON text or the path of a JSON file."""
+    if text_or_path.lstrip().startswith("{"):
+        text, where = text_or_path, what
+    else:
+        text, where = read_text(text_or_path, f"{what} file"), f"{what} file {text_or_path!r}"
+    try:
+        return json.loads(text), where
+    except json.JSONDecodeError as err:
+        raise PlanError(f"{where} is not valid JSON ({err}); graphprune reads the JSON it writes") from err
+
+
+def plan_to_dict(plan: Any) -> dict[str, Any]:
+    """A plan's fields, JSON-ready: dims and group ids as string keys, tuples as lists."""
+    return {**plan.__dict__,
+            "keep": {f: {str(d): list(ix) for d, ix in dims.items()} for f, dims in plan.keep.items()},
+            "removed": {str(k): list(v) for k, v in plan.removed.items()},
+            "coupled": {str(k): [list(m) for m in v] for k, v in plan.coupled.items()},
+            "attrs": {f: {a: list(v) if isinstance(v, tuple) else v for a, v in av.items()}
+                      for f, av in plan.attrs.items()}}
