@@ -189,16 +189,16 @@ def check_attrs(t: Target) -> None:
     names = {n for ns in FIELDS.values() for n in ns}
     for fqn, attrs in t.plan.attrs.items():
         for attr, value in attrs.items():
-            field = f"attrs[{fqn!r}][{attr!r}]"
+            field = f"plan field attrs[{fqn!r}][{attr!r}]"
             old = check_attr_write(t.model, fqn, attr, value, field)
             if (fqn, attr) in removed:
                 n, ids = removed[(fqn, attr)]
                 want = (old[0] - n,) if isinstance(old, tuple) else old - n
                 if _as_value(value) != want:
-                    raise PlanError(f"plan field {field} is {value!r}, but group(s) {ids} remove {n} of its "
+                    raise PlanError(f"{field} is {value!r}, but group(s) {ids} remove {n} of its "
                                     f"{old!r}: it must be {want!r}")
             elif attr not in names:
-                raise PlanError(f"plan field {field}: {attr!r} is neither bound to a removed group (plan field "
+                raise PlanError(f"{field}: {attr!r} is neither bound to a removed group (plan field "
                                 f"coupled) nor a width field ({', '.join(sorted(names))}); a plan does not "
                                 f"write other attributes")
 
@@ -212,29 +212,29 @@ def check_attr_write(model: nn.Module, fqn: str, attr: str, value: Any, field: s
     try:
         module = model.get_submodule(fqn)
     except AttributeError as err:
-        raise PlanError(f"plan field {field}: the model has no module {fqn!r}") from err
+        raise PlanError(f"{field}: the model has no module {fqn!r}") from err
     if any(not p.isidentifier() or p.startswith("_") for p in attr.split(".")):
-        raise PlanError(f"plan field {field}: {attr!r} is not a public attribute name")
+        raise PlanError(f"{field}: {attr!r} is not a public attribute name")
     try:
         owner, leaf = attr_path(module, attr)
     except AttributeError as err:
-        raise PlanError(f"plan field {field}: {fqn or '<root>'} has no attribute {attr!r}") from err
+        raise PlanError(f"{field}: {fqn or '<root>'} has no attribute {attr!r}") from err
     if isinstance(owner, (nn.Module, torch.Tensor)) and owner is not module:
-        raise PlanError(f"plan field {field}: {attr!r} reaches into another module; name that module instead")
+        raise PlanError(f"{field}: {attr!r} reaches into another module; name that module instead")
     declared = getattr(type(owner), leaf, None)
     if callable(declared) or (isinstance(declared, property) and declared.fset is None):
-        raise PlanError(f"plan field {field}: {attr!r} is a method or read-only property of "
+        raise PlanError(f"{field}: {attr!r} is a method or read-only property of "
                         f"{type(owner).__name__}, not a width")
     if not hasattr(owner, leaf):
-        raise PlanError(f"plan field {field}: {fqn or '<root>'} has no attribute {attr!r}; a plan only changes "
+        raise PlanError(f"{field}: {fqn or '<root>'} has no attribute {attr!r}; a plan only changes "
                         f"widths that exist")
     old = getattr(owner, leaf)
     if not _is_width(old):
-        raise PlanError(f"plan field {field}: {fqn or '<root>'}.{attr} is {old!r}, not a width (an integer); "
+        raise PlanError(f"{field}: {fqn or '<root>'}.{attr} is {old!r}, not a width (an integer); "
                         f"a plan writes only widths")
     new = _as_value(value)
     if not _is_width(new) or type(new) is not type(old) or _len(new) != _len(old) or _gt(new, old):
-        raise PlanError(f"plan field {field}: {value!r} cannot replace {old!r}; a width attribute only "
+        raise PlanError(f"{field}: {value!r} cannot replace {old!r}; a width attribute only "
                         f"shrinks and stays >= 1")
     return old
 
