@@ -13,15 +13,30 @@ import torch
 from ..groups import Group, Member
 
 
+CHUNK = 1 << 24  # elements converted at a time for half-precision tensors
+
+
 def dim_mass(t: torch.Tensor, dim: int, p: float) -> np.ndarray:
     """Sum of |t|^p over every dim but ``dim``: one value per index along it.
+
+    Reduced by ``torch.linalg.vector_norm`` where the tensor lives, with no full-size temporary:
+    float32/64 tensors in their own dtype, half-precision ones a slice at a time in float32 (their
+    own accumulators would round every partial sum).
 
     >>> dim_mass(torch.tensor([[1., -2.], [3., 4.]]), 1, 1).tolist()
     [4.0, 6.0]
     """
-    a = t.detach().double().abs().pow(p)
-    other = [d for d in range(a.dim()) if d != dim]
-    return (a.sum(other) if other else a).cpu().numpy()
+    t = t.detach()
+    other = [d for d in range(t.dim()) if d != dim]
+    if not other:
+        return t.abs().double().pow(p).cpu().numpy()
+    if t.dtype in (torch.float32, torch.float64):
+        norms = torch.linalg.vector_norm(t, ord=p, dim=other)
+    else:
+        step = max(1, CHUNK // max(1, t.numel() // max(t.shape[dim], 1)))
+        norms = torch.cat([torch.linalg.vector_norm(t.narrow(dim, i, min(step, t.shape[dim] - i)), ord=p, dim=other,
+                                                    dtype=torch.float32) for i in range(0, t.shape[dim], step)])
+    return norms.double().cpu().numpy() ** p
 
 
 def per_unit(group: Group, vector: Callable[[Member], np.ndarray | None]) -> np.ndarray | None:
