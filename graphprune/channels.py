@@ -45,8 +45,8 @@ def channels(c: Coupling) -> Channels:
     >>> from graphprune.coupling import build_coupling
     >>> from graphprune.trace import trace
     >>> ch = channels(build_coupling(trace(torch.nn.Linear(3, 4), torch.zeros(2, 3))))
-    >>> len(ch.labels) < sum(ch.size[ch.space])   # the output and the weight's rows share ids
-    True
+    >>> len(ch.labels), len(ch.slots)   # 4 output channels (weight rows, bias, output) + 3 inputs
+    (7, 5)
     """
     g = c.graph
     nodes = sorted(g.nodes, key=str)
@@ -142,10 +142,16 @@ def keyed_spaces(c: Coupling, ch: Channels) -> dict[int, Space]:
     for k, found in sorted(keys.items()):
         if found:
             lab = ch.space_labels(k)
-            order = np.argsort(lab, kind="stable")
-            uniq, start, count = np.unique(lab[order], return_index=True, return_counts=True)
-            out[k] = Space(order, uniq, start, count, tuple(found))
+            # labels are smallest ids, so a space whose channels are not tied to each other is sorted
+            order = np.arange(len(lab)) if bool((lab[1:] >= lab[:-1]).all()) else np.argsort(lab, kind="stable")
+            out[k] = Space(order, *_runs(lab[order]), tuple(found))
     return out
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct values of a sorted array, where each run starts and its length (no sort needed)."""
+    start = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    return values[start], start, np.diff(np.append(start, len(values)))
 
 
 def label_classes(spaces: dict[int, Space], flag: np.ndarray) -> list[tuple[tuple, bool, np.ndarray]]:
@@ -162,17 +168,21 @@ def label_classes(spaces: dict[int, Space], flag: np.ndarray) -> list[tuple[tupl
     sid = np.concatenate([np.full(len(sp.uniq), k) for k, sp in spaces.items()])
     cnt = np.concatenate([sp.count for sp in spaces.values()])
     order = np.lexsort((sid, lab))
-    lab, sid, cnt = lab[order], sid[order], cnt[order]
-    labels, start, length = np.unique(lab, return_index=True, return_counts=True)
+    m = int(cnt.max()) + 1
+    lab, code = lab[order], sid[order] * m + cnt[order]  # (space, count) as one number
+    labels, start, length = _runs(lab)
     out = []
     for n in np.unique(length).tolist():  # one table per number of spaces a label occurs in
         sel = np.flatnonzero(length == n)
-        at = start[sel][:, None] + np.arange(n)
-        table = np.concatenate([sid[at], cnt[at], flag[labels[sel]][:, None].astype(sid.dtype)], axis=1)
-        rows, inverse = np.unique(table, axis=0, return_inverse=True)
+        table = np.concatenate([code[start[sel][:, None] + np.arange(n)], flag[labels[sel]][:, None]], axis=1)
+        if n == 1:  # most labels: one number per row, a plain unique instead of a sort of rows
+            uniq, inverse = np.unique(table[:, 0] * 2 + table[:, 1], return_inverse=True)
+            rows = np.stack([uniq // 2, uniq % 2], axis=1)
+        else:
+            rows, inverse = np.unique(table, axis=0, return_inverse=True)
         by_row = np.argsort(inverse.ravel(), kind="stable")
         for row, members in zip(rows.tolist(), np.split(sel[by_row], np.cumsum(np.bincount(inverse.ravel()))[:-1])):
-            out.append((tuple(zip(row[:n], row[n:2 * n])), bool(row[-1]), labels[members]))
+            out.append((tuple(divmod(c, m) for c in row[:n]), bool(row[-1]), labels[members]))
     return out
 
 
