@@ -39,6 +39,7 @@ __all__ = [
     "Report", "ShrinkConfig", "SurgeryError", "TraceError", "Traced", "UnsupportedOpError", "apply_plan_",
     "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
-    "config_mismatches", "from_pretrained",
+    "config_mismatches", "from_pretrained", "checkpoint_tensors", "meta_model", "prune_checkpoint",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402
+from .checkpoint import checkpoint_tensors, meta_model, prune_checkpoint  # noqa: E402

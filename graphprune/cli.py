@@ -1,4 +1,5 @@
-"""Command line: ``graphprune inspect MODEL`` and ``graphprune shrink MODEL --ratio R --out FILE``.
+"""Command line: ``graphprune inspect MODEL``, ``graphprune shrink MODEL --ratio R --out FILE`` and
+``graphprune prune-checkpoint SRC DST (--ratio R | --plan PLAN.json)`` for a Hugging Face folder.
 
 MODEL is ``timm:NAME`` (built from config, random init, no download) or the path of a model saved
 whole with ``torch.save(model, path)``.
@@ -49,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     shr.add_argument("--round-to", type=int, default=1)
     shr.add_argument("--ignore", nargs="*", default=(), help="module FQNs or class names to leave alone")
     shr.add_argument("--out", required=True, help="where to torch.save the pruned model; the plan goes to OUT.plan.json")
+    ck = sub.add_parser("prune-checkpoint", help="prune a Hugging Face safetensors folder shard by shard")
+    ck.add_argument("src", help="folder written by save_pretrained (safetensors)")
+    ck.add_argument("dst", help="folder to write the pruned checkpoint to")
+    how = ck.add_mutually_exclusive_group(required=True)
+    how.add_argument("--plan", help="a plan JSON made for this architecture (Plan.to_json)")
+    how.add_argument("--ratio", type=float, help="plan here, on the meta device, scoring from the checkpoint")
+    ck.add_argument("--uniform", action="store_true", help="same widths in every layer (stock from_pretrained loads it)")
+    ck.add_argument("--round-to", type=int, default=1)
     return p
 
 
@@ -56,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphprune`` command."""
     args = _parser().parse_args(argv)
     try:
-        return _inspect(args) if args.command == "inspect" else _shrink(args)
+        return {"inspect": _inspect, "shrink": _shrink, "prune-checkpoint": _prune_checkpoint}[args.command](args)
     except GraphPruneError as err:
         print(f"graphprune: error: {err}", file=sys.stderr)
         return 2
@@ -84,6 +93,19 @@ def _shrink(args: argparse.Namespace) -> int:
     report.plan.to_json(args.out + ".plan.json")
     print(report)
     print(f"saved {args.out} and {args.out}.plan.json")
+    return 0
+
+
+def _prune_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import plan_checkpoint, prune_checkpoint
+    from .config import ShrinkConfig
+    from .plan import Plan
+
+    plan = (Plan.from_json(args.plan) if args.plan else
+            plan_checkpoint(args.src, ShrinkConfig(ratio=args.ratio, uniform=args.uniform, round_to=args.round_to)))
+    prune_checkpoint(args.src, plan, args.dst)
+    plan.to_json(f"{args.dst}/graphprune.plan.json")
+    print(f"parameters {plan.params_before:,} -> {plan.params_after:,} (-{plan.ratio:.1%}); wrote {args.dst}")
     return 0
 
 

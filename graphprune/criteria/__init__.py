@@ -5,12 +5,16 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..groups import Group, Member
+
+if TYPE_CHECKING:
+    from ..scores import ScoreContext
 
 
 CHUNK = 1 << 24  # elements converted at a time for half-precision tensors
@@ -37,6 +41,22 @@ def dim_mass(t: torch.Tensor, dim: int, p: float) -> np.ndarray:
         norms = torch.cat([torch.linalg.vector_norm(t.narrow(dim, i, min(step, t.shape[dim] - i)), ord=p, dim=other,
                                                     dtype=torch.float32) for i in range(0, t.shape[dim], step)])
     return norms.double().cpu().numpy() ** p
+
+
+def member_mass(ctx: "ScoreContext", m: Member, p: float) -> np.ndarray:
+    """``dim_mass`` of a member's tensor along its dim. The tensor is read once per score() call:
+    its other dims that groups need are reduced at the same time (a checkpoint tensor read from
+    disk is not read again for the group of its other dim)."""
+    key = (m.fqn, m.dim, p)
+    if key not in ctx.memo:
+        t = ctx.tensors[m.fqn]
+        if t.is_meta:
+            raise ConfigError(f"{m.fqn} is on the meta device, so its values cannot be scored; pass the "
+                              f"weights with score(..., tensors=graphprune.checkpoint_tensors(folder)), or a "
+                              f"criterion that reads no weights (scorer='random')")
+        for d in sorted({*ctx.dims.get(m.fqn, ()), m.dim}):
+            ctx.memo[(m.fqn, d, p)] = dim_mass(t, d, p)
+    return ctx.memo[key]
 
 
 def per_unit(group: Group, vector: Callable[[Member], np.ndarray | None]) -> np.ndarray | None:
