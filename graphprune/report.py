@@ -102,7 +102,9 @@ class Report:
 
 
 def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Groups",
-                left_out: tuple[str, ...] = (), scores: Any = None, stats: Any = None, compensation: Any = None) -> Report:
+                left_out: tuple[str, ...] = (), scores: Any = None, stats: Any = None, compensation: Any = None,
+                macs_before: int | None = None) -> Report:
+    """``macs_before``: counted before ``before`` was pruned in place (``before`` is then ``after``)."""
     inputs = groups.traced.inputs
     by_id = {g.id: g for g in groups}
     notes = tuple(f"{scores.criterion} cannot judge {by_id[i].module or '<root>'} ({by_id[i].structure}); "
@@ -111,7 +113,7 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
     pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
                    f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))
     return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),
-                  macs_before=count_macs(before, inputs), macs_after=count_macs(after, inputs), pruned=pruned,
+                  macs_before=count_macs(before, inputs) if macs_before is None else macs_before, macs_after=count_macs(after, inputs), pruned=pruned,
                   frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), left_out=left_out,
                   criterion=str(plan.config.get("scorer", "l2")), scope=str(plan.config.get("scope", "global")),
                   compensate=plan.config.get("compensate"), calibration_batches=stats.batches if stats else 0,
