@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from .inputs import Inputs, run_model
@@ -33,9 +35,20 @@ def _params_frozen(model: nn.Module) -> Iterator[None]:
 def count_macs(model: nn.Module, inputs: Inputs) -> int:
     """Multiply-accumulates of one forward, counted by ``torch.utils.flop_counter``.
 
+    A model on the meta device is counted from its exported graph (a meta forward can stop at a
+    data-dependent check, e.g. transformers' masks; the graph has none left).
+
     >>> count_macs(nn.Linear(4, 3), ((torch.zeros(2, 4),), {}))
     24
     """
+    from .trace import export_program, is_meta
+
+    if is_meta(model):
+        args, kwargs = tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, inputs)
+        program = export_program(model, (args, kwargs)).module().to("meta")  # buffers too (accelerate keeps them)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            program(*args, **kwargs)
+        return counter.get_total_flops() // 2
     with _params_frozen(model), FlopCounterMode(display=False) as counter:
         run_model(model, inputs)
     return counter.get_total_flops() // 2
@@ -118,6 +131,36 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
                   criterion=str(plan.config.get("scorer", "l2")), scope=str(plan.config.get("scope", "global")),
                   compensate=plan.config.get("compensate"), calibration_batches=stats.batches if stats else 0,
                   calibration_seconds=stats.seconds if stats else 0.0, notes=notes, plan=plan)
+
+
+def plan_report(model: nn.Module, groups: "Groups", plan: "Plan", scores: Any = None) -> Report:
+    """The report of ``plan`` without pruning ``model``: the plan is applied to a twin of the model
+    on the meta device (no tensor is copied), so it costs no memory and works for a model built on
+    the meta device (``graphprune.meta_model``) as for a real one. MACs are counted from the
+    exported graphs of both twins (where a CPU forward's fused attention kernel is not counted,
+    the graph's attention is).
+
+    >>> import timm, graphprune
+    >>> m = timm.create_model("resnet18")
+    >>> g = graphprune.find_groups(m)
+    >>> r = plan_report(m, g, graphprune.make_plan(m, g, graphprune.ShrinkConfig(ratio=0.3)))
+    >>> round(r.ratio, 2), r.macs_after < r.macs_before
+    (0.3, True)
+    """
+    from .surgery import apply_plan_
+
+    before = meta_twin(model)  # before and after counted alike, from their graphs
+    return make_report(before, apply_plan_(meta_twin(model), plan), plan, groups, scores=scores)
+
+
+def meta_twin(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are on the meta device (tied ones stay
+    tied); the model's own tensors are never copied."""
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        twin = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(twin, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else twin
+    return copy.deepcopy(model, memo)
 
 
 def _frozen_lines(groups: "Groups") -> list[str]:

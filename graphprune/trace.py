@@ -158,12 +158,22 @@ def _state_kept(model: nn.Module) -> Iterator[None]:
             container.update(before) if isinstance(container, (dict, set)) else container.extend(before)
 
 
-def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, method: str) -> Traced:
+def export_program(model: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
+    """``torch.export`` of the model in eval mode, as ``trace`` runs it, leaving the model as it was."""
+    with _eval_mode(model), _state_kept(model):
+        return _export(model, inputs)
+
+
+def _export(traced_obj: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
     args, kwargs = inputs
     # under no_grad a forward's own `torch.no_grad()` (HF rotary embeddings) is a no-op, so export
     # inlines it instead of hiding its ops in a wrap_with_set_grad_enabled submodule no rule can see
     with torch.no_grad(), export_shims():
-        ep = torch.export.export(traced_obj, args, kwargs, strict=False)
+        return torch.export.export(traced_obj, args, kwargs, strict=False)
+
+
+def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, method: str) -> Traced:
+    ep = _export(traced_obj, inputs)
     shapes = _output_shapes(ep)
     sig = ep.graph_signature
     canonical = _canonical_names(model)

@@ -79,3 +79,16 @@ def test_cli_prunes_a_folder(folder, tmp_path, capsys):
     loaded = graphprune.from_pretrained(tmp_path / "dst")
     plan = graphprune.Plan.from_json(str(tmp_path / "dst/graphprune.plan.json"))
     assert graphprune.count_params(loaded) == plan.params_after
+
+
+def test_report_of_a_meta_model_counts_as_for_the_loaded_one(folder):
+    path, real = folder
+    meta = graphprune.meta_model(path)
+    groups = graphprune.find_groups(meta)
+    plan = graphprune.make_plan(meta, groups, graphprune.ShrinkConfig(ratio=0.3),
+                                scores=graphprune.score(meta, groups, "random"))
+    got = graphprune.plan_report(meta, groups, plan)
+    want = graphprune.plan_report(real, graphprune.find_groups(real), plan)
+    assert (got.params_after, got.macs_before, got.macs_after) == (want.params_after, want.macs_before, want.macs_after)
+    assert got.macs_after < got.macs_before and got.pruned == want.pruned
+    assert all(p.is_meta for p in meta.parameters())  # the meta model itself is not pruned

@@ -5,6 +5,7 @@ import copy
 import warnings
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -137,9 +138,9 @@ def _cut(t: torch.Tensor, dims: dict[int, list[int]], save: bool) -> tuple[torch
     for d, ix in dims.items():
         keep = torch.tensor(ix, dtype=torch.long, device=t.device)
         if save:
-            gone = torch.ones(t.shape[d], dtype=torch.bool, device=t.device)
-            gone[keep] = False
-            drop = gone.nonzero().squeeze(1)
+            gone = np.ones(t.shape[d], dtype=bool)
+            gone[ix] = False
+            drop = torch.as_tensor(np.flatnonzero(gone), device=t.device)
             removed.append((d, keep, drop, t.index_select(d, drop)))
         t = t.index_select(d, keep)
     return (t if dims else t.clone()), removed
