@@ -9,6 +9,7 @@ rule can only ever be too strict, never silently wrong.
 from __future__ import annotations
 
 import ast
+import bisect
 import linecache
 import operator
 import re
@@ -298,16 +299,25 @@ class Builder:
     def module_inputs(self, node: fx.Node) -> list[fx.Node]:
         """Activations the node's module reads from outside it (its forward's tensor arguments)."""
         fqn = self.traced.module_path(node)
-        if not self._by_path:  # one pass over the graph; each module then scans only the paths
+        if not self._by_path:  # one pass over the graph; each module then reads only its own paths
             for n in self.traced.graph.nodes:
                 self._by_path.setdefault(self.traced.module_path(n), []).append(n)
+            self._paths = sorted(self._by_path)
         if fqn not in self._inputs:
-            inside = [n for path, ns in self._by_path.items() if _within(path, fqn) for n in ns]
+            inside = [n for path in self._paths_within(fqn) for n in self._by_path[path]]
             outside = {a for n in inside for a in n.all_input_nodes
                        if not _within(self.traced.module_path(a), fqn) and self.shape(a) is not None
                        and not any(self.g.nodes[s]["fqn"] for s in self.slots(a))}
             self._inputs[fqn] = sorted(outside, key=lambda n: n.name)
         return self._inputs[fqn]
+
+    def _paths_within(self, fqn: str) -> list[str]:
+        """Module paths at or under ``fqn``: a contiguous run of the sorted paths ('.' sorts just
+        before '/'), found by bisection instead of a scan per module (quadratic in depth)."""
+        if not fqn:
+            return self._paths
+        lo, hi = bisect.bisect_left(self._paths, fqn + "."), bisect.bisect_left(self._paths, fqn + "/")
+        return ([fqn] if fqn in self._by_path else []) + self._paths[lo:hi]
 
     def run(self, node: fx.Node, rule: Rule, name: str) -> None:
         self.node, self.rule_name, self._touched = node, name, set()
