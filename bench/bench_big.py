@@ -181,6 +181,7 @@ def _random_folder(folder: Path, shape: dict[str, int], shard_gb: float = 2.0) -
 
     model = llama(shape, meta=True)
     model.config.torch_dtype = torch.bfloat16
+    model.config.architectures = [type(model).__name__]
     folder.mkdir(parents=True)
     model.config.save_pretrained(folder)
     names = [(k, v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight" or

@@ -204,15 +204,17 @@ def meta_model(folder: str | Path, model_class: Any = None) -> nn.Module:
     from accelerate import init_empty_weights
 
     config = transformers.AutoConfig.from_pretrained(folder)
-    cls = model_class or getattr(transformers, (config.architectures or ["AutoModel"])[0])
-    if getattr(config, "graphprune", None) is not None:
-        from .hub import _rebuilding
-        cls_ = _rebuilding(cls)
-    else:
-        cls_ = cls
+    cls = model_class or (getattr(transformers, config.architectures[0]) if config.architectures else None)
     with init_empty_weights():
-        model = cls_(config)
-    model.__class__ = cls
+        if cls is None:  # no architectures recorded: the base model of the config's type
+            model = transformers.AutoModel.from_config(config)
+        elif getattr(config, "graphprune", None) is not None:
+            from .hub import _rebuilding
+
+            model = _rebuilding(cls)(config)
+            model.__class__ = cls
+        else:
+            model = cls(config)
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # init_empty_weights gives each registration its own meta tensor
     return model.eval()

@@ -40,6 +40,10 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
     is written first, from the columns about to go. On any failure the model is restored (the
     compensation too) and SurgeryError raised.
 
+    Memory stays at about the model's size: each sliced tensor is replaced by a new one holding the
+    kept indices and the old one's storage is released at once (its ``Parameter`` object is left
+    empty; a rollback refills it from the removed slices, kept until the end).
+
     >>> import timm, graphprune
     >>> m = timm.create_model("resnet18")
     >>> plan = graphprune.make_plan(m, graphprune.find_groups(m), graphprune.ShrinkConfig(ratio=0.2))
