@@ -74,6 +74,7 @@ def apply_plan_shared_(model: nn.Module, plan: Plan, example_inputs: Any = None,
             if fix is not None:
                 fix(model.get_submodule(fqn))
         sync_config_(model, plan)
+        unshare_(model, shared)  # before any forward: a train-mode forward writes BN statistics in place
         if example_inputs is not None:
             _validate(model, plan, example_inputs)
         if plan.config.get("uniform") and hf_config(model) is not None:

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import graphprune
-from graphprune.surgery import SLICERS, shared_copy, unshare_
+from graphprune.plan import plan_from_units
+from graphprune.surgery import SLICERS, apply_plan_shared_, shared_copy, unshare_
 from tests.models import TOYS
 
 CASES = {t.name: t for t in TOYS}
@@ -69,3 +70,16 @@ def test_in_place_report_counts_the_original_macs():
     small, report = graphprune.shrink(model, 0.3, example_inputs=toy.inputs(), inplace=True, return_report=True,
                                      tolerance=0.1)
     assert small is model and report.macs_before == macs > report.macs_after
+
+
+def test_a_shared_copy_in_train_mode_leaves_the_original_statistics():
+    toy = CASES["residual"]
+    model = toy.build().train()
+    before = _state(model)
+    groups = graphprune.find_groups(model, toy.inputs())
+    inner = next(g for g in groups.prunable if any(m.fqn == "a.0.weight" and m.dim == 0 for m in g.members))
+    plan = plan_from_units(model, [(inner, [0, 1])], {}, groups)  # the stem's BatchNorm stays whole
+    target, shared = shared_copy(model, {m.fqn for g in groups.prunable for m in g.members})
+    apply_plan_shared_(target, plan, ((toy.inputs(),), {}), None, shared)
+    assert target.a[1].num_features == 6 and target.stem[1].running_mean is not model.stem[1].running_mean
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
