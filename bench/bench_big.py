@@ -198,7 +198,7 @@ def _random_folder(folder: Path, shape: dict[str, int], shard_gb: float = 2.0) -
     gen = torch.Generator().manual_seed(0)
     for i, shard in enumerate(shards):
         file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {n: (torch.randn(s, generator=gen) * 0.02).to(torch.bfloat16) for n, s in shard}
+        tensors = {n: torch.empty(s, dtype=torch.bfloat16).normal_(0, 0.02, generator=gen) for n, s in shard}
         save_file(tensors, folder / file, metadata={"format": "pt"})
         total += sum(t.numel() * 2 for t in tensors.values())
         weight_map.update({n: file for n, _ in shard})

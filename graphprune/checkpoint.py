@@ -136,14 +136,17 @@ def _stored_slices(tensors: CheckpointTensors, plan: Plan) -> dict[str, dict[int
 
 
 def _prune_shard(src: Path, dst: Path, names: list[str], slices: Mapping[str, dict[int, list[int]]]) -> int:
-    out: dict[str, torch.Tensor] = {}
+    """Read the shard's tensors one at a time (the file is opened per tensor: a mapping held open
+    would keep every page read so far resident), slice them, write the shard."""
     with safe_open(src, "pt") as fh:
         metadata = fh.metadata() or {"format": "pt"}
-        for name in names:
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        with safe_open(src, "pt") as fh:
             t = fh.get_tensor(name)
-            for d, ix in slices.get(name, {}).items():
-                t = t.index_select(d, torch.tensor(ix, dtype=torch.long))
-            out[name] = t.contiguous()
+        for d, ix in slices.get(name, {}).items():
+            t = t.index_select(d, torch.tensor(ix, dtype=torch.long))
+        out[name] = t.contiguous()
     save_file(out, dst, metadata=metadata)
     return sum(t.numel() * t.element_size() for t in out.values())
 
