@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = json.loads(lines[-1]) if lines else {"error": done.stderr[-2000:]}
         print(name, json.dumps(results[name]), flush=True)
     info = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": args.threads, "ratio": args.ratio,
+            "threads": args.threads, "ratio": args.ratio, "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": info, "cases": results}, indent=1))

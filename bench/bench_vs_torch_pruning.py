@@ -278,6 +278,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "timm": timm.__version__, "torch_pruning": tp.__version__,
             "graphprune": graphprune.__version__, "platform": platform.platform(),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "args": {k: str(v) for k, v in vars(args).items()}}
 
 
@@ -315,7 +316,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     head = ["# graphprune vs Torch-Pruning (DepGraph)", "",
             f"{info['date']} | {info['cpu']} | {info['cores']} cores, torch threads {info['torch_threads']} | "
             f"torch {info['torch']}, timm {info['timm']}, torch-pruning {info['torch_pruning']}, "
-            f"graphprune {info['graphprune']}, Python {info['python']}", "",
+            f"graphprune {info['graphprune']}, Python {info['python']}, load average at the end "
+            f"{info.get('load_average_1_5_15')}", "",
             f"Settings: {json.dumps(info['args'])}", ""]
     return "\n".join(head + [line for r in results for line in model_lines(r)])
 
