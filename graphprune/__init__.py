@@ -10,12 +10,13 @@ from .calibrate import InputStats, Stats, calibrate
 from .compensate import Compensation, compensate_, recalibrate_bn_
 from .config import ShrinkConfig
 from .coupling import RULES, register_rule
-from .errors import (CalibrationError, ConfigError, GraphPruneError, PlanError, RegistryError, SurgeryError, TraceError,
-                     UnsupportedOpError)
+from .errors import (CalibrationError, ConfigError, GraphPruneError, OptimizerError, PlanError, RegistryError,
+                     SparsityError, SurgeryError, TraceError, UnsupportedOpError)
 from .groups import Group, Groups, Member, find_groups
 from .plan import Plan, count_params, make_plan
 from .report import Report, count_macs
 from .scores import ScoreContext, Scores, list_scorers, register_scorer, score
+from .sparsity import SparsityReport, list_mask_scorers, make_dense_, register_mask_scorer, sparsify_, to_semi_structured_
 from .surgery import SLICERS, apply_plan_, register_slicer
 from .trace import Traced, trace
 
@@ -40,5 +41,7 @@ __all__ = [
     "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
     "config_mismatches", "from_pretrained",
+    "OptimizerError", "SparsityError", "SparsityReport", "list_mask_scorers", "make_dense_", "register_mask_scorer",
+    "sparsify_", "to_semi_structured_",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402

@@ -16,6 +16,7 @@ from .errors import CalibrationError, PlanError, SurgeryError
 from .plan import Plan, make_plan
 from .report import Report, make_report
 from .scores import Scores, needs_of, score
+from .sparsity.masks import check_no_n_m_masks
 from .surgery import apply_plan_
 from .trace import trace
 
@@ -37,6 +38,7 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     'ResNet'
     """
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
+    check_no_n_m_masks(model)
     traced = trace(model, example_inputs)
     groups = find_groups(traced, strict=config.strict)
     stats = _calibration(model, groups, config, scorer, calibration, loss_fn)
