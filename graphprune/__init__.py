@@ -15,6 +15,7 @@ from .errors import (CalibrationError, ConfigError, GraphPruneError, OptimizerEr
 from .groups import Group, Groups, Member, find_groups
 from .plan import Plan, count_params, make_plan
 from .report import Report, count_macs
+from .schedule import ParamMap, PruneStep, Pruner, Round, remap_optimizer_
 from .scores import ScoreContext, Scores, list_scorers, register_scorer, score
 from .sparsity import SparsityReport, list_mask_scorers, make_dense_, register_mask_scorer, sparsify_, to_semi_structured_
 from .surgery import SLICERS, apply_plan_, register_slicer
@@ -42,6 +43,6 @@ __all__ = [
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
     "config_mismatches", "from_pretrained",
     "OptimizerError", "SparsityError", "SparsityReport", "list_mask_scorers", "make_dense_", "register_mask_scorer",
-    "sparsify_", "to_semi_structured_",
+    "sparsify_", "to_semi_structured_", "ParamMap", "PruneStep", "Pruner", "Round", "remap_optimizer_",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402

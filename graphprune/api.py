@@ -16,7 +16,7 @@ from .errors import CalibrationError, PlanError, SurgeryError
 from .plan import Plan, make_plan
 from .report import Report, make_report
 from .scores import Scores, needs_of, score
-from .sparsity.masks import check_no_n_m_masks
+from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_
 from .trace import trace
 
@@ -31,6 +31,8 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     ``calibration``: batches (Tensor, tuple of args or dict of kwargs; a DataLoader yielding them)
     that data-aware criteria (``scorer="activation"``, ``"taylor"``, ...) and ``compensate=`` read,
     in one pass; ``loss_fn(output, batch)`` gives gradient criteria their loss (see ``calibrate``).
+    ``steps=N`` removes the ratio in N rounds, re-tracing and re-scoring (and re-calibrating) the
+    pruned model between them; ``report.rounds`` says where each round left it.
 
     >>> import timm, graphprune
     >>> small = graphprune.shrink(timm.create_model("resnet18"), 0.5)
@@ -38,7 +40,11 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     'ResNet'
     """
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
-    check_no_n_m_masks(model)
+    check_no_masks(model)
+    if config.steps > 1 and config.ratio > 0:
+        from .schedule import shrink_steps
+        return shrink_steps(model, config, example_inputs=example_inputs, inplace=inplace, return_report=return_report,
+                            scorer=scorer, calibration=calibration, loss_fn=loss_fn)
     traced = trace(model, example_inputs)
     groups = find_groups(traced, strict=config.strict)
     stats = _calibration(model, groups, config, scorer, calibration, loss_fn)

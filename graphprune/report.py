@@ -76,6 +76,7 @@ class Report:
     calibration_seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())  # criterion fallbacks, compensation limits
     plan: "Plan | None" = field(default=None, repr=False, compare=False)
+    rounds: tuple[Any, ...] = field(default=())  # steps > 1: graphprune.schedule.Round after each round
 
     @property
     def ratio(self) -> float:
@@ -90,6 +91,9 @@ class Report:
                  f"criterion {self.criterion}, scope {self.scope}, compensation {self.compensate or 'none'}"
                  + (f", calibration {self.calibration_batches} batches in {self.calibration_seconds:.1f} s"
                     if self.calibration_batches else "")]
+        if self.rounds:
+            lines.append("rounds (of the original): " + ", ".join(
+                f"{r.step}: -{r.params_ratio:.1%} params, -{r.macs_ratio:.1%} MACs" for r in self.rounds))
         lines += [f"  pruned: {p}" for p in self.pruned[:8]]
         lines += [f"  frozen: {f}" for f in self.frozen[:5]]
         lines += [f"  no rule: {u}" for u in self.unsupported[:5]]

@@ -197,17 +197,18 @@ def is_masked(module: nn.Module) -> bool:
     return chain is not None and len(chain) == 1 and isinstance(chain[0], Mask)
 
 
-def check_no_n_m_masks(model: nn.Module) -> None:
-    """Structural pruning slices a mask with its weight: unstructured zeros stay where they were, but
-    the groups of M inputs an N:M pattern is defined on would shift. Structure first, then masks.
+def check_no_masks(model: nn.Module) -> None:
+    """Structural pruning runs on plain weights: slicing a parametrized one would leave its module's
+    size attributes (``in_features``) behind, hide it from the data-aware criteria, and shift the
+    groups of M inputs an N:M pattern is defined on. Structure first, then masks.
 
-    >>> check_no_n_m_masks(nn.Linear(2, 2))
+    >>> check_no_masks(nn.Linear(2, 2))
     """
-    layers = [fqn for fqn, mod in model.named_modules() if is_masked(mod) and ":" in mod.parametrizations.weight[0].pattern]
+    layers = [fqn for fqn, mod in model.named_modules() if is_masked(mod)]
     if layers:
-        raise ConfigError(f"{len(layers)} layer(s) such as {layers[0]!r} carry N:M masks, which removing channels "
-                          f"would break; prune the structure first and mask afterwards (shrink with round_to=M, "
-                          f"then sparsify_), or graphprune.make_dense_(model) to keep the zeros as plain weights")
+        raise ConfigError(f"{len(layers)} layer(s) such as {layers[0]!r} carry weight masks; prune the structure "
+                          f"first and mask afterwards (for N:M, shrink with round_to=M, then sparsify_), or call "
+                          f"graphprune.make_dense_(model) first so the zeros stay as plain weights")
 
 
 def make_dense_(model: nn.Module) -> nn.Module:

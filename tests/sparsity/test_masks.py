@@ -150,17 +150,19 @@ def test_calibrate_reads_inputs_of_any_module_without_groups() -> None:
         graphprune.calibrate(model, None, Mixed.data(), needs=("grads",))
 
 
-def test_shrink_keeps_unstructured_zeros_and_refuses_n_m_masks() -> None:
+def test_shrink_refuses_masks_and_keeps_the_zeros_once_they_are_dense() -> None:
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 4))
     x = torch.randn(3, 8)
     graphprune.sparsify_(model, 0.5, head=True)
-    small = graphprune.shrink(model, 0.3, example_inputs=x)
-    for fqn, mask in _masks(small).items():
-        assert mask.shape == small.get_submodule(fqn).weight.shape
-        assert (small.get_submodule(fqn).weight[~mask] == 0).all()
-    graphprune.sparsify_(model, pattern="2:4", head=True)
     with pytest.raises(ConfigError, match="structure first"):
         graphprune.shrink(model, 0.3, example_inputs=x)
+    with pytest.raises(ConfigError, match="make_dense_"):
+        graphprune.Pruner(model, 0.3, example_inputs=x)
+    dense = graphprune.make_dense_(model)
+    small, report = graphprune.shrink(dense, 0.3, example_inputs=x, return_report=True)
+    kept = report.plan.keep["4.weight"][1]
+    assert small[0].out_features < 32 and torch.equal(small[4].weight, dense[4].weight[:, kept])
+    assert (small[4].weight == 0).float().mean() > 0.3  # the masked zeros came along
 
 
 def test_structure_first_then_2_4_masks() -> None:
