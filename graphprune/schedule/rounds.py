@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -12,6 +13,7 @@ from torch import nn
 from ..calibrate import Stats
 from ..compensate import Compensation
 from ..config import ShrinkConfig
+from ..errors import PlanError
 from ..groups import Groups, find_groups
 from ..inputs import Inputs, default_inputs, normalize_inputs
 from ..plan import Plan, count_params
@@ -72,7 +74,8 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
                  batches: Any, loss_fn: Callable | None) -> Done | None:
     """Prune ``model`` in place to round ``step``'s goal; None when it is there already. Surgery
     restores the model if this round fails. Intermediate rounds may land half a round from their
-    goal (coarse units such as heads); the last one is held to ``config.tolerance``."""
+    goal (coarse units such as heads); one that cannot is skipped with a warning (the next round
+    catches up); the last one is held to ``config.tolerance``."""
     from ..api import _calibration, _plan_and_apply_  # api imports this module for steps > 1
 
     current = count_params(model) if config.target == "params" else count_macs(model, base.inputs)
@@ -87,7 +90,13 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
         groups = find_groups(traced, strict=cfg.strict)
         stats = _calibration(model, groups, cfg, scorer, batches, loss_fn)
         scores = score(model, groups, scorer or cfg.scorer, stats, seed=cfg.seed)
-        plan, comp = _plan_and_apply_(model, model, groups, cfg, scores, traced.inputs, stats)
+        try:
+            plan, comp = _plan_and_apply_(model, model, groups, cfg, scores, traced.inputs, stats)
+        except PlanError as err:  # raised before any surgery: the model is as it was
+            if step == config.steps:
+                raise
+            warnings.warn(f"graphprune: round {step} of {config.steps} skipped: {err}; the next round catches up")
+            return None
     return Done(plan, groups, scores, stats, comp)
 
 

@@ -14,6 +14,7 @@ from graphprune.errors import ConfigError, SurgeryError
 from graphprune.schedule import iterative
 
 from ..calib_models import Mlp
+from ..models import TOYS
 
 
 class Deep(nn.Module):
@@ -104,3 +105,37 @@ def test_a_failing_later_round_puts_an_inplace_model_back(monkeypatch) -> None:
     assert model.body[0] is first_linear and model.body[0].out_features == 64
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before.values()))
     model(X)
+
+
+@pytest.mark.parametrize("toy", TOYS, ids=[t.name for t in TOYS])
+def test_composed_plan_matches_the_rounds_on_every_toy(toy) -> None:
+    model, x = toy.build().eval(), toy.inputs()
+    # coarse toys (two key/value heads) reach few ratios: a wide tolerance, the composition is the point
+    small, report = graphprune.shrink(model, 0.3, steps=3, example_inputs=x, tolerance=0.2, return_report=True)
+    assert len(report.rounds) == 3 and abs(report.rounds[-1].params_ratio - 0.3) <= 0.2
+    fresh = graphprune.apply_plan_(copy.deepcopy(model), graphprune.Plan.from_json(report.plan.to_json()), x)
+    assert fresh.state_dict().keys() == small.state_dict().keys()
+    for (name, a), b in zip(small.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    torch.testing.assert_close(graphprune.inputs.first_tensor(small(x)), graphprune.inputs.first_tensor(fresh(x)))
+
+
+def test_iterative_hf_model_reloads_with_its_per_layer_widths(tmp_path) -> None:
+    import transformers
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=200, use_cache=False)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    small = graphprune.shrink(model, 0.4, steps=2)
+    small.save_pretrained(tmp_path)
+    again = graphprune.from_pretrained(str(tmp_path))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(again.generate(ids, max_new_tokens=4), small.generate(ids, max_new_tokens=4))
+
+
+def test_a_round_coarse_units_cannot_reach_is_skipped_and_the_next_catches_up() -> None:
+    toy = next(t for t in TOYS if t.name == "gqa")  # two key/value heads: ~0 or ~0.48 of it goes at once
+    with pytest.warns(UserWarning, match="round 2 of 3 skipped"):
+        _, report = graphprune.shrink(toy.build().eval(), 0.45, steps=3, example_inputs=toy.inputs(),
+                                      tolerance=0.05, return_report=True)
+    ratios = [r.params_ratio for r in report.rounds]
+    assert ratios[1] == ratios[0] and abs(ratios[2] - 0.45) <= 0.05
