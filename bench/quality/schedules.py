@@ -1,10 +1,11 @@
 """Quality benchmark (f): schedules. (1) Iterative (5 rounds, each re-tracing, re-calibrating and
 re-scoring the pruned model) against one-shot structured pruning at 50%, on the sentence encoder
-of (a) and the Llama of (d), no fine-tuning, for the default criterion and two data-aware recipes.
+of (a) and the Llama of (d), no fine-tuning, for the default criterion and three data-aware recipes.
 (2) On the digits CNN of (c): prune-then-fine-tune (one-shot, then every epoch on the small model)
-against pruning during fine-tuning (``graphprune.Pruner``, a slice at the end of each of the first
-epochs, one optimizer remapped through the surgery), with and without its group-sparsity penalty, at
-the same total epochs, learning rate and batch order; mean test accuracy over seeds of the batch order.
+against pruning during fine-tuning (``graphprune.Pruner``: a slice at the end of each epoch of the
+first half, one optimizer remapped through the surgery, the second half trains the final model),
+with and without its group-sparsity penalty, at the same total epochs, learning rate and batch
+order; mean test accuracy over seeds of the batch order.
 
     .venv/bin/python -m bench.quality.schedules [--quick]
 """
@@ -27,8 +28,8 @@ from bench.quality import common, digits_cnn, minilm, tiny_llama, trained
 NAME = "schedules"
 RATIO = 0.5
 STEPS = 5
-RECIPES = [("l2 (default)", {}), ("activation", dict(scorer="activation")),
-           ("activation+lstsq", dict(scorer="activation", compensate="lstsq"))]
+RECIPES = [("l2 (default)", {}), ("taylor", dict(scorer="taylor")), ("activation", dict(scorer="activation")),
+           ("fluctuation+lstsq", dict(scorer="fluctuation", compensate="lstsq"))]
 
 
 def _pair(model: nn.Module, ratio: float, calib: list, example: Any, options: dict[str, Any],
@@ -79,7 +80,7 @@ def lm_rows(quick: bool) -> tuple[list[dict[str, Any]], float]:
 def digits_settings(quick: bool) -> dict[str, Any]:
     base = digits_cnn.settings(quick)
     return {**{k: base[k] for k in ("seed", "split_seed", "test_fraction", "width", "epochs", "batch_size", "lr")},
-            "ft_epochs": 3, "ft_lr": 1e-3, "pruner_steps": 2, "ratios": [0.9] if quick else [0.8, 0.9, 0.95],
+            "ft_epochs": 6, "ft_lr": 1e-3, "pruner_steps": 3, "ratios": [0.9] if quick else [0.8, 0.9, 0.95],
             "seeds": [0] if quick else [0, 1, 2], "reg": 1e-3, "threads": 1}
 
 

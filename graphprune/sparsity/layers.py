@@ -30,7 +30,7 @@ def choose_layers(model: nn.Module, ignore: Iterable[str | type], head: bool,
     """(layers to mask, [(fqn, why it stays dense)]) in module order."""
     from .masks import is_masked
 
-    ignore = _ignore_names(tuple(ignore) if not isinstance(ignore, (str, type)) else ignore)
+    ignore = _ignore_names(ignore)
     names = _names_of_params(model)
     heads = set() if head else output_heads(model, example)
     chosen, dense = [], []

@@ -13,11 +13,10 @@ from torch.nn.utils import parametrize
 from ..calibrate import Stats, calibrate
 from ..errors import CalibrationError, ConfigError, SparsityError
 from . import pattern as patterns
+from .config import SparsityConfig
 from .layers import Candidate, choose_layers
-from .pattern import Pattern, parse_pattern
+from .pattern import Pattern
 from .scorers import MaskContext, resolve_mask_scorer
-
-SCOPES = ("layer", "global")
 
 
 class Mask(nn.Module):
@@ -71,59 +70,40 @@ class SparsityReport:
         return "\n".join(lines)
 
 
-def sparsify_(model: nn.Module, ratio: float | None = None, *, pattern: str = "unstructured",
-              scorer: str | Callable = "magnitude", calibration: Iterable[Any] | None = None, scope: str = "layer",
-              ignore: Iterable[str | type] = (), head: bool = False, example_inputs: Any = None,
-              max_batches: int | None = None, seed: int = 0, return_report: bool = False) -> Any:
+def sparsify_(model: nn.Module, ratio: float | None = None, *, calibration: Iterable[Any] | None = None,
+              example_inputs: Any = None, return_report: bool = False, **options: Any) -> Any:
     """Mask ``ratio`` of every maskable layer's weights (Linear, convs, GPT-2's Conv1D) in place.
 
-    ``pattern``: "unstructured", or "N:M" (at most N of every M consecutive inputs stay; ``ratio``
-    is then ``1 - N/M`` or None). ``scorer``: "magnitude", "wanda" (needs ``calibration=`` batches)
-    or any of ``list_mask_scorers()``. ``scope``: "layer" (every layer, or with wanda every output
-    row, loses the same fraction) or "global" (one ranking across layers). Embeddings, norms, the
-    output head (``head=True`` masks it too), tied weights and ``ignore=`` stay dense and are listed
-    in the report. Calling it again re-scores the masked weights and replaces the masks. Returns
-    ``model`` (with ``return_report=True``: ``(model, SparsityReport)``).
+    Options are ``SparsityConfig``'s: ``pattern`` "unstructured" or "N:M" (at most N of every M
+    consecutive inputs stay; ``ratio`` is then ``1 - N/M`` or None), ``scorer`` "magnitude",
+    "wanda" (reads ``calibration=`` batches) or any of ``list_mask_scorers()``, ``scope`` "layer"
+    (every layer, or with Wanda every output row, loses the same fraction) or "global", ``ignore``,
+    ``head``. Embeddings, norms, the output head (unless ``head=True``), tied weights and ``ignore=``
+    stay dense and are listed in the report. Calling it again re-scores the masked weights and
+    replaces the masks. ``example_inputs`` (else the first calibration batch) runs the model once to
+    find its output head. Returns ``model``, or ``(model, SparsityReport)`` with ``return_report=True``.
 
     >>> m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     >>> _, report = sparsify_(m, pattern="2:4", head=True, return_report=True)
     >>> [layer.sparsity for layer in report.masked], bool((m[0].weight == 0).sum() == 64)
     ([0.5, 0.5], True)
     """
-    pat, ratio = _checked(ratio, pattern, scope)
-    fn = resolve_mask_scorer(scorer)
-    chosen, dense = choose_layers(model, ignore, head, _first_batch(calibration, example_inputs))
+    config = SparsityConfig(ratio=ratio, **options)
+    pat, fn = config.parsed, resolve_mask_scorer(config.scorer)
+    chosen, dense = choose_layers(model, config.ignore, config.head, _first_batch(calibration, example_inputs))
     if not chosen:
         raise SparsityError(f"no layer of {type(model).__qualname__} can be masked: "
                             f"{'; '.join(f'{f} ({w})' for f, w in dense[:5]) or 'it has no weights'}")
     if pat.structured:
         _check_widths(chosen, pat)
-    stats = _stats(model, chosen, fn, scorer, calibration, max_batches)
-    masks = _masks(chosen, fn, stats, pat, ratio, scope, seed)
+    stats = _stats(model, chosen, fn, config.scorer, calibration, config.max_batches)
+    masks = _masks(chosen, fn, stats, pat, config)
     for cand, mask in zip(chosen, masks):  # every mask was computed before the first one is attached
         _attach_(cand, mask, str(pat))
-    report = SparsityReport(str(pat), _name(scorer), scope, tuple(
+    report = SparsityReport(str(pat), _name(config.scorer), config.scope, tuple(
         MaskedLayer(c.fqn, tuple(mask.shape), 1 - mask.float().mean().item()) for c, mask in zip(chosen, masks)),
         tuple(dense), stats.batches if stats else 0)
     return (model, report) if return_report else model
-
-
-def _checked(ratio: float | None, pattern: str, scope: str) -> tuple[Pattern, float]:
-    pat = parse_pattern(pattern)
-    if scope not in SCOPES:
-        raise ConfigError(f"scope={scope!r} is not one of {SCOPES}")
-    if pat.structured:
-        if ratio is not None and abs(ratio - pat.ratio) > 1e-9:
-            raise ConfigError(f"ratio={ratio!r} does not match pattern={pattern!r}, which zeroes {pat.ratio:g} of "
-                              f"every layer; pass ratio={pat.ratio:g} or leave it out")
-        if scope != "layer":
-            raise ConfigError(f"scope={scope!r} has no meaning for pattern={pattern!r}: N:M picks within every "
-                              f"group of {pat.m} inputs; use scope='layer'")
-        return pat, pat.ratio
-    if ratio is None or isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ConfigError(f"ratio={ratio!r} is outside [0, 1): it is the fraction of every masked layer's weights "
-                          f"to zero, e.g. ratio=0.5")
-    return pat, float(ratio)
 
 
 def _check_widths(chosen: list[Candidate], pat: Pattern) -> None:
@@ -158,11 +138,12 @@ def _stats(model: nn.Module, chosen: list[Candidate], fn: Callable, scorer: Any,
 
 
 @torch.no_grad()
-def _masks(chosen: list[Candidate], fn: Callable, stats: Stats | None, pat: Pattern, ratio: float, scope: str,
-           seed: int) -> list[torch.Tensor]:
+def _masks(chosen: list[Candidate], fn: Callable, stats: Stats | None, pat: Pattern,
+           config: SparsityConfig) -> list[torch.Tensor]:
     scores = []
     for c in chosen:
-        ctx = MaskContext(c.fqn, c.module, c.weight, c.layout, stats.inputs.get(c.fqn) if stats else None, seed)
+        ctx = MaskContext(c.fqn, c.module, c.weight, c.layout, stats.inputs.get(c.fqn) if stats else None,
+                          config.seed)
         s = torch.as_tensor(fn(ctx))
         if s.shape != c.weight.shape or not torch.isfinite(s).all():
             raise ConfigError(f"scorer {_name(fn)!r} gave {tuple(s.shape)} (or non-finite values) for {c.fqn!r}; "
@@ -170,10 +151,10 @@ def _masks(chosen: list[Candidate], fn: Callable, stats: Stats | None, pat: Patt
         scores.append(s)
     if pat.structured:
         return [patterns.n_m(s, pat, c.layout) for s, c in zip(scores, chosen)]
-    if scope == "global":
-        return patterns.global_masks(scores, ratio)
+    if config.scope == "global":
+        return patterns.global_masks(scores, config.ratio)
     per_row = bool(getattr(fn, "per_row", False))
-    return [patterns.unstructured(s, ratio, c.layout, per_row) for s, c in zip(scores, chosen)]
+    return [patterns.unstructured(s, config.ratio, c.layout, per_row) for s, c in zip(scores, chosen)]
 
 
 def _attach_(cand: Candidate, mask: torch.Tensor, pattern: str) -> None:

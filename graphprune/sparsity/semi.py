@@ -22,11 +22,11 @@ def to_semi_structured_(model: nn.Module) -> nn.Module:
 
     >>> from graphprune.sparsity import sparsify_
     >>> m = sparsify_(nn.Sequential(nn.Linear(64, 64)), pattern="2:4", head=True)
-    >>> try:
+    >>> try:  # here: no CUDA GPU; on one, these CPU float32 weights are named instead
     ...     to_semi_structured_(m)
     ... except SparsityError as err:
-    ...     print(str(err)[:60])
-    2:4 weights need a CUDA GPU of compute capability 8.0+ (Amp...
+    ...     print(type(err).__name__)
+    SparsityError
     """
     layers = [(fqn, m) for fqn, m in sorted(model.named_modules()) if _two_four(m)]
     if not layers:
