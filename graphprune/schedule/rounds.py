@@ -42,7 +42,11 @@ class Baseline:
     example: Any = None  # as the user gave them (None: derived for timm and HF models), for tracing
 
     def fractions(self, model: nn.Module) -> tuple[float, float]:
-        return 1 - count_params(model) / self.params, 1 - count_macs(model, self.inputs) / max(self.macs, 1)
+        return 1 - count_params(model) / self.params, 1 - self.macs_of(model) / max(self.macs, 1)
+
+    def macs_of(self, model: nn.Module) -> int:
+        with _eval_mode(model):  # a model mid-training: BatchNorm must not learn from counting forwards
+            return count_macs(model, self.inputs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +62,8 @@ class Done:
 
 def baseline(model: nn.Module, example_inputs: Any) -> Baseline:
     inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
-    return Baseline(count_params(model), count_macs(model, inputs), inputs, example_inputs)
+    base = Baseline(count_params(model), 0, inputs, example_inputs)
+    return dataclasses.replace(base, macs=base.macs_of(model))
 
 
 def goal(ratio: float, step: int, steps: int) -> float:
@@ -78,7 +83,7 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
     catches up); the last one is held to ``config.tolerance``."""
     from ..api import _calibration, _plan_and_apply_  # api imports this module for steps > 1
 
-    current = count_params(model) if config.target == "params" else count_macs(model, base.inputs)
+    current = count_params(model) if config.target == "params" else base.macs_of(model)
     original = base.params if config.target == "params" else base.macs
     local = 1 - (1 - goal(config.ratio, step, config.steps)) * original / current
     if local <= 0:

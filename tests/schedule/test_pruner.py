@@ -174,3 +174,14 @@ def test_biases_compensation_creates_join_the_optimizer() -> None:
                              compensate="mean", optimizer=opt, tolerance=0.1).step()
     assert model[2].bias is not None and len(step.params.added) == 1
     assert any(p is model[2].bias for g in opt.param_groups for p in g["params"])
+
+
+def test_a_model_in_training_mode_keeps_its_batchnorm_statistics() -> None:
+    model = Net()
+    _train_steps(model, torch.optim.SGD(model.parameters(), lr=0.01), _batches(2))  # leaves it in train mode
+    stats = model.b1.running_mean.clone(), int(model.b1.num_batches_tracked)
+    pruner = graphprune.Pruner(model, 0.3, example_inputs=EXAMPLE, target="macs")
+    step = pruner.step()
+    keep = torch.tensor(step.plan.keep["b1.running_mean"][0])
+    assert model.training and int(model.b1.num_batches_tracked) == stats[1]
+    assert torch.equal(model.b1.running_mean, stats[0][keep])
