@@ -21,10 +21,11 @@ def shrink_steps(model: nn.Module, config: ShrinkConfig, *, example_inputs: Any 
     its ``plan`` composes the rounds' plans, so ``apply_plan_`` re-applies the structure to a fresh
     model. With ``inplace=True`` a failing round puts the whole model back as it was.
 
-    >>> import timm, graphprune
-    >>> small, report = graphprune.shrink(timm.create_model("resnet18"), 0.4, steps=2, return_report=True)
-    >>> [round(r.params_ratio, 1) for r in report.rounds]
-    [0.2, 0.4]
+    >>> import torch, graphprune
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    >>> small, report = graphprune.shrink(mlp, 0.4, steps=2, example_inputs=torch.randn(2, 8), return_report=True)
+    >>> [round(r.params_ratio, 1) for r in report.rounds], small[0].out_features
+    ([0.2, 0.4], 38)
     """
     user_ignore = config.ignore
     saved = copy.deepcopy(model) if inplace else None  # for the rollback, and the report's "before"
