@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-VERSION = 2  # 2: scope, max_fraction, normalize, compensate, seed, max_batches (1 reads as their defaults)
+VERSION = 3  # 2: scope, max_fraction, normalize, compensate, seed, max_batches; 3: steps (older read as defaults)
 TARGETS = ("params", "macs")
 KINDS = ("heads", "mlp", "hidden")
 SCOPES = ("auto", "global", "local")
@@ -45,6 +45,8 @@ class ShrinkConfig:
     consumers' kept weights by ridge least squares; "mean" where a consumer is no linear map).
     ``seed``: for the random criterion and the random output projection of gradient criteria.
     ``max_batches``: calibration batches read at most (None: all).
+    ``steps``: rounds the budget is removed in (re-tracing, re-scoring and re-calibrating between
+    them); round k reaches ``ratio * k / steps`` of the original model.
 
     >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
     0.5
@@ -67,6 +69,7 @@ class ShrinkConfig:
     compensate: str | None = None
     seed: int = 0
     max_batches: int | None = None
+    steps: int = 1
     version: int = field(default=VERSION)
 
     def __post_init__(self) -> None:
@@ -92,6 +95,9 @@ class ShrinkConfig:
                               f"one group's units that may go")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps={self.steps!r} must be an integer >= 1: the number of rounds the ratio is "
+                              f"removed in (1: all at once)")
         prune = (self.prune,) if isinstance(self.prune, str) else tuple(self.prune)
         if not prune or set(prune) - set(KINDS):
             raise ConfigError(f"prune={self.prune!r} must name some of {KINDS}")
