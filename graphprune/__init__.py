@@ -10,14 +10,19 @@ from .calibrate import InputStats, Stats, calibrate
 from .compensate import Compensation, compensate_, recalibrate_bn_
 from .config import ShrinkConfig
 from .coupling import RULES, register_rule
-from .errors import (CalibrationError, ConfigError, CouplingError, GraphPruneError, PlanError, RegistryError, SurgeryError, TraceError,
-                     UnsupportedOpError)
+from .errors import (CalibrationError, ConfigError, CouplingError, GraphPruneError, LoadError, OptimizerError, PlanError,
+                     RegistryError, RuleError, SparsityError, SurgeryError, TraceError, UnsupportedOpError)
 from .groups import Group, Groups, Member, find_groups
 from .plan import Plan, count_params, make_plan
-from .report import Report, count_macs
+from .report import Report, count_macs, plan_report
+from .schedule import ParamMap, PruneStep, Pruner, Round, remap_optimizer_
 from .scores import ScoreContext, Scores, list_scorers, register_scorer, score
+from .sparsity import SparsityReport, list_mask_scorers, make_dense_, register_mask_scorer, sparsify_, to_semi_structured_
 from .surgery import SLICERS, apply_plan_, register_slicer
 from .trace import Traced, trace
+from .saving import load_pretrained, save_pretrained
+from .sources import ModelSpec
+from .validate import check_plan, fingerprint
 
 __version__ = "0.1.0"
 
@@ -39,6 +44,11 @@ __all__ = [
     "Report", "ShrinkConfig", "SurgeryError", "TraceError", "Traced", "UnsupportedOpError", "apply_plan_",
     "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
-    "config_mismatches", "from_pretrained",
+    "config_mismatches", "from_pretrained", "LoadError", "RuleError", "ModelSpec", "load_pretrained",
+    "save_pretrained", "check_plan", "fingerprint", "checkpoint_tensors", "meta_model", "prune_checkpoint",
+    "plan_report",
+    "OptimizerError", "SparsityError", "SparsityReport", "list_mask_scorers", "make_dense_", "register_mask_scorer",
+    "sparsify_", "to_semi_structured_", "ParamMap", "PruneStep", "Pruner", "Round", "remap_optimizer_",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402
+from .checkpoint import checkpoint_tensors, meta_model, prune_checkpoint  # noqa: E402

@@ -10,13 +10,16 @@ from torch import nn
 
 from .calibrate import Stats, calibrate
 from .compensate import Compensation, compensation
-from .config import ShrinkConfig
+from .config import ShrinkConfig, check_options
 from .groups import Groups, find_groups
 from .errors import CalibrationError, PlanError, SurgeryError
+from .options import checked
 from .plan import Plan, kind, make_plan, plan_from_units
-from .report import Report, make_report
+from .progress import stages
+from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, score
-from .surgery import apply_plan_
+from .sparsity.masks import check_no_masks
+from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
 from .trace import check_module, trace
 
 
@@ -30,6 +33,8 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     ``calibration``: batches (Tensor, tuple of args or dict of kwargs; a DataLoader yielding them)
     that data-aware criteria (``scorer="activation"``, ``"taylor"``, ...) and ``compensate=`` read,
     in one pass; ``loss_fn(output, batch)`` gives gradient criteria their loss (see ``calibrate``).
+    ``steps=N`` removes the ratio in N rounds, re-tracing and re-scoring (and re-calibrating) the
+    pruned model between them; ``report.rounds`` says where each round left it.
     ``submodules=("backbone",)``: prune only these submodules, each by ``ratio`` of its own
     parameters, traced on the inputs the model's forward gives them; the rest of the model is left
     as it is (a detector whose heads do not trace, see ``graphprune.partial``).
@@ -40,25 +45,48 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     'ResNet'
     """
     check_module(model)
+    check_options(options, also=SHRINK_KEYWORDS)
     if submodules is not None:
         from .partial import shrink_submodules
         return shrink_submodules(model, ratio, submodules, example_inputs=example_inputs, inplace=inplace,
                                  return_report=return_report, scorer=scorer, calibration=calibration,
                                  loss_fn=loss_fn, **options)
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
-    traced = trace(model, example_inputs)
-    groups = find_groups(traced, strict=config.strict, read_source=config.read_source)
-    stats = _calibration(model, groups, config, scorer, calibration, loss_fn)
-    scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
-    target = model if inplace else copy.deepcopy(model)
-    original = copy.deepcopy(model) if inplace and return_report else model
-    plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats)
-    if not return_report:
-        return target
-    left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
-    report: Report = make_report(original, target, plan, groups, left_out, scores=scores, stats=stats,
-                                 compensation=comp)
+    config = checked(model, config)  # before tracing, which can take minutes
+    check_no_masks(model)
+    if calibration is None and needs_of(scorer or config.scorer):  # needs_of also refuses unknown names
+        raise CalibrationError(f"scorer={getattr(scorer, '__qualname__', scorer or config.scorer)!r} reads "
+                               f"calibration data; pass calibration= (an iterable of input batches)")
+    if config.steps > 1 and config.ratio > 0:
+        from .schedule import shrink_steps
+        return shrink_steps(model, config, example_inputs=example_inputs, inplace=inplace, return_report=return_report,
+                            scorer=scorer, calibration=calibration, loss_fn=loss_fn)
+    with stages("shrink", ["trace", "groups", "calibrate", "score", "plan and surgery", "report"]) as step:
+        step("trace")
+        traced = trace(model, example_inputs)
+        step("groups")
+        groups = find_groups(traced, strict=config.strict, read_source=config.read_source)
+        step("calibrate")
+        stats = _calibration(model, groups, config, scorer, calibration, loss_fn)
+        step("score")
+        scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
+        step("plan and surgery")
+        # a copy shares the tensors a plan may slice until surgery has read them: no second full model
+        target, shared = (model, frozenset()) if inplace else shared_copy(
+            model, {m.fqn for g in groups.prunable for m in g.members})
+        macs_before = count_macs(model, traced.inputs) if return_report else 0  # before an in-place model changes
+        plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats, shared)
+        unshare_(target, shared)
+        if not return_report:
+            return target
+        step("report")
+        left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
+        report: Report = make_report(model, target, plan, groups, left_out, scores=scores, stats=stats,
+                                     compensation=comp, macs_before=macs_before)
     return target, report
+
+
+SHRINK_KEYWORDS = ("example_inputs", "inplace", "return_report", "scorer", "calibration", "loss_fn")
 
 
 def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, batches: Any,
@@ -84,7 +112,8 @@ MAX_RETRIES = 16
 
 
 def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores,
-                     inputs: Any, stats: Stats | None = None) -> tuple[Plan, Compensation | None]:
+                     inputs: Any, stats: Stats | None = None,
+                     shared: frozenset[int] = frozenset()) -> tuple[Plan, Compensation | None]:
     """Plan and prune; if the pruned forward breaks inside a module (its code derives a width from a
     constant or another tensor's shape, invisible in the traced graph), leave every module of that
     type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done stays."""
@@ -96,7 +125,7 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             plan = dataclasses.replace(plan, config={**plan.config, "calibration": {
                 "batches": stats.batches, "loss": stats.loss, "needs": list(stats.needs)}})
         try:
-            apply_plan_(target, plan, inputs, compensation=comp)
+            apply_plan_shared_(target, plan, inputs, comp, shared)
             return plan, comp
         except SurgeryError as err:
             if getattr(err, "module", None) == "":

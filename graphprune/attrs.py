@@ -1,8 +1,16 @@
-"""Plan and surgery helper: the attributes a binding names (``num_heads``, ``config.num_heads``,
-``split_sizes[1]``), read, written and identified as one attribute across the modules sharing it."""
+"""Groups, plan and surgery helper: the attributes a binding names (``num_heads``,
+``config.num_heads``, ``split_sizes[1]``), read, written and identified as one attribute across the
+modules sharing it, and the groups that would give one attribute two widths frozen."""
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import numpy as np
+
+# what a binding may name: a public attribute, of an object reached by public attributes, or one
+# item of a list attribute (``num_heads``, ``config.num_heads``, ``attn.num_heads``, ``split_sizes[1]``)
+ATTR_NAME = re.compile(r"[A-Za-z]\w*(\.[A-Za-z]\w*)*(\[\d+\])?")
 
 
 def attr_path(obj: Any, dotted: str) -> tuple[Any, str]:
@@ -70,3 +78,46 @@ def owner_key(model: Any, fqn: str, attr: str) -> tuple[int, str]:
 def shared_attr(attr: str) -> bool:
     """Whether a binding's attribute may be read by other modules too (on a config, or a list item)."""
     return "." in attr or "[" in attr
+
+
+def one_width_per_attr(groups: list[Any], c: Any, ch: Any) -> list[Any]:
+    """Groups stage: an attribute bound to several dims must give each the same width. Where one of
+    those dims stays (``head_dim`` sizes the frozen query heads and the prunable values alike), the
+    groups that would change it are frozen; where independent groups would each change it, too.
+    ``c``: the coupling, ``ch``: its ``channels.Channels``."""
+    from dataclasses import replace
+
+    from .channels import label_reasons
+
+    model = c.traced.model
+    which, reasons = label_reasons(c.graph, ch, "frozen")
+    index = {s: i for i, s in enumerate(ch.slots)}
+    dims: dict[tuple, dict[Any, str | None]] = {}
+    shared: set[tuple] = set()  # a config field or list item several layers read: plan.py ties their counts
+    for bnd in c.bindings:
+        if bnd.slot in index:
+            labs = np.unique(ch.space_labels(int(ch.space[index[bnd.slot]])))
+            why = next((reasons[which[l]] for l in labs.tolist() if which[l] >= 0), None)
+            key = owner_key(model, bnd.fqn, bnd.attr)
+            dims.setdefault(key, {})[bnd.slot] = why
+            if shared_attr(bnd.attr):
+                shared.add(key)
+    holders: dict[tuple, list[int]] = {}
+    for i, grp in enumerate(groups):
+        if grp.prunable:
+            for key in {owner_key(model, a.fqn, a.attr) for a in grp.attrs}:
+                holders.setdefault(key, []).append(i)
+    out = list(groups)
+    for key, found in dims.items():
+        live = holders.get(key, [])
+        if len(found) < 2 or not live:
+            continue
+        stays = next((why for why in found.values() if why), None)
+        if stays is None and (len(live) < 2 or key in shared):
+            continue
+        name = next(f"{a.fqn or '<root>'}.{a.attr}" for a in groups[live[0]].attrs if owner_key(model, a.fqn, a.attr) == key)
+        why = (f"{name} also sizes a dim that stays ({stays})" if stays else
+               f"{name} sizes dims of {len(live)} independent groups, which would each change it")
+        for i in live:
+            out[i] = replace(out[i], frozen=why) if out[i].frozen is None else out[i]
+    return out

@@ -91,9 +91,8 @@ def _share_equal_factorisations(c: Coupling, uf) -> None:
         if a.whole == b.whole or _same_channels(g, active, a.whole, b.whole):
             for p, q in zip(*[[x for x, n in zip(f.parts, f.sizes) if n > 1] for f in (a, b)]):
                 if p != q:
-                    idx = np.arange(g.nodes[p]["size"])
                     maps = g.edges[p, q]["maps"] if g.has_edge(p, q) else []
-                    g.add_edge(p, q, maps=[*maps, (p, idx, idx)], why=f"equal factorisations: {a.why}; {b.why}")
+                    g.add_edge(p, q, maps=[*maps, (p, None, None)], why=f"equal factorisations: {a.why}; {b.why}")
                     uf.union(p, q)
 
 
@@ -107,6 +106,8 @@ def _same_channels(g: nx.Graph, active: nx.Graph, a: Slot, b: Slot) -> bool:
     for u, v in zip(path, path[1:]):
         step = np.full(g.nodes[u]["size"], -1)
         for first, ia, ib in g.edges[u, v]["maps"]:
+            if ia is None:  # the identity (coupling.Builder._map)
+                ia = ib = np.arange(len(step))
             src, dst = (ia, ib) if first == u else (ib, ia)
             step[src] = dst
         idx = step[idx]

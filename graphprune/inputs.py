@@ -56,7 +56,11 @@ def default_inputs(model: nn.Module) -> Inputs:
         return (torch.randn(1, *cfg["input_size"], device=device),), {}
     hf = getattr(model, "config", None)
     if hf is not None and hasattr(hf, "to_dict"):
-        return (), _hf_inputs(model, hf, device)
+        try:
+            return (), _hf_inputs(model, hf, device)
+        except Exception as err:  # noqa: BLE001 - a config without the fields a standard model has
+            raise TraceError(f"cannot derive example inputs for {type(model).__qualname__} from its config "
+                             f"({type(err).__name__}: {err}); pass example_inputs=") from err
     raise TraceError(
         f"cannot derive example inputs for {type(model).__qualname__}: it is neither a timm model "
         f"(pretrained_cfg) nor a Hugging Face model (config); pass example_inputs=")
@@ -64,7 +68,7 @@ def default_inputs(model: nn.Module) -> Inputs:
 
 def _hf_inputs(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, Any]:
     main = getattr(model, "main_input_name", "input_ids")
-    params = _forward_params(model)
+    params = forward_params(model)
     ids = _token_ids(cfg, device)
     kwargs: dict[str, Any] = {}
     if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
@@ -144,7 +148,7 @@ def hf_trace_inputs(model: nn.Module, inputs: Inputs) -> tuple[Inputs, tuple[str
     """
     args, kwargs = inputs
     cfg = getattr(model, "config", None)
-    if not hasattr(cfg, "to_dict") or "use_cache" in kwargs or "use_cache" not in _forward_params(model):
+    if not hasattr(cfg, "to_dict") or "use_cache" in kwargs or "use_cache" not in forward_params(model):
         return inputs, ()
     return (args, {**kwargs, "use_cache": False}), (
         "traced with use_cache=False: a returned key/value cache changes shape when heads are pruned",)
@@ -163,7 +167,7 @@ def is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-def _forward_params(model: nn.Module) -> set[str]:
+def forward_params(model: nn.Module) -> set[str]:
     import inspect
     try:
         return set(inspect.signature(model.forward).parameters)

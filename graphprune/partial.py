@@ -15,10 +15,12 @@ from torch import nn
 
 from .config import ShrinkConfig
 from .errors import ConfigError, SurgeryError
+from .options import checked
 from .inputs import Call, Inputs, default_inputs, normalize_inputs, run_model
 from .report import Report, count_macs
 from .plan import count_params
-from .trace import _eval_mode, _submodule_inputs
+from .trace import _eval_mode
+from .untraceable import submodule_inputs
 
 
 def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, example_inputs: Any = None,
@@ -40,11 +42,12 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
         raise ConfigError("calibration= with submodules= is not supported: the calibration batches are the "
                           "whole model's inputs; prune with a data-free scorer, or call shrink on the "
                           "submodule with batches of its own inputs")
-    ShrinkConfig(ratio=ratio, **options)  # validate once, before anything runs
+    config = checked(model, ShrinkConfig(ratio=ratio, **options))  # validate once, before anything runs
+    options = {**options, "ignore": config.ignore}
     inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
     target = model if inplace else copy.deepcopy(model)
     with _eval_mode(target):
-        seen = _submodule_inputs(target, inputs)
+        seen = submodule_inputs(target, inputs)
     missing = [n for n in names if n not in seen]
     if missing:
         raise ConfigError(f"submodules={missing[0]!r} is not called by the model's forward on these inputs; "
@@ -56,7 +59,7 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
         for n in names:
             sub = target.get_submodule(n)
             _, rep = shrink(sub, ratio, example_inputs=Call(*seen[n]), inplace=True, return_report=True,
-                            scorer=scorer, **_relative(options, n))
+                            scorer=scorer, **_relative(options, n, sub))
             reports.append((n, rep))
         with _eval_mode(target):
             run_model(target, inputs)
@@ -92,18 +95,20 @@ def _names(model: nn.Module, submodules: Any) -> tuple[str, ...]:
     return names
 
 
-def _relative(options: dict[str, Any], fqn: str) -> dict[str, Any]:
-    """Options for one submodule: ``ignore=`` entries inside it lose its prefix, class names stay."""
-    ignore = options.get("ignore", ())
-    ignore = (ignore,) if isinstance(ignore, (str, type)) else tuple(ignore)
-    mine = [i[len(fqn) + 1:] if isinstance(i, str) and i.startswith(fqn + ".") else i for i in ignore
-            if not isinstance(i, str) or "." not in i or i.startswith(fqn + ".")]
+def _relative(options: dict[str, Any], fqn: str, sub: nn.Module) -> dict[str, Any]:
+    """Options for one submodule: ``ignore=`` entries (already checked against the whole model)
+    that are inside it, FQNs losing its prefix; class names only where it holds such a module."""
+    classes = {type(m).__qualname__ for m in sub.modules()}
+    mine = [i[len(fqn) + 1:] if isinstance(i, str) and i.startswith(fqn + ".") else i for i in options.get("ignore", ())
+            if (isinstance(i, str) and i.startswith(fqn + ".")) or i in classes]
     return {**options, "ignore": tuple(mine)}
 
 
 def _state(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
-    """What surgery replaces in each module of a subtree (it never edits a tensor in place)."""
+    """What surgery replaces in each module of a subtree. In-place surgery also releases a sliced
+    tensor's memory (``old.data = empty``), so each tensor's data is held too, to be put back."""
     return [(m, {"class": type(m), "_parameters": dict(m._parameters), "_buffers": dict(m._buffers),
+                 "data": [(t, t.data) for t in [*m._parameters.values(), *m._buffers.values()] if t is not None],
                  "attrs": {k: v for k, v in m.__dict__.items() if not k.startswith("_")}})
             for m in module.modules()]
 
@@ -116,6 +121,8 @@ def _restore(module: nn.Module, state: list[tuple[nn.Module, dict[str, Any]]]) -
         m._buffers.clear()
         m._buffers.update(saved["_buffers"])
         m.__dict__.update(saved["attrs"])
+        for t, data in saved["data"]:
+            t.data = data
 
 
 def _merged(model: nn.Module, inputs: Inputs, before: tuple[int, int], reports: list[tuple[str, Report]]) -> Report:

@@ -4,12 +4,13 @@ A criterion is ``fn(ctx) -> array of shape (group.width,)`` registered by name w
 it needs (``needs=("inputs",)``, see ``graphprune.calibrate``); the calibration stage collects them,
 the criterion only reads ``ctx``. The older form ``fn(group, tensors)`` still works. A criterion may
 return None for a group it cannot judge (no norm over its channels, no consumer ran): that group is
-scored by ``l2`` instead and listed in ``Scores.fallback``.
+scored by ``l2`` instead, scaled to the judged groups' typical score, and listed in ``Scores.fallback``.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from collections import ChainMap
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -37,6 +38,10 @@ class ScoreContext:
     model: nn.Module
     stats: Stats | None = None
     seed: int = 0
+    # per score() call: the dims groups need per tensor, and a cache of per-dim reductions, so a
+    # tensor read from a checkpoint is read once for all its dims (``criteria.member_mass``)
+    dims: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    memo: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +50,7 @@ class Scores:
 
     criterion: str
     raw: Mapping[int, np.ndarray]
-    fallback: tuple[int, ...] = ()  # groups the criterion could not judge, scored by l2
+    fallback: tuple[int, ...] = ()  # groups the criterion could not judge: l2, at the judged groups' scale
     needs: tuple[str, ...] = ()  # the calibration statistics the criterion read (empty: weights only)
 
     def normalised(self, how: str = "mean") -> dict[int, np.ndarray]:
@@ -95,8 +100,11 @@ def needs_of(scorer: Any) -> tuple[str, ...]:
 
 
 def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | None = None,
-          seed: int = 0) -> Scores:
+          seed: int = 0, tensors: Mapping[str, torch.Tensor] | None = None) -> Scores:
     """Raw scores of every prunable group under ``scorer`` (a registered name or a callable).
+
+    ``tensors`` (FQN -> tensor) replaces the model's own values, e.g. ``graphprune.checkpoint_tensors(folder)``
+    for a model built on the meta device: weight criteria then read the checkpoint tensor by tensor.
 
     >>> import timm
     >>> from graphprune.groups import find_groups
@@ -112,15 +120,39 @@ def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | N
                                f"calibration= (an iterable of input batches) to shrink, or stats=graphprune."
                                f"calibrate(model, groups, batches, needs={missing}) to score")
     params = dict(model.named_parameters())
-    tensors = MappingProxyType({**params, **dict(model.named_buffers())})
-    raw, fallback, call = {}, [], _caller(fn)
+    own = {**params, **dict(model.named_buffers())}
+    tensors = MappingProxyType(own) if tensors is None else ChainMap(tensors, own)
+    dims: dict[str, set[int]] = {}
     for g in groups.prunable:
-        ctx = ScoreContext(g, tensors, frozenset(params), model, stats, seed)
+        for m in g.members:
+            dims.setdefault(m.fqn, set()).add(m.dim)
+    dims = MappingProxyType({f: tuple(sorted(d)) for f, d in dims.items()})
+    raw, fallback, call, memo = {}, [], _caller(fn), {}
+    for g in groups.prunable:
+        ctx = ScoreContext(g, tensors, frozenset(params), model, stats, seed, dims, memo)
         values = call(ctx)
         if values is None:
             values, _ = SCORERS["l2"](ctx), fallback.append(g.id)
         raw[g.id] = _checked(values, g, scorer)
+    raw = _on_judged_scale(raw, fallback)
     return Scores(_name(scorer), MappingProxyType(raw), tuple(fallback), tuple(getattr(fn, "needs", ())))
+
+
+def _on_judged_scale(raw: dict[int, np.ndarray], fallback: list[int]) -> dict[int, np.ndarray]:
+    """Scale the l2 scores of groups the criterion could not judge to the median group mean of the
+    judged ones. A weight norm means nothing next to an activation norm or a loss change: ranked
+    globally as it is, such a group (MoE experts behind a grouped matmul, channels a bare parameter
+    reads) would go first or never. Now it ranks like a typical group, and its own l2 order still
+    picks which of its units go.
+
+    >>> _on_judged_scale({0: np.array([1.0, 3.0]), 1: np.array([10.0, 30.0])}, [1])[1].tolist()
+    [1.0, 3.0]
+    """
+    judged = [float(v.mean()) for i, v in raw.items() if i not in fallback]
+    if not fallback or not judged:
+        return raw
+    target = float(np.median(judged))
+    return {i: v * (target / v.mean()) if i in fallback and v.mean() > 0 else v for i, v in raw.items()}
 
 
 def _caller(fn: Callable) -> Callable[[ScoreContext], Any]:

@@ -57,11 +57,17 @@ def enabled() -> bool:
 
 # -- where a node was made ------------------------------------------------------------------------
 
+# graphprune's own layers (``PrunedMultiheadAttention``, which a pruned ``nn.MultiheadAttention``
+# may become) are written like torch's and rebuilt by the same slicers: a pruned model is read again
+OWN_LAYERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "surgery") + os.sep
+
+
 def in_torch(node: fx.Node | None) -> bool:
-    """Whether the node was made by torch's own code (``nn.MultiheadAttention``'s forward), whose
-    sizes come from its inputs' shapes, and whose modules surgery knows how to rebuild."""
+    """Whether the node was made by torch's own code (``nn.MultiheadAttention``'s forward), or
+    graphprune's own layers that mirror it, whose sizes come from their inputs' shapes, and whose
+    modules surgery knows how to rebuild."""
     found = frame(node)
-    return found is not None and found[0].startswith(TORCH_DIR)
+    return found is not None and found[0].startswith((TORCH_DIR, OWN_LAYERS_DIR))
 
 
 def frame(node: fx.Node | None) -> tuple[str, int] | None:

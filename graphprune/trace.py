@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
-import sys
+import copy
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
+from torch.export.graph_signature import OutputKind
+from torch.utils._pytree import tree_unflatten
 
-from .compat import export_shims
+from .compat import export_shims, quiet_export
 from .errors import TraceError
 from .inputs import Inputs, default_inputs, hf_trace_inputs, normalize_inputs, output_shapes, run_model
-from .source import TORCH_DIR, helper_frames
+from .source import helper_frames
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,17 +82,19 @@ def trace(model: nn.Module, example_inputs: Any = None) -> Traced:
     check_module(model)
     inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
     inputs, notes = hf_trace_inputs(model, inputs)
-    with _eval_mode(model):
-        shapes = _reference_output(model, inputs)
+    with _eval_mode(model), _state_kept(model):
         try:
-            return _from_export(model, model, inputs, shapes, "torch.export", notes)
+            return _from_export(model, model, inputs, "torch.export", notes)
         except Exception as err:  # noqa: BLE001 - every export failure is retried via symbolic_trace
             first = err
+        if not is_meta(model):
+            _reference_output(model, inputs)  # a model that does not run at all is told so plainly
         try:
             gm = fx.symbolic_trace(model)
-            return _from_export(model, gm, inputs, shapes, "symbolic_trace+export", notes)
+            return _from_export(model, gm, inputs, "symbolic_trace+export", notes)
         except Exception as err:  # noqa: BLE001
             fallback = err
+        from .untraceable import untraceable_message
         raise TraceError(untraceable_message(model, inputs, first, fallback)) from first
 
 
@@ -110,98 +113,19 @@ def check_module(model: Any) -> None:
                      f"load the weights into it first (model.load_state_dict(state_dict)), then pass the model")
 
 
-def untraceable_message(model: nn.Module, inputs: Inputs, err: BaseException, fallback: BaseException) -> str:
-    """One line: the model, where tracing failed (file, line, function and module), the error, and
-    the submodules that do trace (``submodules=`` prunes those alone)."""
-    where = failure_site(model, err)
-    parts = [f"cannot trace {type(model).__qualname__}: torch.export failed{where} with "
-             f"{type(err).__name__}: {_first_line(err)[:200]}"]
-    parts.append(f"symbolic_trace failed too ({type(fallback).__name__}: {_first_line(fallback)[:100]})")
-    subs = traceable_submodules(model, inputs)
-    if subs:
-        shown = ", ".join(repr(s) for s in subs[:6]) + (", ..." if len(subs) > 6 else "")
-        parts.append(f"these submodules trace: {shown}; prune them alone with "
-                     f"shrink(model, ratio, submodules=({subs[0]!r},)) and leave the rest as it is")
-    else:
-        parts.append("no submodule traces on its own either; fix the data-dependent code at that line "
-                     "or pass example_inputs= that avoid it")
-    return "; ".join(parts)
+def is_meta(model: nn.Module) -> bool:
+    """Whether the model holds tensors on the meta device (built to be analysed, not run).
+
+    >>> with torch.device("meta"):
+    ...     is_meta(nn.Linear(2, 2))
+    True
+    """
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-def failure_site(model: nn.Module, err: BaseException) -> str:
-    """' at boxes.py:86 in batched_nms (module 'rpn')': the innermost frame of the error outside
-    torch, and the innermost module whose forward was running."""
-    names = {id(mod): name for name, mod in model.named_modules()}
-    fqn, frame = None, None
-    tb = err.__traceback__
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if not code.co_filename.startswith((TORCH_DIR, "<")):
-            frame = (code.co_filename.rsplit("/", 1)[-1], tb.tb_lineno, code.co_name)
-        owner = tb.tb_frame.f_locals.get("self")
-        fqn = names.get(id(owner), fqn) if isinstance(owner, nn.Module) else fqn
-        tb = tb.tb_next
-    out = f" at {frame[0]}:{frame[1]} in {frame[2]}" if frame else ""
-    return out + (f" (module {fqn!r})" if fqn else "")
-
-
-def traceable_submodules(model: nn.Module, inputs: Inputs, budget: int = 24) -> list[str]:
-    """The largest submodules (with parameters) that trace on the inputs they receive in the
-    model's forward, breadth first: a module that does not trace is searched for children that do."""
-    seen = _submodule_inputs(model, inputs)
-    found: list[str] = []
-    queue = [name for name, _ in model.named_children()]
-    while queue and budget > 0:
-        fqn = queue.pop(0)
-        mod = model.get_submodule(fqn)
-        if next(mod.parameters(), None) is None or fqn not in seen:
-            continue
-        budget -= 1
-        try:
-            with torch.no_grad(), export_shims(), quiet_export():
-                torch.export.export(mod, *seen[fqn], strict=False)
-            found.append(fqn)
-        except Exception:  # noqa: BLE001 - any failure: look inside
-            queue += [f"{fqn}.{name}" for name, _ in mod.named_children()]
-    return found
-
-
-def _submodule_inputs(model: nn.Module, inputs: Inputs) -> dict[str, tuple[tuple, dict]]:
-    """The arguments each submodule receives in the model's first call."""
-    seen: dict[str, tuple[tuple, dict]] = {}
-    hooks = [mod.register_forward_pre_hook(
-        lambda m, args, kwargs, fqn=fqn: seen.setdefault(fqn, (args, kwargs)) and None, with_kwargs=True)
-        for fqn, mod in model.named_modules() if fqn]
+def _reference_output(model: nn.Module, inputs: Inputs) -> None:
     try:
-        with _eval_mode(model):
-            run_model(model, inputs)
-    except Exception:  # noqa: BLE001 - the caller already knows the model runs; nothing to add
-        pass
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
-@contextlib.contextmanager
-def quiet_export() -> Iterator[None]:
-    """torch.export prints the partial graph of a failed export on stderr (thousands of lines for
-    a detector) and logs its classification; the error we raise says what matters. What an export
-    that succeeds writes there (warnings) is passed on."""
-    logger = logging.getLogger("torch.export")
-    level, buffer = logger.level, io.StringIO()
-    logger.setLevel(logging.CRITICAL)
-    try:
-        with contextlib.redirect_stderr(buffer):
-            yield
-        sys.stderr.write(buffer.getvalue())
-    finally:
-        logger.setLevel(level)
-
-
-def _reference_output(model: nn.Module, inputs: Inputs) -> tuple[tuple[int, ...], ...]:
-    try:
-        return tuple(output_shapes(run_model(model, inputs)))
+        run_model(model, inputs)
     except Exception as err:  # noqa: BLE001
         raise TraceError(
             f"{type(model).__qualname__} does not run on the example inputs "
@@ -232,15 +156,44 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes: Any, method: str,
-                 notes: tuple[str, ...] = ()) -> Traced:
+@contextlib.contextmanager
+def _state_kept(model: nn.Module) -> Iterator[None]:
+    """Undo what tracing writes into the modules' own state: a forward that caches a tensor in eval
+    mode (timm LeViT's attention biases, per device) would otherwise keep export's fake tensor."""
+    saved = [(m, {k: v for k, v in vars(m).items() if not k.startswith("_")}) for m in model.modules()]
+    contents = [(v, copy.copy(v)) for _, attrs in saved for v in attrs.values() if type(v) in (dict, list, set)]
+    try:
+        yield
+    finally:
+        for m, attrs in saved:
+            for k in [k for k in vars(m) if not k.startswith("_") and k not in attrs]:
+                delattr(m, k)
+            m.__dict__.update(attrs)
+        for container, before in contents:
+            container.clear()
+            container.update(before) if isinstance(container, (dict, set)) else container.extend(before)
+
+
+def export_program(model: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
+    """``torch.export`` of the model in eval mode, as ``trace`` runs it, leaving the model as it was."""
+    with _eval_mode(model), _state_kept(model):
+        return _export(model, model, inputs)
+
+
+def _export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
     args, kwargs = inputs
     # under no_grad a forward's own `torch.no_grad()` (HF rotary embeddings) is a no-op, so export
     # inlines it instead of hiding its ops in a wrap_with_set_grad_enabled submodule no rule can see
     with torch.no_grad(), export_shims(), helper_frames(model), quiet_export():
-        ep = torch.export.export(traced_obj, args, kwargs, strict=False)
+        return torch.export.export(traced_obj, args, kwargs, strict=False)
+
+
+def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, method: str,
+                 notes: tuple[str, ...] = ()) -> Traced:
+    ep = _export(model, traced_obj, inputs)
     # what the forward computes and drops (attention weights a caller discards) must not constrain pruning
     ep.graph_module.graph.eliminate_dead_code()
+    shapes = _output_shapes(ep)
     sig = ep.graph_signature
     canonical = _canonical_names(model)
     fqn_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
@@ -255,6 +208,19 @@ def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes
         aliases={k: tuple(v) for k, v in aliases.items()},
         constants=frozenset(sig.inputs_to_lifted_tensor_constants),
         user_inputs=tuple(sig.user_inputs), output_shapes=tuple(shapes), method=method, notes=tuple(notes))
+
+
+def _output_shapes(ep: torch.export.ExportedProgram) -> list[tuple[int, ...]]:
+    """Shapes of the model's outputs as a forward returns them, read from the traced graph (its
+    fake values rebuilt into the output's structure), so no forward has to run."""
+    nodes = {n.name: n for n in ep.graph.nodes}
+    values = []
+    for spec in ep.graph_signature.output_specs:
+        if spec.kind == OutputKind.USER_OUTPUT:
+            name = getattr(spec.arg, "name", None)
+            values.append(nodes[name].meta.get("val") if name in nodes else getattr(spec.arg, "value", None))
+    out = tree_unflatten(values, ep.call_spec.out_spec)
+    return [tuple(int(n) for n in s) for s in output_shapes(out)]
 
 
 def _canonical_names(model: nn.Module) -> dict[str, str]:

@@ -80,3 +80,31 @@ def test_every_criterion_is_listed() -> None:
 def test_big_unit_outranks_others_under_l2(mlp) -> None:
     raw = _raw(mlp, "l2")
     assert raw[BIG] > np.median(raw)
+
+
+class BareBranch(torch.nn.Module):
+    """Two hidden layers of 16 units: ``fc`` is read by a Linear (activation judges it), ``w1``'s
+    units by a bare parameter (activation cannot), with weights 100x larger than the other's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = torch.nn.Linear(4, 16), torch.nn.Linear(16, 4)
+        self.w1 = torch.nn.Parameter(100 * torch.randn(4, 16))
+        self.w2 = torch.nn.Parameter(100 * torch.randn(16, 4))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x))) + torch.relu(x @ self.w1) @ self.w2 * 1e-4
+
+
+def test_a_group_the_criterion_cannot_judge_ranks_at_the_judged_scale() -> None:
+    model, x = BareBranch(), [torch.randn(8, 4) for _ in range(2)]
+    groups = graphprune.find_groups(model, x[0])
+    stats = graphprune.calibrate(model, groups, x, needs=("inputs",))
+    scores = graphprune.score(model, groups, "activation", stats)
+    (bare,) = scores.fallback
+    (judged,) = set(scores.raw) - {bare}
+    assert scores.raw[bare].mean() == pytest.approx(scores.raw[judged].mean())
+    # ranked globally with raw l2 values the bare-parameter group would never lose a unit
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.4, scope="global"), scores=scores)
+    assert set(plan.removed) == {bare, judged}

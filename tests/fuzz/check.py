@@ -2,6 +2,8 @@
 reason; a model that prunes but computes something else (silently wrong) is the one failure."""
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,16 @@ def _tensors(out) -> list[torch.Tensor]:
     return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
 
 
+def frozen_reason(groups: graphprune.Groups) -> str:
+    """Why no group is checkable, as a category to count: the most common reason the groups are
+    frozen (its words before the first node or colon), or what keeps the prunable ones out."""
+    if groups.prunable:
+        inexact = all(g.inexact is not None for g in groups.prunable)
+        return "prunable groups are inexact" if inexact else "prunable groups have no consumer to zero"
+    reasons = [re.split(r" \(node|: |;", g.frozen)[0] for g in groups if g.frozen and g.width > 1]
+    return f"frozen: {Counter(reasons).most_common(1)[0][0]}" if reasons else "no group wider than one unit"
+
+
 def check(seed: int, tol: float = 1e-4) -> Outcome:
     """Zero 30% of the units of every checkable group, prune them, compare every output."""
     model, inputs, recipe = random_model(seed)
@@ -38,7 +50,7 @@ def check(seed: int, tol: float = 1e-4) -> Outcome:
     if silent:  # a group that is neither prunable nor frozen must not exist
         return Outcome(seed, recipe, WRONG, f"group {silent[0].id} neither prunable nor frozen")
     if not oracle_groups(groups):
-        return Outcome(seed, recipe, FROZEN, "no exact prunable group")
+        return Outcome(seed, recipe, FROZEN, frozen_reason(groups))
     try:
         zeroed, pruned, used = zero_and_prune(model, groups, fraction=0.3, seed=seed)
     except graphprune.GraphPruneError as err:

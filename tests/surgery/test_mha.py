@@ -90,3 +90,16 @@ def test_failed_surgery_restores_the_class() -> None:
     with pytest.raises(graphprune.SurgeryError):
         graphprune.apply_plan_(model, broken, X)
     assert type(model.attn) is nn.MultiheadAttention and model.attn.num_heads == 4
+
+
+def test_a_pruned_attention_prunes_again_exactly() -> None:
+    """A PrunedMultiheadAttention is read like torch's own module: iterative rounds (steps=) and a
+    second shrink find its heads again rather than freezing them. (With add_bias_kv, CrossMHA,
+    they stay frozen on the second pass: a documented limit.)"""
+    x = X
+    small = graphprune.shrink(TorchMHA().eval(), 0.2, example_inputs=x, tolerance=0.2)
+    assert isinstance(small.attn, PrunedMultiheadAttention)
+    groups = graphprune.find_groups(small, x)
+    (heads,) = [g for g in groups.prunable if g.unit == "head"]
+    assert heads.width == small.attn.num_heads > 1
+    assert assert_prune_matches(small, x, kinds=("heads",)).groups_checked == 1
