@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import GraphPruneError, PlanError
 from .plan import Plan
+from .progress import bar
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -110,8 +111,9 @@ def prune_checkpoint(src: str | Path, plan: Plan, dst: str | Path, model: nn.Mod
     for name, file in tensors.files.items():
         by_file.setdefault(file, []).append(name)
     total = 0
-    for file, names in sorted(by_file.items()):
-        total += _prune_shard(src / file, dst / file, names, slices)
+    with bar(desc="pruning checkpoint", total=len(tensors.files), unit="tensor") as progress:
+        for file, names in sorted(by_file.items()):
+            total += _prune_shard(src / file, dst / file, names, slices, progress.update)
     _write_index(src, dst, total)
     _write_config(src, dst, plan, {f: _kept_shape(tensors.shape(f), dims) for f, dims in plan.keep.items()})
     _copy_rest(src, dst, set(by_file))
@@ -135,7 +137,8 @@ def _stored_slices(tensors: CheckpointTensors, plan: Plan) -> dict[str, dict[int
     return out
 
 
-def _prune_shard(src: Path, dst: Path, names: list[str], slices: Mapping[str, dict[int, list[int]]]) -> int:
+def _prune_shard(src: Path, dst: Path, names: list[str], slices: Mapping[str, dict[int, list[int]]],
+                 done: Callable[[int], Any] = lambda n: None) -> int:
     """Read the shard's tensors one at a time (the file is opened per tensor: a mapping held open
     would keep every page read so far resident), slice them, write the shard."""
     with safe_open(src, "pt") as fh:
@@ -147,6 +150,7 @@ def _prune_shard(src: Path, dst: Path, names: list[str], slices: Mapping[str, di
         for d, ix in slices.get(name, {}).items():
             t = t.index_select(d, torch.tensor(ix, dtype=torch.long))
         out[name] = t.contiguous()
+        done(1)
     save_file(out, dst, metadata=metadata)
     return sum(t.numel() * t.element_size() for t in out.values())
 
