@@ -10,14 +10,17 @@ from .calibrate import InputStats, Stats, calibrate
 from .compensate import Compensation, compensate_, recalibrate_bn_
 from .config import ShrinkConfig
 from .coupling import RULES, register_rule
-from .errors import (CalibrationError, ConfigError, GraphPruneError, PlanError, RegistryError, SurgeryError, TraceError,
-                     UnsupportedOpError)
+from .errors import (CalibrationError, ConfigError, GraphPruneError, LoadError, PlanError, RegistryError, RuleError,
+                     SurgeryError, TraceError, UnsupportedOpError)
 from .groups import Group, Groups, Member, find_groups
 from .plan import Plan, count_params, make_plan
 from .report import Report, count_macs
 from .scores import ScoreContext, Scores, list_scorers, register_scorer, score
 from .surgery import SLICERS, apply_plan_, register_slicer
 from .trace import Traced, trace
+from .saving import load_pretrained, save_pretrained
+from .sources import ModelSpec
+from .validate import check_plan, fingerprint
 
 __version__ = "0.1.0"
 
@@ -39,6 +42,7 @@ __all__ = [
     "Report", "ShrinkConfig", "SurgeryError", "TraceError", "Traced", "UnsupportedOpError", "apply_plan_",
     "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
-    "config_mismatches", "from_pretrained",
+    "config_mismatches", "from_pretrained", "LoadError", "RuleError", "ModelSpec", "load_pretrained",
+    "save_pretrained", "check_plan", "fingerprint",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402

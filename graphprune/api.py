@@ -10,10 +10,12 @@ from torch import nn
 
 from .calibrate import Stats, calibrate
 from .compensate import Compensation, compensation
-from .config import ShrinkConfig
+from .config import ShrinkConfig, check_options
 from .groups import Groups, find_groups
 from .errors import CalibrationError, PlanError, SurgeryError
+from .options import checked
 from .plan import Plan, make_plan
+from .progress import stages
 from .report import Report, make_report
 from .scores import Scores, needs_of, score
 from .surgery import apply_plan_
@@ -36,20 +38,35 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     >>> type(small).__name__
     'ResNet'
     """
+    check_options(options, also=SHRINK_KEYWORDS)
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
-    traced = trace(model, example_inputs)
-    groups = find_groups(traced, strict=config.strict)
-    stats = _calibration(model, groups, config, scorer, calibration, loss_fn)
-    scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
-    target = model if inplace else copy.deepcopy(model)
-    original = copy.deepcopy(model) if inplace and return_report else model
-    plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats)
-    if not return_report:
-        return target
-    left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
-    report: Report = make_report(original, target, plan, groups, left_out, scores=scores, stats=stats,
-                                 compensation=comp)
+    config = checked(model, config)  # before tracing, which can take minutes
+    if calibration is None and needs_of(scorer or config.scorer):  # needs_of also refuses unknown names
+        raise CalibrationError(f"scorer={getattr(scorer, '__qualname__', scorer or config.scorer)!r} reads "
+                               f"calibration data; pass calibration= (an iterable of input batches)")
+    with stages("shrink", ["trace", "groups", "calibrate", "score", "plan and surgery", "report"]) as step:
+        step("trace")
+        traced = trace(model, example_inputs)
+        step("groups")
+        groups = find_groups(traced, strict=config.strict)
+        step("calibrate")
+        stats = _calibration(model, groups, config, scorer, calibration, loss_fn)
+        step("score")
+        scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
+        step("plan and surgery")
+        target = model if inplace else copy.deepcopy(model)
+        original = copy.deepcopy(model) if inplace and return_report else model
+        plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats)
+        if not return_report:
+            return target
+        step("report")
+        left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
+        report: Report = make_report(original, target, plan, groups, left_out, scores=scores, stats=stats,
+                                     compensation=comp)
     return target, report
+
+
+SHRINK_KEYWORDS = ("example_inputs", "inplace", "return_report", "scorer", "calibration", "loss_fn")
 
 
 def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, batches: Any,

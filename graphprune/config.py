@@ -1,6 +1,7 @@
 """Options for ``shrink`` and ``make_plan``: one frozen, validated, serialisable dataclass."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -19,15 +20,18 @@ class ShrinkConfig:
     """What to prune and how much.
 
     ``ratio``: fraction of the target (parameters, or MACs with ``target="macs"``) to remove.
-    ``ignore``: module FQNs (a prefix matches the subtree) or module class names left untouched.
-    ``round_to``: kept widths are multiples of it. ``min_keep``: units every group keeps.
+    ``ignore``: module FQNs (a prefix matches the subtree), module classes (or their names) or
+    filters ``fn(fqn, module) -> bool`` whose modules are left untouched; each name must exist in
+    the model (``ConfigError`` with the closest names otherwise).
+    ``round_to``: kept widths are multiples of it (a group narrower than it stays whole).
+    ``min_keep``: units every group keeps.
     ``cost_power``: units are ranked by ``score / cost**cost_power`` (cost = parameters or MACs a unit
     carries): 0 ranks by importance alone, 1 by importance per parameter.
     ``tolerance``: how far the achieved ratio may be from ``ratio`` before ``PlanError`` is raised.
     ``prune``: which kinds of groups may shrink: "heads" (attention heads), "mlp" (MLP neurons and
     conv channels), "hidden" (widths normalised by layer/RMS norms: a transformer's residual stream).
     ``uniform``: groups playing the same part in every layer keep equal widths (a standard HF config
-    can then describe the pruned model).
+    can then describe the pruned model); refused for a model without a config (``model.config``).
     ``scope``: "global" ranks units of every group against each other (scores divided per group by
     their ``normalize``: "mean", "max", "sum", or "none"); "local" removes the same fraction of
     every group. "auto" (both defaults) is global and unnormalised for criteria that read
@@ -96,7 +100,7 @@ class ShrinkConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["ignore"] = list(self.ignore)
+        data["ignore"] = [i if isinstance(i, str) else getattr(i, "__qualname__", repr(i)) for i in self.ignore]
         data["prune"] = list(self.prune)
         if not isinstance(self.scorer, str):
             data["scorer"] = getattr(self.scorer, "__qualname__", repr(self.scorer))
@@ -104,25 +108,43 @@ class ShrinkConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ShrinkConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        check_options(data, what="config key")
         data = dict(data)
         data["ignore"] = tuple(data.get("ignore", ()))
         data["prune"] = tuple(data.get("prune", KINDS))
         return cls(**data)
 
 
-def _ignore_names(ignore: Any) -> tuple[str, ...]:
-    if isinstance(ignore, (str, type)):
+def check_options(options: dict[str, Any], also: tuple[str, ...] = (), what: str = "option") -> None:
+    """Refuse a keyword no option reads, naming the closest ones (a typo must not be ignored).
+
+    >>> check_options({"ratoi": 0.5})
+    Traceback (most recent call last):
+    graphprune.errors.ConfigError: unknown option 'ratoi' (did you mean 'ratio'?); known: ...
+    """
+    known = sorted(set(f.name for f in fields(ShrinkConfig)) | set(also))
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=2)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ConfigError(f"unknown {what} {name!r}{hint}; known: {', '.join(known)}")
+
+
+def _ignore_names(ignore: Any) -> tuple[Any, ...]:
+    """Module FQNs and class names as strings; filters ``fn(fqn, module) -> bool`` stay callables
+    until ``graphprune.options.checked`` turns them into the FQNs they pick."""
+    if isinstance(ignore, (str, type)) or callable(ignore):
         ignore = (ignore,)
+    if not isinstance(ignore, (tuple, list)):
+        raise ConfigError(f"ignore= takes a tuple of module FQNs, module classes or filters fn(fqn, module) -> bool, "
+                          f"got {ignore!r}")
     names = []
     for item in ignore:
         if isinstance(item, type):
             names.append(item.__qualname__)
-        elif isinstance(item, str):
+        elif isinstance(item, str) or callable(item):
             names.append(item)
         else:
-            raise ConfigError(f"ignore= takes module FQNs or module classes, got {item!r}")
+            raise ConfigError(f"ignore= takes module FQNs, module classes or filters fn(fqn, module) -> bool, "
+                              f"got {item!r}")
     return tuple(names)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from .errors import UnsupportedOpError
-from .registry import Registry
+from .errors import GraphPruneError, RuleError, UnsupportedOpError
+from .registry import Registry, where_defined
 from .trace import Traced
 
 Slot = tuple[str, Hashable]
@@ -475,7 +475,26 @@ def _visit(b: Builder, node: fx.Node, strict: bool) -> None:
     if rule is None:
         _unsupported(b, node, key, strict)
         return
-    b.run(node, rule, key)
+    try:
+        b.run(node, rule, key)
+    except GraphPruneError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a rule's bug (or a user rule's) must not surface raw
+        _rule_failed(b, node, key, rule, err, strict)
+
+
+def _rule_failed(b: Builder, node: fx.Node, key: str, rule: Rule, err: Exception, strict: bool) -> None:
+    """A rule that raises is treated as a missing one: what the op touches is frozen (its links so
+    far may be partial) and the report lists it; with ``strict=True`` it raises ``RuleError``."""
+    b.node = node
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    msg = (f"coupling rule for {key} ({where_defined(rule)}) failed at {b.where()}: {type(err).__name__}: {first}; "
+           f"fix the rule or replace it with @graphprune.register_rule({key}, override=True)")
+    if strict:
+        raise RuleError(msg) from err
+    b.c.unsupported.append(msg)
+    for s in b._owned(node):
+        b.freeze(s, f"the rule for {key} failed")
 
 
 def _unsupported(b: Builder, node: fx.Node, key: str, strict: bool) -> None:

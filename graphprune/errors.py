@@ -23,12 +23,22 @@ class UnsupportedOpError(GraphPruneError):
     """An op has no coupling rule and ``strict=True`` was asked for."""
 
 
+class RuleError(GraphPruneError):
+    """A coupling rule raised on a node and ``strict=True`` was asked for (otherwise the op's dims
+    are frozen and the report lists the failure)."""
+
+
 class PlanError(GraphPruneError):
     """The requested target cannot be met, or a plan does not fit the model it is applied to."""
 
 
 class SurgeryError(GraphPruneError):
     """Slicing the model failed or produced a model whose forward breaks; the model was rolled back."""
+
+
+class LoadError(GraphPruneError):
+    """A file or folder cannot be loaded: a pickle (graphprune never unpickles), a missing or
+    malformed file, or weights that do not fit the model their record describes."""
 
 
 class RegistryError(GraphPruneError, KeyError):

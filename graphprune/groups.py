@@ -102,6 +102,16 @@ class Groups:
         from .report import groups_table
         return groups_table(self)
 
+    def to_html(self, path: str | None = None) -> str:
+        """One self-contained HTML page listing and drawing every group (see ``graphprune.dump``)."""
+        from .dump import to_html
+        return _written(to_html(self), path)
+
+    def to_dot(self, path: str | None = None) -> str:
+        """The groups as a graphviz DOT graph (``dot -Tsvg groups.dot``), see ``graphprune.dump``."""
+        from .dump import to_dot
+        return _written(to_dot(self), path)
+
     def to_json(self, path: str | None = None) -> str:
         """Every group with each member as parameter FQN, dim and per-unit index mapping."""
         text = json.dumps({"groups": [g.to_dict() for g in self.groups],
@@ -110,6 +120,13 @@ class Groups:
             with open(path, "w") as fh:
                 fh.write(text)
         return text
+
+
+def _written(text: str, path: str | None) -> str:
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return text
 
 
 def find_groups(model: Any, example_inputs: Any = None, strict: bool = False) -> Groups:

@@ -3,7 +3,9 @@
 With ``uniform=True`` the pruned model's config describes it and stock ``from_pretrained`` loads the
 saved folder. With per-layer widths it cannot; ``graphprune.from_pretrained`` builds the model from
 the base config recorded in ``config.graphprune``, gives every pruned tensor its saved shape, and
-loads the weights.
+loads the weights. Everything read from the folder is checked first (``graphprune.record``): only
+safetensors weights, a model class of transformers, a record whose every field has its type and
+fits the base model; errors name the folder and the field, never a raw KeyError from inside.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import GraphPruneError, LoadError
 from .plan import Plan
-from .surgery import apply_plan_
+from .record import read_record, reshape_
 
 
 def config_mismatches(model: nn.Module, plan: Plan | None = None) -> list[str]:
@@ -37,8 +40,11 @@ def config_mismatches(model: nn.Module, plan: Plan | None = None) -> list[str]:
     why = _why_invalid(config)
     if why:
         return [f"the config cannot be built: {why}"]
-    with torch.device("meta"):
-        fresh = type(model)._from_config(config)
+    try:
+        with torch.device("meta"):
+            fresh = type(model)._from_config(config)
+    except Exception as err:  # noqa: BLE001 - the model's own __init__ rejects the widths (BERT: heads | hidden)
+        return [f"{type(model).__name__} cannot be built from that config: {_first_line(err)}"]
     want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
     have = {k: _kept_shape(v, plan.keep.get(k, {}) if plan else {}) for k, v in model.state_dict().items()}
     return [f"{k}: config builds {want.get(k)}, weights are {have.get(k)}"
@@ -78,31 +84,73 @@ def _without_record(cfg: Any) -> Any:
 def from_pretrained(path: str, model_class: Any = None, **kwargs: Any) -> nn.Module:
     """Load a pruned model saved with ``save_pretrained``, whatever its per-layer widths.
 
-    ``model_class`` defaults to the class named in ``config.architectures``; ``kwargs`` go to
-    transformers' ``from_pretrained``. Folders without a ``graphprune`` record load as usual.
+    ``model_class`` defaults to the class named in ``config.architectures`` (a model class of
+    transformers, nothing else); ``kwargs`` go to transformers' ``from_pretrained``. Only
+    safetensors weights are read (a ``.bin`` file is a pickle; pass ``use_safetensors=False``
+    yourself for a folder you trust). Folders without a ``graphprune`` record load as usual.
     """
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(path)
-    cls = model_class or getattr(transformers, (config.architectures or ["AutoModel"])[0])
-    if getattr(config, "graphprune", None) is None:
-        return cls.from_pretrained(path, **kwargs)
-    model = _rebuilding(cls).from_pretrained(path, config=config, **kwargs)
+    kwargs.setdefault("use_safetensors", True)
+    config = _guarded(lambda: transformers.AutoConfig.from_pretrained(path), path, "config.json")
+    raw = getattr(config, "graphprune", None)
+    cls = model_class or _architecture(config, path, needed=raw is not None)
+    if raw is None:
+        return _guarded(lambda: cls.from_pretrained(path, **kwargs), path, "the model")
+    config.graphprune = read_record(raw, f"{path}/config.json: graphprune")
+    model = _guarded(lambda: _rebuilding(cls, path).from_pretrained(path, config=config, **kwargs), path, "the model")
     model.__class__ = cls  # the rebuilding subclass only served construction
     return model.eval()
 
 
-def _rebuilding(cls: type) -> type:
+def _architecture(config: Any, path: str, needed: bool) -> type:
+    """The model class ``config.architectures[0]`` names, if it is one of transformers' model classes."""
+    import transformers
+
+    names = getattr(config, "architectures", None)
+    if not names:
+        if needed:
+            raise LoadError(f"{path}/config.json names no architecture (field 'architectures'); pass "
+                            f"model_class= (e.g. transformers.LlamaForCausalLM)")
+        return transformers.AutoModel
+    name = names[0] if isinstance(names, (list, tuple)) else names
+    cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise LoadError(f"{path}/config.json field 'architectures'[0] is {name!r}, which is not a model class of "
+                        f"transformers; fix config.json or pass model_class=")
+    return cls
+
+
+def _guarded(load: Any, path: str, what: str) -> Any:
+    """Run a transformers loader; its errors become one ``LoadError`` naming the folder and the fix."""
+    try:
+        return load()
+    except GraphPruneError:
+        raise
+    except Exception as err:  # noqa: BLE001 - transformers raises many types for a bad folder
+        hint = ("graphprune reads only safetensors weights (a .bin file is a pickle, never unpickled); if you "
+                "trust the folder, load it once with transformers' from_pretrained(..., use_safetensors=False) "
+                "and save_pretrained() it" if "safetensors" in str(err) else
+                "check that the folder was written by save_pretrained and that config.json is intact")
+        raise LoadError(f"cannot load {what} from {path!r}: {type(err).__name__}: {_first_line(err)}; {hint}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def _rebuilding(cls: type, path: str) -> type:
     """A subclass of ``cls`` that builds the base model, gives recorded tensors their pruned shapes
     and then takes on the pruned config, so transformers' own loader (key renames, shards, dtypes,
     tied weights) fills it."""
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         record = config.graphprune
-        base = type(config).from_dict(record["base"])
+        base = _guarded(lambda: type(config).from_dict(record["base"]), path, "the base config in config.json")
         base._attn_implementation = getattr(config, "_attn_implementation", None)
         cls.__init__(self, base, *args, **kwargs)
-        apply_plan_(self, _shape_plan(self, record))
+        reshape_(self, record, f"{path}/config.json: graphprune")
         _adopt(base, config)  # submodules hold `base`: give it the pruned values, as in the pruned model
 
     return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
@@ -119,15 +167,3 @@ def _adopt(target: Any, source: Any) -> None:
             _adopt(inner, value)
         else:
             target.__dict__[key] = value
-
-
-def _shape_plan(model: nn.Module, record: dict[str, Any]) -> Plan:
-    """A plan that gives each recorded tensor its saved shape (which indices does not matter: the
-    weights are loaded over them)."""
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    keep = {f: {d: list(range(n)) for d, n in enumerate(shape) if n != tensors[f].shape[d]}
-            for f, shape in record["shapes"].items() if f in tensors}
-    attrs = {f: {a: tuple(v) if isinstance(v, list) else v for a, v in av.items()} for f, av in record["attrs"].items()}
-    n = sum(p.numel() for p in model.parameters())
-    return Plan(keep={f: d for f, d in keep.items() if d}, attrs=attrs, removed={}, config={"rebuild": True},
-                params_before=n, params_after=n)

@@ -43,7 +43,11 @@ def default_inputs(model: nn.Module) -> Inputs:
         return (torch.randn(1, *cfg["input_size"], device=device),), {}
     hf = getattr(model, "config", None)
     if hf is not None and hasattr(hf, "to_dict"):
-        return (), _hf_inputs(model, hf, device)
+        try:
+            return (), _hf_inputs(model, hf, device)
+        except Exception as err:  # noqa: BLE001 - a config without the fields a standard model has
+            raise TraceError(f"cannot derive example inputs for {type(model).__qualname__} from its config "
+                             f"({type(err).__name__}: {err}); pass example_inputs=") from err
     raise TraceError(
         f"cannot derive example inputs for {type(model).__qualname__}: it is neither a timm model "
         f"(pretrained_cfg) nor a Hugging Face model (config); pass example_inputs=")
@@ -61,9 +65,9 @@ def _hf_inputs(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, An
     kwargs: dict[str, Any] = {main: ids}
     if getattr(cfg, "is_encoder_decoder", False):
         kwargs["decoder_input_ids"] = ids[:, :4]
-    if "use_cache" in _forward_params(model):
+    if "use_cache" in forward_params(model):
         kwargs["use_cache"] = False  # a returned KV cache is no pytree export can flatten, nor a shape to keep
-    if "pixel_values" in _forward_params(model) and hasattr(cfg, "vision_config"):
+    if "pixel_values" in forward_params(model) and hasattr(cfg, "vision_config"):
         size = cfg.vision_config.image_size
         kwargs["pixel_values"] = torch.randn(1, 3, size, size, device=device)
     return kwargs
@@ -82,7 +86,7 @@ def is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-def _forward_params(model: nn.Module) -> set[str]:
+def forward_params(model: nn.Module) -> set[str]:
     import inspect
     try:
         return set(inspect.signature(model.forward).parameters)

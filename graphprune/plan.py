@@ -20,13 +20,26 @@ from torch import nn
 from .config import ShrinkConfig
 from .coupling import attr_path, owner_key
 from .errors import PlanError
+from . import schema
 from .groups import Group, Groups
 from . import widths
+from .options import checked
 from .scores import Scores, score
+from .validate import fingerprint
+
+PLAN_VERSION = 2  # 2: fingerprint of the model, coupled members of each pruned group (1: neither)
+REMAKE = "Make the plan again from the model (graphprune.make_plan, or graphprune shrink on the command line)."
+
 
 @dataclass(frozen=True)
 class Plan:
-    """Which indices every pruned tensor keeps, and the module attributes that change."""
+    """Which indices every pruned tensor keeps, and the module attributes that change.
+
+    ``fingerprint`` identifies the model it was made for (parameter and buffer names and shapes,
+    see ``graphprune.validate.fingerprint``); ``coupled`` lists, per removed group, its members
+    as ``[fqn, dim or attribute, indices per unit]``, so ``apply_plan_`` can check that coupled
+    tensors stay consistent without tracing the model again.
+    """
 
     keep: dict[str, dict[int, list[int]]]
     attrs: dict[str, dict[str, Any]]
@@ -36,38 +49,48 @@ class Plan:
     params_after: int
     output_shapes: list[list[int]] = field(default_factory=list)
     model_config: dict[str, Any] = field(default_factory=dict)
-    version: int = 1
+    version: int = PLAN_VERSION
+    fingerprint: str = ""
+    model_class: str = ""
+    coupled: dict[int, list[list[Any]]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
         return 1 - self.params_after / self.params_before if self.params_before else 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form (dims and group ids as string keys, tuples as lists)."""
+        return schema.plan_to_dict(self)
+
     def to_json(self, path: str | None = None) -> str:
         """Serialise; ``Plan.from_json`` reads it back.
 
-        >>> p = Plan({}, {}, {}, {"ratio": 0.0}, 10, 10)
+        >>> p = Plan({}, {}, {}, {"ratio": 0.0}, 10, 10, fingerprint="abc")
         >>> Plan.from_json(p.to_json()) == p
         True
         """
-        data = {**self.__dict__, "keep": {f: {str(d): ix for d, ix in dims.items()}
-                                          for f, dims in self.keep.items()},
-                "removed": {str(k): v for k, v in self.removed.items()}}
-        text = json.dumps(data)
+        text = json.dumps(self.to_dict())
         if path is not None:
             with open(path, "w") as fh:
                 fh.write(text)
         return text
 
     @classmethod
+    def from_dict(cls, data: Any, where: str = "plan") -> "Plan":
+        """Check every field (``PlanError`` naming the first bad one) and build the plan. Plans of
+        another format version are refused, with a message saying so.
+
+        >>> Plan.from_dict({"version": 1})
+        Traceback (most recent call last):
+        graphprune.errors.PlanError: plan has format version 1; this graphprune reads plan format 2 only. Make the plan again ...
+        """
+        schema.check_version(data, where, PLAN_VERSION, "plan", REMAKE)
+        return cls(**schema.fields(schema.PLAN_FIELDS, "a plan")(data, where))
+
+    @classmethod
     def from_json(cls, text_or_path: str) -> "Plan":
-        text = text_or_path
-        if not text_or_path.lstrip().startswith("{"):
-            with open(text_or_path) as fh:
-                text = fh.read()
-        data = json.loads(text)
-        data["keep"] = {f: {int(d): ix for d, ix in dims.items()} for f, dims in data["keep"].items()}
-        data["removed"] = {int(k): v for k, v in data["removed"].items()}
-        return cls(**data)
+        """Read a plan from JSON text or a JSON file (never anything else: a plan is data)."""
+        return cls.from_dict(*schema.read_json(text_or_path, "plan"))
 
 
 def count_params(model: nn.Module) -> int:
@@ -88,6 +111,7 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
     >>> abs(plan.ratio - 0.3) <= 0.01
     True
     """
+    config = checked(model, config)
     if scores is None:
         scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
     config = resolve_scope(config, scores)
@@ -336,8 +360,9 @@ def _top_up(per_block: list[int], rest: np.ndarray, expand, cost: Cost, config: 
 def _capped(count: int, g: Group, config: ShrinkConfig) -> int:
     keep = max(g.width - count, config.min_keep, g.width - math.floor(config.max_fraction * g.width + 1e-9))
     step = math.lcm(config.round_to, g.align)
-    if step > 1 and g.width >= step:
-        keep = min(g.width, math.ceil(keep / step) * step)
+    if step > 1:
+        # a multiple of the step, or the whole group: a group narrower than the step stays whole
+        keep = g.width if g.width < step else min(g.width, math.ceil(keep / step) * step)
     return max(g.width - keep, 0)
 
 
@@ -373,7 +398,15 @@ def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], con
     after = before - sum(_lost(params[f], dims) for f, dims in keep.items() if f in params)
     return Plan(keep=keep, attrs=attrs, removed={g.id: u for g, u in chosen}, config=config,
                 params_before=before, params_after=int(after),
-                output_shapes=[list(s) for s in groups.traced.output_shapes], model_config=model_config)
+                output_shapes=[list(s) for s in groups.traced.output_shapes], model_config=model_config,
+                fingerprint=fingerprint(model), model_class=type(model).__qualname__,
+                coupled={g.id: coupled_members(g) for g, _ in chosen})
+
+
+def coupled_members(g: Group) -> list[list[Any]]:
+    """What ``apply_plan_`` checks a plan's indices against: each member with its indices per unit."""
+    return ([[m.fqn, m.dim, int(m.indices.shape[1])] for m in g.members]
+            + [[a.fqn, a.attr, int(a.indices.shape[1])] for a in g.attrs])
 
 
 def _lost(t: Any, dims: dict[int, list[int]]) -> int:

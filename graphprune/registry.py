@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 from .errors import RegistryError
 
 
-def _where(fn: Any) -> str:
+def where_defined(fn: Any) -> str:
     try:
         return f"{fn.__module__}.{fn.__qualname__} ({inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]})"
     except (TypeError, OSError, AttributeError):
@@ -35,8 +35,8 @@ class Registry:
             for key in keys:
                 if key in self._items and not override:
                     raise RegistryError(
-                        f"{self.kind} {key!r} is registered twice: by {_where(self._items[key])} and by "
-                        f"{_where(fn)}; pass override=True to replace it")
+                        f"{self.kind} {key!r} is registered twice: by {where_defined(self._items[key])} and by "
+                        f"{where_defined(fn)}; pass override=True to replace it")
                 self._items[key] = fn
             return fn
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -82,6 +83,11 @@ class Report:
         return 1 - self.params_after / self.params_before
 
     def __str__(self) -> str:
+        return self.format()
+
+    def format(self, max_rows: int | None = 20) -> str:
+        """The report with at most ``max_rows`` lines per list (changes, frozen groups, ops without a
+        rule, notes) and an "N more" line for the rest; ``max_rows=None`` lists everything."""
         lines = [f"parameters {self.params_before:,} -> {self.params_after:,} (-{self.ratio:.1%})",
                  f"MACs       {self.macs_before:,} -> {self.macs_after:,} "
                  f"(-{1 - self.macs_after / max(self.macs_before, 1):.1%})",
@@ -90,15 +96,44 @@ class Report:
                  f"criterion {self.criterion}, scope {self.scope}, compensation {self.compensate or 'none'}"
                  + (f", calibration {self.calibration_batches} batches in {self.calibration_seconds:.1f} s"
                     if self.calibration_batches else "")]
-        lines += [f"  pruned: {p}" for p in self.pruned[:8]]
-        lines += [f"  frozen: {f}" for f in self.frozen[:5]]
-        lines += [f"  no rule: {u}" for u in self.unsupported[:5]]
+        lines += _rows("pruned", self.pruned, max_rows)
+        lines += _rows("frozen", self.frozen, max_rows)
+        lines += _rows("no rule", self.unsupported, max_rows)
         if self.left_out:
-            lines.append(f"  left unpruned (their forward broke when pruned): {', '.join(self.left_out[:8])}")
-        lines += [f"  note: {n}" for n in self.notes[:8]]
-        if len(self.notes) > 8:
-            lines.append(f"  ... {len(self.notes) - 8} more notes (report.notes)")
+            lines.append(f"  left unpruned (their forward broke when pruned): {', '.join(self.left_out)}")
+        lines += _rows("note", self.notes, max_rows)
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field but the plan (``report.plan.to_json()`` has it), JSON-ready."""
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in fields(self) if f.name != "plan" for v in [getattr(self, f.name)]}
+
+    def to_json(self, path: str | None = None) -> str:
+        """The report as JSON (written to ``path`` too if given).
+
+        >>> import json
+        >>> json.loads(Report(10, 5, 100, 40, ("fc: 4 -> 2 channels",), ()).to_json())["pruned"]
+        ['fc: 4 -> 2 channels']
+        """
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text)
+        return text
+
+
+def _rows(label: str, items: tuple[str, ...], max_rows: int | None) -> list[str]:
+    """``  label: item`` lines, the first ``max_rows`` of them, then how many more there are.
+
+    >>> _rows("pruned", ("a", "b", "c"), 2)
+    ['  pruned: a', '  pruned: b', '  ... 1 more pruned (report.format(max_rows=None) lists all)']
+    """
+    shown = items if max_rows is None else items[:max_rows]
+    lines = [f"  {label}: {item}" for item in shown]
+    if len(items) > len(shown):
+        lines.append(f"  ... {len(items) - len(shown)} more {label} (report.format(max_rows=None) lists all)")
+    return lines
 
 
 def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Groups",

@@ -80,10 +80,11 @@ def config_updates(config: Any, groups: list[Group], removed: dict[int, int], ki
     for prefix, cfg in [("", config)] + [(f"{k}.", v) for k, v in vars(config).items() if hasattr(v, "to_dict")]:
         found = {f"{prefix}{n}": v for k, names in FIELDS.items() for n in names
                  if (v := new_value(getattr(cfg, n, None), k, changes[k])) is not None}
-        if found and (hasattr(cfg, "head_dim") or hasattr(cfg, "num_attention_heads")):
+        head_dim = _head_dim(cfg)
+        if found and head_dim is not None:
             # head_dim is kept; configs without the field derive it from hidden_size // heads, so
             # write it explicitly before either changes (most modules read config.head_dim first)
-            found.setdefault(f"{prefix}head_dim", _head_dim(cfg))
+            found.setdefault(f"{prefix}head_dim", head_dim)
         out.update({k: v for k, v in found.items() if _settable(cfg, k.rsplit(".", 1)[-1])})
     return out
 
@@ -106,10 +107,19 @@ def head_dim_follows_hidden(config: Any) -> bool:
     return hasattr(config, "hidden_size") and not _settable(config, "head_dim")
 
 
-def _head_dim(config: Any) -> int:
-    if getattr(config, "head_dim", None):
-        return int(config.head_dim)
-    return int(config.hidden_size // config.num_attention_heads)
+def _head_dim(config: Any) -> int | None:
+    """One head size for every layer, or None where the config has none (Swin lists heads per stage).
+
+    >>> import types
+    >>> _head_dim(types.SimpleNamespace(hidden_size=64, num_attention_heads=4)), _head_dim(types.SimpleNamespace(num_heads=[2, 4]))
+    (16, None)
+    """
+    if type(getattr(config, "head_dim", None)) is int and config.head_dim:
+        return config.head_dim
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if type(hidden) is int and type(heads) is int and heads > 0:
+        return hidden // heads
+    return None
 
 
 def describes(config: Any, kind: str, width: int) -> bool:

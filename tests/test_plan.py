@@ -81,7 +81,7 @@ def test_plan_json_file_round_trip(resnet, tmp_path) -> None:
 def test_config_round_trip_and_unknown_keys() -> None:
     config = graphprune.ShrinkConfig(ratio=0.25, ignore=(torch.nn.Linear, "head"), round_to=4)
     assert graphprune.ShrinkConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(graphprune.ConfigError, match="unknown config keys \\['ratoi'\\]"):
+    with pytest.raises(graphprune.ConfigError, match="unknown config key 'ratoi' \\(did you mean 'ratio'\\?\\)"):
         graphprune.ShrinkConfig.from_dict({"ratio": 0.2, "ratoi": 0.3})
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import timm
 import torch
 
+from graphprune.progress import bar
+
 OUT = Path(__file__).with_name("timm_families.json")
 
 
@@ -42,9 +44,11 @@ def smallest(family: str) -> dict:
 
 def main() -> None:
     families = []
-    for family in sorted(timm.list_modules()):
+    progress = bar(sorted(timm.list_modules()), "zoo families", unit="family")
+    for family in progress:
+        progress.set_postfix_str(family)
         families.append(smallest(family))
-        print(json.dumps(families[-1]), file=sys.stderr, flush=True)
+        progress.write(json.dumps(families[-1]), file=sys.stderr)
     OUT.write_text(json.dumps({"timm_version": timm.__version__, "torch_version": torch.__version__.split("+")[0],
                                "families": families}, indent=1) + "\n")
 

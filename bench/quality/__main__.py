@@ -54,7 +54,8 @@ def render(results: list[dict]) -> str:
 def section(r: dict) -> list[str]:
     cols, ratios = r["columns"], sorted({row["ratio"] for row in r["rows"] if row["ratio"] > 0})
     out = [f"## {r['name']}", "", f"Settings: `{json.dumps(r['settings'])}`; whole run {r['seconds']:.0f} s.", ""]
-    out += summary(r, cols[0], ratios) + [""]
+    for metric in cols[:1] + [c for c in cols[1:] if c in LOWER_IS_BETTER]:
+        out += summary(r, metric, ratios) + [""]
     head = "| method | " + " | ".join(f"{ratio:g}: {c}" for ratio in ratios for c in cols + ["removed"]) + " |"
     out += [head, "|---" * (1 + len(ratios) * (len(cols) + 1)) + "|"]
     for method in dict.fromkeys(row["method"] for row in r["rows"]):
@@ -73,21 +74,41 @@ def section(r: dict) -> list[str]:
 def cell(row: dict | None, col: str) -> str:
     if row is None or col not in row:
         return "fails" if row is not None and row.get("note") else "-"
-    return f"{row[col]:.3f}" if isinstance(row[col], float) else str(row[col])
+    return f"{row[col]:{'.4f' if col == 'kl' else '.3f'}}" if isinstance(row[col], float) else str(row[col])
 
 
 def summary(r: dict, metric: str, ratios: list[float]) -> list[str]:
-    """Best graphprune recipe against best Torch-Pruning baseline, per ratio, on the first metric."""
+    """Best graphprune recipe against best Torch-Pruning baseline, per ratio, on one metric; where rows
+    record per-sample agreement, the two bests are compared on the same samples as well."""
     better = min if metric in LOWER_IS_BETTER else max
-    out = [f"| ratio | best gp ({metric}) | best tp ({metric}) | gp default | tp l2 local |", "|---|---|---|---|---|"]
+    paired = metric == r["columns"][0] and any("agree" in x for x in r["rows"])
+    head = f"| ratio | best gp ({metric}) | best tp ({metric}) | gp default | tp l2 local |"
+    out = [head + (" only gp / only tp agree (McNemar p) |" if paired else ""), "|---" * (5 + paired) + "|"]
     for ratio in ratios:
         rows = [x for x in r["rows"] if x["ratio"] == ratio and metric in x]
         pick = lambda tool: better((x for x in rows if x["method"].startswith(tool)), key=lambda x: x[metric], default=None)
         named = lambda m: next((f"{x[metric]:.3f}" for x in rows if x["method"] == m), "-")
         gp, tp = pick("gp"), pick("tp")
-        fmt = lambda x: f"{x[metric]:.3f} ({x['method']})" if x else "-"
-        out.append(f"| {ratio:g} | {fmt(gp)} | {fmt(tp)} | {named('gp l2 (default)')} | {named('tp l2 local')} |")
+        fmt = lambda x: f"{x[metric]:{'.4f' if metric in LOWER_IS_BETTER else '.3f'}} ({x['method']})" if x else "-"
+        line = f"| {ratio:g} | {fmt(gp)} | {fmt(tp)} | {named('gp l2 (default)')} | {named('tp l2 local')} |"
+        out.append(line + (f" {mcnemar(gp, tp)} |" if paired else ""))
     return out
+
+
+def mcnemar(a: dict | None, b: dict | None) -> str:
+    """Samples only ``a`` gets right, only ``b`` does, and the exact two-sided McNemar p-value.
+
+    >>> mcnemar({"agree": "1101"}, {"agree": "0111"})
+    '1 / 1 (p=1.00)'
+    """
+    if not a or not b or "agree" not in a or "agree" not in b:
+        return "-"
+    from scipy.stats import binomtest
+
+    only_a = sum(x == "1" and y == "0" for x, y in zip(a["agree"], b["agree"]))
+    only_b = sum(x == "0" and y == "1" for x, y in zip(a["agree"], b["agree"]))
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return f"{only_a} / {only_b} (p={p:.2f})"
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("gp l2 (default)", {}),
     ("gp l2 local", dict(scope="local")),
     ("gp taylor", dict(scorer="taylor")),
+    ("gp hessian", dict(scorer="hessian")),
     ("gp activation", dict(scorer="activation")),
     ("gp activation+mean", dict(scorer="activation", compensate="mean")),
     ("gp fluctuation+mean", dict(scorer="fluctuation", compensate="mean")),

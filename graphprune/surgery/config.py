@@ -12,8 +12,8 @@ from typing import Any
 from torch import nn
 
 from ..plan import Plan
-
-RECORD_VERSION = 1
+from ..record import RECORD_VERSION
+from ..validate import fingerprint
 
 
 def hf_config(model: nn.Module) -> Any:
@@ -32,7 +32,8 @@ def start_record_(model: nn.Module) -> None:
     sets any attribute (a module may write its width into the shared config: Phi-3's heads)."""
     cfg = hf_config(model)
     if cfg is not None and getattr(cfg, "graphprune", None) is None:
-        cfg.graphprune = {"version": RECORD_VERSION, "base": cfg.to_dict(), "shapes": {}, "attrs": {}}
+        cfg.graphprune = {"version": RECORD_VERSION, "base": cfg.to_dict(), "shapes": {}, "attrs": {},
+                          "fingerprint": fingerprint(model)}
 
 
 def sync_config_(model: nn.Module, plan: Plan) -> None:

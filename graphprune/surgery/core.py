@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from ..coupling import attr_path
-from ..errors import PlanError, SurgeryError
+from ..errors import SurgeryError
 from ..inputs import Inputs, normalize_inputs, output_shapes, run_model
 from ..plan import Plan
 from ..registry import Registry
+from ..validate import check_plan
 from .config import config_objects, hf_config, start_record_, sync_config_
 
 SLICERS = Registry("slicer")
@@ -34,7 +35,9 @@ def register_slicer(*types: type, override: bool = False) -> Callable:
 
 def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None) -> nn.Module:
     """Prune ``model`` in place as ``plan`` says; with example inputs, check the forward still runs
-    and gives the shapes it gave before. ``compensation`` (``graphprune.compensate.compensation``)
+    and gives the shapes it gave before. The plan is checked first (``graphprune.validate``: the
+    model it was made for, its version, every index, coupled widths, attribute writes); a plan
+    that does not fit raises ``PlanError`` with the model untouched. ``compensation`` (``graphprune.compensate.compensation``)
     is written first, from the columns about to go. On any failure the model is restored (the
     compensation too) and SurgeryError raised.
 
@@ -44,7 +47,13 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
     >>> apply_plan_(m, plan) is m
     True
     """
-    _check(model, plan)
+    check_plan(model, plan)  # before anything changes: a plan may come from a file
+    return apply_checked_(model, plan, example_inputs, compensation)
+
+
+def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None) -> nn.Module:
+    """``apply_plan_`` for a plan already checked against ``model`` (``graphprune.record`` checks
+    the shape plans it builds from a saved record with ``check_record``)."""
     extra = _compensated_modules(compensation)
     snapshot = _Snapshot(model, plan, extra)
     try:
@@ -80,19 +89,6 @@ def _compensated_modules(compensation: Any) -> set[str]:
 
 def _owner(fqn: str) -> tuple[str, str]:
     return tuple(fqn.rsplit(".", 1)) if "." in fqn else ("", fqn)  # type: ignore[return-value]
-
-
-def _check(model: nn.Module, plan: Plan) -> None:
-    tensors = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers())}
-    for fqn, dims in plan.keep.items():
-        if fqn not in tensors:
-            raise PlanError(f"plan prunes {fqn!r}, which this model does not have; "
-                            f"apply the plan to the architecture it was made for")
-        for d, ix in dims.items():
-            size = tensors[fqn].shape[d]
-            if ix and (max(ix) >= size or min(ix) < 0):
-                raise PlanError(f"plan keeps index {max(ix)} of {fqn}:{d}, which has size {size}; "
-                                f"the plan was made for a different (or already pruned) model")
 
 
 def _aliases(model: nn.Module) -> dict[int, list[str]]:

@@ -1,0 +1,212 @@
+"""Plan and record files: field-by-field checks of JSON data read back from disk.
+
+A plan or a saved-model record is data from a file the user may have edited or been sent, so every
+field is checked for its type before anything reads it, and a failure is a ``PlanError`` that names
+the field (``keep['conv1.weight']['0'][3] must be an integer, got 'x'``), never a raw KeyError.
+A check is a function ``(value, path) -> value`` (it may convert, e.g. the string keys JSON
+forces on dims back to ints); ``fields`` combines them into the check of one JSON object.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any, Callable
+
+from .errors import PlanError
+
+Check = Callable[[Any, str], Any]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def fail(path: str, want: str, value: Any) -> PlanError:
+    return PlanError(f"{path} must be {want}, got {_show(value)}")
+
+
+def integer(minimum: int | None = None) -> Check:
+    """An int (never a bool or a float), at least ``minimum``.
+
+    >>> integer(0)(3, "x")
+    3
+    >>> integer(0)(-1, "plan field x")
+    Traceback (most recent call last):
+    graphprune.errors.PlanError: plan field x must be an integer >= 0, got int -1
+    """
+    want = "an integer" if minimum is None else f"an integer >= {minimum}"
+
+    def check(value: Any, path: str) -> int:
+        if type(value) is not int or (minimum is not None and value < minimum):
+            raise fail(path, want, value)
+        return value
+
+    return check
+
+
+def string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise fail(path, "a string", value)
+    return value
+
+
+def anything(value: Any, path: str) -> Any:
+    return value
+
+
+def int_key(value: Any, path: str) -> int:
+    """A dim or group id: JSON writes mapping keys as strings, so "0" reads as 0."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    raise fail(path, "an integer key", value)
+
+
+def list_of(item: Check) -> Check:
+    def check(value: Any, path: str) -> list:
+        if not isinstance(value, (list, tuple)):
+            raise fail(path, "a list", value)
+        return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+    return check
+
+
+def dict_of(item: Check, key: Check = string) -> Check:
+    def check(value: Any, path: str) -> dict:
+        if not isinstance(value, dict):
+            raise fail(path, "an object (mapping)", value)
+        return {key(k, f"{path} key {k!r}"): item(v, f"{path}[{k!r}]") for k, v in value.items()}
+
+    return check
+
+
+def either(*checks: Check, want: str) -> Check:
+    def check(value: Any, path: str) -> Any:
+        for c in checks:
+            try:
+                return c(value, path)
+            except PlanError:
+                continue
+        raise fail(path, want, value)
+
+    return check
+
+
+def fields(spec: dict[str, tuple[Check, bool]], what: str) -> Check:
+    """An object with the given fields (``name: (check, required)``); unknown fields are refused
+    with the closest known name, so a typo is not silently ignored.
+
+    >>> c = fields({"ratio": (anything, True)}, "plan")
+    >>> c({"ratoi": 1}, "plan")
+    Traceback (most recent call last):
+    graphprune.errors.PlanError: plan has an unknown field 'ratoi' (did you mean 'ratio'?); known fields: ratio
+    """
+
+    def check(value: Any, path: str) -> dict:
+        if not isinstance(value, dict):
+            raise fail(path, f"a JSON object ({what})", value)
+        for name in value:
+            if name not in spec:
+                close = difflib.get_close_matches(str(name), list(spec), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise PlanError(f"{path} has an unknown field {name!r}{hint}; known fields: {', '.join(spec)}")
+        out = {}
+        for name, (c, required) in spec.items():
+            if name in value:
+                out[name] = c(value[name], f"{path} field {name!r}" if path else name)
+            elif required:
+                raise PlanError(f"{path} has no field {name!r}: {what} needs it")
+        return out
+
+    return check
+
+
+INDEX_LIST = list_of(integer())
+SHAPE = list_of(integer(1))
+ATTR_VALUE = either(integer(), list_of(integer()), want="an integer or a list of integers")
+def member(value: Any, path: str) -> list:
+    """A coupled member: [tensor fqn, dim, indices per unit] or [module fqn, attribute, indices per unit]."""
+    ok = (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
+          and (isinstance(value[1], str) or (type(value[1]) is int and value[1] >= 0))
+          and type(value[2]) is int and value[2] >= 1)
+    if not ok:
+        raise fail(path, "[fqn, dim or attribute name, indices per unit >= 1]", value)
+    return list(value)
+
+
+PLAN_FIELDS: dict[str, tuple[Check, bool]] = {
+    "version": (integer(), True),
+    "fingerprint": (string, True),
+    "model_class": (string, False),
+    "keep": (dict_of(dict_of(INDEX_LIST, key=int_key)), True),
+    "attrs": (dict_of(dict_of(ATTR_VALUE)), True),
+    "removed": (dict_of(INDEX_LIST, key=int_key), True),
+    "coupled": (dict_of(list_of(member), key=int_key), True),
+    "config": (dict_of(anything), True),
+    "params_before": (integer(0), True),
+    "params_after": (integer(0), True),
+    "output_shapes": (list_of(list_of(integer(0))), False),
+    "model_config": (dict_of(integer(1)), False),
+}
+
+RECORD_FIELDS: dict[str, tuple[Check, bool]] = {
+    "format": (string, False),
+    "version": (integer(), True),
+    "base": (dict_of(anything), True),
+    "shapes": (dict_of(SHAPE), True),
+    "attrs": (dict_of(dict_of(ATTR_VALUE)), True),
+    "fingerprint": (string, False),
+}
+
+
+def check_version(data: Any, path: str, want: int, what: str, fix: str) -> None:
+    """Refuse data written in another format version, before reading any other field (an old
+    file's fields may mean something else)."""
+    if not isinstance(data, dict):
+        raise fail(path, f"a JSON object ({what})", data)
+    if "version" not in data:
+        raise PlanError(f"{path} has no 'version' field: it was written before {what}s were versioned (format 1), "
+                        f"and this graphprune reads {what} format {want} only. {fix}")
+    version = data["version"]
+    if version != want or type(version) is not int:
+        raise PlanError(f"{path} has format version {version!r}; this graphprune reads {what} format {want} "
+                        f"only. {fix}")
+
+
+def read_text(path: str, what: str) -> str:
+    """The text of a JSON file, or a PlanError saying why it cannot be one (missing, binary: a
+    pickle passed where JSON belongs is refused here, never handed to anything that would load it)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as err:
+        raise PlanError(f"cannot read {what} {path!r}: {err.strerror or err}") from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{what} {path!r} is not a JSON text file (binary data at byte {err.start}); "
+                        f"graphprune reads it only as the JSON it writes") from err
+
+
+def read_json(text_or_path: str, what: str) -> tuple[Any, str]:
+    """(parsed JSON, where it came from) from JSON text or the path of a JSON file."""
+    if text_or_path.lstrip().startswith("{"):
+        text, where = text_or_path, what
+    else:
+        text, where = read_text(text_or_path, f"{what} file"), f"{what} file {text_or_path!r}"
+    try:
+        return json.loads(text), where
+    except json.JSONDecodeError as err:
+        raise PlanError(f"{where} is not valid JSON ({err}); graphprune reads the JSON it writes") from err
+
+
+def plan_to_dict(plan: Any) -> dict[str, Any]:
+    """A plan's fields, JSON-ready: dims and group ids as string keys, tuples as lists."""
+    return {**plan.__dict__,
+            "keep": {f: {str(d): list(ix) for d, ix in dims.items()} for f, dims in plan.keep.items()},
+            "removed": {str(k): list(v) for k, v in plan.removed.items()},
+            "coupled": {str(k): [list(m) for m in v] for k, v in plan.coupled.items()},
+            "attrs": {f: {a: list(v) if isinstance(v, tuple) else v for a, v in av.items()}
+                      for f, av in plan.attrs.items()}}

@@ -1,0 +1,181 @@
+"""Tests for graphprune/validate.py: a bad plan is refused before the model changes, naming the field."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import graphprune
+from graphprune.errors import PlanError
+
+from .models import Grouped, HandAttention
+
+IMG = torch.randn(1, 3, 8, 8)
+
+
+def _plan(model: nn.Module, x: torch.Tensor, ratio: float = 0.3) -> graphprune.Plan:
+    return graphprune.make_plan(model, graphprune.find_groups(model, x),
+                                graphprune.ShrinkConfig(ratio=ratio, tolerance=0.3))
+
+
+def _snapshot(model: nn.Module) -> tuple[dict, dict]:
+    tensors = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    attrs = {fqn: {k: copy.copy(v) for k, v in vars(m).items() if k not in ("_parameters", "_buffers", "_modules")}
+             for fqn, m in model.named_modules()}
+    return tensors, attrs
+
+
+def _unchanged(model: nn.Module, snap: tuple[dict, dict]) -> bool:
+    tensors, attrs = _snapshot(model)
+    same_tensors = tensors.keys() == snap[0].keys() and all(
+        tensors[k].dtype == snap[0][k].dtype and tensors[k].shape == snap[0][k].shape
+        and torch.equal(tensors[k].view(-1).view(torch.uint8), snap[0][k].view(-1).view(torch.uint8))
+        for k in tensors)
+    return same_tensors and attrs == snap[1]
+
+
+def _refused(model: nn.Module, plan: graphprune.Plan, match: str) -> None:
+    snap = _snapshot(model)
+    with pytest.raises(PlanError, match=match):
+        graphprune.apply_plan_(model, plan)
+    assert _unchanged(model, snap)
+
+
+@pytest.fixture(scope="module")
+def grouped():
+    model = Grouped().eval()
+    return model, _plan(model, IMG)
+
+
+def _edit_keep(plan: graphprune.Plan, fqn: str, dim: int, ix: list[int]) -> graphprune.Plan:
+    keep = {f: dict(d) for f, d in plan.keep.items()}
+    keep[fqn][dim] = ix
+    return dataclasses.replace(plan, keep=keep)
+
+
+def _first_pruned(plan: graphprune.Plan, prefix: str) -> tuple[str, int, list[int]]:
+    return next((f, d, ix) for f, dims in plan.keep.items() for d, ix in dims.items() if f.startswith(prefix))
+
+
+def test_the_valid_plan_applies(grouped) -> None:
+    model, plan = grouped
+    small = graphprune.apply_plan_(copy.deepcopy(model), plan, IMG)
+    assert graphprune.count_params(small) == plan.params_after < plan.params_before
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda ix, n: ix[:-1] + [n], r"index \d+ is out of range for dim \d of size"),
+    (lambda ix, n: [-1] + ix[1:], r"negative index -1"),
+    (lambda ix, n: ix[:1] + ix[:-1], r"index \d+ appears twice"),
+    (lambda ix, n: ix[::-1], r"comes after"),
+    (lambda ix, n: [], r"keeps no index"),
+])
+def test_bad_indices_are_refused_before_any_change(grouped, edit, match) -> None:
+    model, plan = grouped
+    fqn, dim, ix = _first_pruned(plan, "c1.0.weight")
+    n = dict(model.named_parameters())[fqn].shape[dim]
+    _refused(model, _edit_keep(plan, fqn, dim, edit(list(ix), n)), rf"keep\['{fqn}'\]\[{dim}\].*{match}")
+
+
+def test_coupled_tensors_that_would_disagree_are_refused(grouped) -> None:
+    model, plan = grouped
+    fqn, dim, ix = _first_pruned(plan, "c1.1.weight")  # the BN after c1: one index fewer than its conv
+    _refused(model, _edit_keep(plan, fqn, dim, list(ix)[1:]), rf"keep\['{fqn}'\]\[{dim}\] keeps .* coupled tensors")
+
+
+def test_a_dim_no_removed_group_couples_is_refused(grouped) -> None:
+    model, plan = grouped
+    keep = {**plan.keep, "head.bias": {0: [0, 1]}}
+    _refused(model, dataclasses.replace(plan, keep=keep), r"keep\['head.bias'\]\[0\] prunes a dim that no removed group")
+
+
+@pytest.mark.parametrize("attrs, match", [
+    ({"c2.0": {"forward": 3}}, r"method or read-only property"),
+    ({"c2.0": {"training": False}}, r"not a width"),
+    ({"head": {"out_features": 2}}, r"'out_features' is neither bound to a removed group"),
+    ({"c2.0": {"groups": 2}}, r"groups'\] is 2, but group\(s\) \[\d+\] remove 1 of its 4: it must be 3"),
+    ({"c2.0": {"_version": 1}}, r"not a public attribute name"),
+    ({"no.such": {"groups": 1}}, r"has no module 'no.such'"),
+    ({"": {"hidden_size": 5}}, r"has no attribute 'hidden_size'"),
+])
+def test_attribute_writes_other_than_bound_widths_are_refused(grouped, attrs, match) -> None:
+    model, plan = grouped
+    assert plan.attrs == {"c2.0": {"groups": 3}}
+    _refused(model, dataclasses.replace(plan, attrs={**plan.attrs, **attrs}), match)
+
+
+def test_a_width_attribute_never_grows() -> None:
+    model = HandAttention().eval()
+    plan = _plan(model, torch.randn(2, 5, 16))
+    assert plan.attrs == {"": {"heads": 3}}
+    _refused(model, dataclasses.replace(plan, attrs={"": {"heads": 7}}), r"7 cannot replace 4")
+
+
+def test_config_fields_need_a_config_and_a_width_name(grouped) -> None:
+    model, plan = grouped
+    _refused(model, dataclasses.replace(plan, model_config={"hidden_size": 4}), r"has no config")
+
+
+def test_other_format_versions_are_refused(grouped) -> None:
+    model, plan = grouped
+    _refused(model, dataclasses.replace(plan, version=1), r"format version 1; this graphprune applies format 2")
+    data = json.loads(plan.to_json())
+    del data["version"]
+    with pytest.raises(PlanError, match=r"no 'version' field: it was written before plans were versioned"):
+        graphprune.Plan.from_dict(data)
+    with pytest.raises(PlanError, match=r"format version 3; this graphprune reads plan format 2 only"):
+        graphprune.Plan.from_json(json.dumps({**data, "version": 3}))
+
+
+def test_a_plan_for_another_resnet_is_refused() -> None:
+    r18 = timm.create_model("resnet18").eval()
+    plan = graphprune.make_plan(r18, graphprune.find_groups(r18), graphprune.ShrinkConfig(ratio=0.3))
+    r34 = timm.create_model("resnet34").eval()
+    _refused(r34, plan, r"made for another model \(ResNet with 11,689,512 parameters.*21,797,672 parameters")
+    _refused(r34, dataclasses.replace(plan, fingerprint=""), r"no fingerprint")
+    pruned = graphprune.apply_plan_(copy.deepcopy(r18), plan)
+    _refused(pruned, plan, r"already pruned")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.pop("keep"), r"plan has no field 'keep'"),
+    (lambda d: d.update(keep={"w": {"0": ["1"]}}), r"plan field 'keep'\['w'\]\['0'\]\[0\] must be an integer, got str"),
+    (lambda d: d.update(keep={"w": {"x": [1]}}), r"plan field 'keep'\['w'\] key 'x' must be an integer key"),
+    (lambda d: d.update(params_after="10"), r"plan field 'params_after' must be an integer >= 0"),
+    (lambda d: d.update(attrs={"m": {"a": 1.5}}), r"plan field 'attrs'\['m'\]\['a'\] must be an integer or a list"),
+    (lambda d: d.update(coupled={"0": [["w", 0]]}), r"plan field 'coupled'\['0'\]\[0\] must be \[fqn"),
+    (lambda d: d.update(kep={}), r"unknown field 'kep' \(did you mean 'keep'\?\)"),
+    (lambda d: d.update(fingerprint=7), r"plan field 'fingerprint' must be a string"),
+])
+def test_schema_errors_name_the_field(grouped, edit, match) -> None:
+    data = json.loads(grouped[1].to_json())
+    edit(data)
+    with pytest.raises(PlanError, match=match):
+        graphprune.Plan.from_json(json.dumps(data))
+
+
+def test_plan_files_that_are_not_json_are_refused(tmp_path) -> None:
+    (tmp_path / "bin.json").write_bytes(b"\x80\x04\x95\x00")
+    with pytest.raises(PlanError, match="not a JSON text file"):
+        graphprune.Plan.from_json(str(tmp_path / "bin.json"))
+    (tmp_path / "bad.json").write_text("[1, 2")
+    with pytest.raises(PlanError, match="not valid JSON"):
+        graphprune.Plan.from_json(str(tmp_path / "bad.json"))
+    with pytest.raises(PlanError, match="cannot read plan file"):
+        graphprune.Plan.from_json(str(tmp_path / "missing.json"))
+
+
+def test_a_new_kind_of_change_registers_its_own_check(grouped) -> None:
+    model, plan = grouped
+    seen = []
+    graphprune.validate.plan_check("test-kind")(lambda target: seen.append(target.plan))
+    try:
+        graphprune.check_plan(model, plan)
+    finally:
+        graphprune.validate.PLAN_CHECKS._items.pop("test-kind")
+    assert seen == [plan]
