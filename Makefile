@@ -28,6 +28,10 @@ bench: $(STAMP)
 	$(PIP) -e ".[test,bench]"
 	$(BIN)/python bench/bench_vs_torch_pruning.py
 
+bench-big: $(STAMP)
+	$(PIP) -e ".[test,bench]"
+	$(BIN)/python bench/bench_big.py
+
 bench-quality: $(STAMP)
 	$(PIP) -e ".[test,bench]"
 	$(BIN)/python -m bench.quality
@@ -39,4 +43,4 @@ lock:
 	{ grep '^#' constraints.txt; /tmp/graphprune-lock/bin/pip freeze --all --exclude-editable | \
 	  grep -v -i -E '^(graphprune|nvidia-|cuda-)'; } > constraints.new && mv constraints.new constraints.txt
 
-.PHONY: venv demo test zoo bench bench-quality lock
+.PHONY: venv demo test zoo bench bench-big bench-quality lock

@@ -26,7 +26,9 @@ import json
 import os
 import platform
 import pstats
+import resource
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -38,6 +40,10 @@ from torch import nn
 
 import graphprune
 import timm
+from graphprune.coupling import build_coupling
+from graphprune.groups import groups_from_coupling
+from graphprune.surgery import apply_plan_shared_, shared_copy, unshare_
+from graphprune.surgery.core import _validate
 
 try:
     import torch_pruning as tp
@@ -51,7 +57,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["resnet50", "vit_base_patch16_224"])
+    p.add_argument("--models", nargs="+", default=["resnet50", "vit_base_patch16_224", "densenet121"])
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of parameters to remove")
     p.add_argument("--repeats", type=int, default=3, help="timed pruning runs per tool (after one warm-up)")
     p.add_argument("--latency-runs", type=int, default=20, help="timed forwards per latency measurement")
@@ -62,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: its default, uniform per-layer ratio)")
     p.add_argument("--profile", action="store_true", help="cProfile one extra graphprune run per model")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # run one model, print JSON
     return p.parse_args(argv)
 
 
@@ -86,13 +93,20 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 # -- graphprune -----------------------------------------------------------------------------------
 
 def run_graphprune(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[dict[str, float], nn.Module]:
-    """The four public stages, each timed; surgery runs on a deep copy (the copy is not timed)."""
+    """What ``shrink`` runs, stage by stage, each timed: trace, coupling, groups, scores, plan,
+    surgery (slicing, on a copy sharing the tensors it slices, as shrink makes it; the copy is not
+    timed) and checks (the pruned model's forward against the original output shapes)."""
     t: dict[str, float] = {}
     traced, t["trace"] = timed(lambda: graphprune.trace(model, (x,)))
-    groups, t["groups"] = timed(lambda: graphprune.find_groups(traced))
-    plan, t["plan"] = timed(lambda: graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=ratio)))
-    target = copy.deepcopy(model)
-    _, t["surgery"] = timed(lambda: graphprune.apply_plan_(target, plan, traced.inputs))
+    coupling, t["coupling"] = timed(lambda: build_coupling(traced))
+    groups, t["groups"] = timed(lambda: groups_from_coupling(coupling))
+    scores, t["scores"] = timed(lambda: graphprune.score(model, groups))
+    plan, t["plan"] = timed(lambda: graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=ratio),
+                                                         scores=scores))
+    target, shared = shared_copy(model, {m.fqn for g in groups.prunable for m in g.members})
+    _, t["surgery"] = timed(lambda: apply_plan_shared_(target, plan, None, None, shared))
+    _, t["checks"] = timed(lambda: _validate(target, plan, traced.inputs))
+    unshare_(target, shared)
     return t, target
 
 
@@ -211,8 +225,8 @@ def paired_ratios(gp_runs: list[dict[str, float]], tp_runs: list[dict[str, float
         return statistics.median(sum(g[k] for k in gp_keys) / sum(t[k] for k in tp_keys)
                                  for g, t in zip(gp_runs, tp_runs))
     return {"total": med(tuple(gp_runs[0]), tuple(tp_runs[0])),
-            "analysis": med(("trace", "groups"), ("pruner_init",)),
-            "pruning": med(("plan", "surgery"), ("step",))}
+            "analysis": med(("trace", "coupling", "groups"), ("pruner_init",)),
+            "pruning": med(("scores", "plan", "surgery", "checks"), ("step",))}
 
 
 # -- one model --------------------------------------------------------------------------------------
@@ -264,6 +278,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "timm": timm.__version__, "torch_pruning": tp.__version__,
             "graphprune": graphprune.__version__, "platform": platform.platform(),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "args": {k: str(v) for k, v in vars(args).items()}}
 
 
@@ -280,8 +295,8 @@ def model_lines(r: dict[str, Any]) -> list[str]:
     lines += [f"| graphprune | {k} | {v:.3f} |" for k, v in gp.items()]
     lines += [f"| torch-pruning | {k} | {v:.3f} |" for k, v in tp_.items()]
     lines += ["", f"time ratio graphprune / torch-pruning (median of paired repeats): **total {tr['total']:.2f}x**, "
-              f"analysis (trace+groups vs pruner init) {tr['analysis']:.2f}x, "
-              f"pruning (plan+surgery vs step) {tr['pruning']:.2f}x", "",
+              f"analysis (trace+coupling+groups vs pruner init) {tr['analysis']:.2f}x, "
+              f"pruning (scores+plan+surgery+checks vs step) {tr['pruning']:.2f}x", "",
               "| model | params | removed | GMACs | MAC ratio | latency ms (median) | latency ratio | forward |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
     base = r["original"]
@@ -291,6 +306,7 @@ def model_lines(r: dict[str, Any]) -> list[str]:
                      f"{d['macs'] / 1e9:.3f} | {ratio(d['macs'], base['macs']):.3f} | {d['latency_ms']:.1f} | "
                      f"{ratio(d['latency_ms'], base['latency_ms']):.3f} | {d['forward']} |")
     cal = r["tp_calibration"]
+    lines += ["", f"Peak RSS of this model's process (both tools, all runs): {r.get('peak_rss_mb', float('nan')):.0f} MB."]
     lines += ["", f"Torch-Pruning channel ratio {cal['channel_ratio']:.4f} (calibrated in {cal['trials']} "
               f"untimed trials to remove {cal['param_ratio']:.2%} of parameters).", ""]
     return lines
@@ -300,16 +316,35 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     head = ["# graphprune vs Torch-Pruning (DepGraph)", "",
             f"{info['date']} | {info['cpu']} | {info['cores']} cores, torch threads {info['torch_threads']} | "
             f"torch {info['torch']}, timm {info['timm']}, torch-pruning {info['torch_pruning']}, "
-            f"graphprune {info['graphprune']}, Python {info['python']}", "",
+            f"graphprune {info['graphprune']}, Python {info['python']}, load average at the end "
+            f"{info.get('load_average_1_5_15')}", "",
             f"Settings: {json.dumps(info['args'])}", ""]
     return "\n".join(head + [line for r in results for line in model_lines(r)])
+
+
+def in_subprocess(name: str, argv: list[str]) -> dict[str, Any]:
+    """One model in a fresh process, so its peak RSS (``resource``) is its own."""
+    cmd = [sys.executable, __file__, *argv, "--models", name, "--one"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(done.stderr[-4000:])
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"model": name, "error": f"exit {done.returncode}",
+                                                 "traceback": done.stderr[-4000:]}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.one:
+        result = safe_bench(args.models[0], args)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    results = [safe_bench(name, args) for name in args.models]
+    rest = [f"--ratio={args.ratio}", f"--repeats={args.repeats}", f"--latency-runs={args.latency_runs}",
+            f"--latency-warmup={args.latency_warmup}", f"--threads={args.threads}", f"--seed={args.seed}",
+            f"--out={args.out}"] + ["--tp-global"] * args.tp_global + ["--profile"] * args.profile
+    results = [in_subprocess(name, rest) for name in args.models]
     info = machine_info(args)
     (args.out / "latest.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
     text = markdown(results, info)

@@ -14,7 +14,7 @@ from .errors import (CalibrationError, ConfigError, GraphPruneError, LoadError, 
                      SurgeryError, TraceError, UnsupportedOpError)
 from .groups import Group, Groups, Member, find_groups
 from .plan import Plan, count_params, make_plan
-from .report import Report, count_macs
+from .report import Report, count_macs, plan_report
 from .scores import ScoreContext, Scores, list_scorers, register_scorer, score
 from .surgery import SLICERS, apply_plan_, register_slicer
 from .trace import Traced, trace
@@ -43,6 +43,8 @@ __all__ = [
     "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
     "config_mismatches", "from_pretrained", "LoadError", "RuleError", "ModelSpec", "load_pretrained",
-    "save_pretrained", "check_plan", "fingerprint",
+    "save_pretrained", "check_plan", "fingerprint", "checkpoint_tensors", "meta_model", "prune_checkpoint",
+    "plan_report",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402
+from .checkpoint import checkpoint_tensors, meta_model, prune_checkpoint  # noqa: E402

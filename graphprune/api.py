@@ -1,7 +1,6 @@
 """The one-call entry point: trace -> coupling -> groups -> scores -> plan -> surgery -> report."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from typing import Any, Callable, Iterable
@@ -16,9 +15,9 @@ from .errors import CalibrationError, PlanError, SurgeryError
 from .options import checked
 from .plan import Plan, make_plan
 from .progress import stages
-from .report import Report, make_report
+from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, score
-from .surgery import apply_plan_
+from .surgery import apply_plan_shared_, shared_copy, unshare_
 from .trace import trace
 
 
@@ -54,15 +53,18 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         step("score")
         scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
         step("plan and surgery")
-        target = model if inplace else copy.deepcopy(model)
-        original = copy.deepcopy(model) if inplace and return_report else model
-        plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats)
+        # a copy shares the tensors a plan may slice until surgery has read them: no second full model
+        target, shared = (model, frozenset()) if inplace else shared_copy(
+            model, {m.fqn for g in groups.prunable for m in g.members})
+        macs_before = count_macs(model, traced.inputs) if return_report else 0  # before an in-place model changes
+        plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats, shared)
+        unshare_(target, shared)
         if not return_report:
             return target
         step("report")
         left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
-        report: Report = make_report(original, target, plan, groups, left_out, scores=scores, stats=stats,
-                                     compensation=comp)
+        report: Report = make_report(model, target, plan, groups, left_out, scores=scores, stats=stats,
+                                     compensation=comp, macs_before=macs_before)
     return target, report
 
 
@@ -92,7 +94,8 @@ MAX_RETRIES = 16
 
 
 def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores,
-                     inputs: Any, stats: Stats | None = None) -> tuple[Plan, Compensation | None]:
+                     inputs: Any, stats: Stats | None = None,
+                     shared: frozenset[int] = frozenset()) -> tuple[Plan, Compensation | None]:
     """Plan and prune; if the pruned forward breaks inside a module (its code derives a width from a
     constant or another tensor's shape, invisible in the traced graph), leave every module of that
     type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done stays."""
@@ -104,7 +107,7 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             plan = dataclasses.replace(plan, config={**plan.config, "calibration": {
                 "batches": stats.batches, "loss": stats.loss, "needs": list(stats.needs)}})
         try:
-            apply_plan_(target, plan, inputs, compensation=comp)
+            apply_plan_shared_(target, plan, inputs, comp, shared)
             return plan, comp
         except SurgeryError as err:
             culprits = _same_type(model, getattr(err, "module", None))

@@ -1,8 +1,9 @@
 """Stage 3, groups: resolve reshape factors, then split the coupling graph into prunable groups.
 
-Slot components come from the networkx graph; inside them a vectorised union-find over single
-channels separates independent channels (e.g. the inputs of a cat). Channels whose member
-parameters coincide form one ``Group`` whose units are removed together.
+Channel ids and labels come from ``channels`` (connected components over the couplings, with
+slots joined by identity couplings sharing ids); labels that carry the same members, with the
+same number of positions each, form one ``Group`` whose units are removed together. The work is
+sorts and array operations over all labels at once, plus one step per group.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
-from .coupling import HEAD_COUNT_ATTRS, Coupling, Slot, build_coupling, owner_key
+from .channels import Channels, Space, channels, keyed_spaces, label_classes, label_reasons
+from .coupling import HEAD_COUNT_ATTRS, Coupling, build_coupling, owner_key
 from .trace import Traced, trace
 
 
@@ -143,9 +145,7 @@ def find_groups(model: Any, example_inputs: Any = None, strict: bool = False) ->
 
 def groups_from_coupling(c: Coupling) -> Groups:
     _resolve_factors(c)
-    slots, base = _relevant_slots(c)
-    labels = _channel_labels(c, slots, base)
-    return Groups(tuple(_pin(_make_groups(c, slots, base, labels), c)), c)
+    return Groups(tuple(_pin(_make_groups(c, channels(c)), c)), c)
 
 
 def _pin(groups: list[Group], c: Coupling) -> list[Group]:
@@ -193,104 +193,23 @@ def _resolve_factors(c: Coupling) -> None:
             frozen.add(uf[pick])
 
 
-# -- channel-level union-find -------------------------------------------------------------------
-
-def _relevant_slots(c: Coupling) -> tuple[list[Slot], dict[Slot, int]]:
-    """Slots of components that hold a parameter, buffer or bound attribute; spatial, batch and
-    token dims never do, so the channel-level pass stays small."""
-    g = c.graph
-    active = nx.Graph((u, v) for u, v, d in g.edges(data=True) if d["maps"])
-    active.add_nodes_from(g.nodes)
-    bound = {b.slot for b in c.bindings}
-    slots: list[Slot] = []
-    for comp in nx.connected_components(active):
-        if any(g.nodes[s]["fqn"] or s in bound for s in comp):
-            slots.extend(comp)
-    slots.sort(key=str)
-    base, total = {}, 0
-    for s in slots:
-        base[s], total = total, total + g.nodes[s]["size"]
-    return slots, base
-
-
-def _channel_labels(c: Coupling, slots: list[Slot], base: dict[Slot, int]) -> np.ndarray:
-    a_parts, b_parts = [], []
-    for u, v, d in c.graph.subgraph(slots).edges(data=True):
-        for first, ia, ib in d["maps"]:
-            second = v if first == u else u
-            a_parts.append(base[first] + ia)
-            b_parts.append(base[second] + ib)
-    n = sum(c.graph.nodes[s]["size"] for s in slots)
-    if not a_parts:
-        return np.arange(n)
-    return connected_labels(n, np.concatenate(a_parts), np.concatenate(b_parts))
-
-
-def connected_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Label every id in ``range(n)`` with the smallest id of its component (hook and compress).
-
-    >>> connected_labels(5, np.array([0, 3]), np.array([1, 4])).tolist()
-    [0, 0, 2, 3, 3]
-    """
-    labels = np.arange(n)
-    while True:
-        la, lb = labels[a], labels[b]
-        low = np.minimum(la, lb)
-        if (la == lb).all():
-            return labels
-        np.minimum.at(labels, la, low)
-        np.minimum.at(labels, lb, low)
-        while True:
-            jumped = labels[labels]
-            if (jumped == labels).all():
-                break
-            labels = jumped
-
-
 # -- groups ---------------------------------------------------------------------------------------
 
-def _make_groups(c: Coupling, slots: list[Slot], base: dict[Slot, int], labels: np.ndarray) -> list[Group]:
-    g = c.graph
-    frozen_why = _label_reasons(g, slots, base, labels, "frozen")
-    inexact_why = _label_reasons(g, slots, base, labels, "inexact")
-    unit_of = _label_reasons(g, slots, base, labels, "unit")
-    align_of = _label_reasons(g, slots, base, labels, "align")
-    bound: dict[Slot, list] = {}
-    for bnd in c.bindings:
-        bound.setdefault(bnd.slot, []).append(bnd)
-    entries: dict[int, list[tuple[Any, np.ndarray]]] = {}
-    for s in slots:
-        keys = ([(g.nodes[s]["fqn"], s[1], tuple(sorted(g.nodes[s]["roles"])))] if g.nodes[s]["fqn"] else [])
-        keys += [(bnd.fqn, bnd.attr, None) for bnd in bound.get(s, [])]
-        if not keys:
-            continue
-        lab = labels[base[s]: base[s] + g.nodes[s]["size"]]
-        order = np.argsort(lab, kind="stable")
-        uniq, starts = np.unique(lab[order], return_index=True)
-        for l, chunk in zip(uniq, np.split(order, starts[1:])):
-            for key in keys:
-                entries.setdefault(int(l), []).append((key, chunk))
-    buckets: dict[tuple, list[int]] = {}
-    for l, ents in entries.items():
-        sig = (tuple(sorted((str(k), len(ix)) for k, ix in ents)), l in frozen_why)
-        buckets.setdefault(sig, []).append(l)
-    groups = []
-    for labs in buckets.values():
-        grp = _group(entries, labs, frozen_why, inexact_why, unit_of, align_of)
-        if grp is not None:
-            groups.append(grp)
+Key = tuple  # (fqn, dim, roles) of a tensor dim, or (fqn, attr, None) of a bound attribute
+
+
+def _make_groups(c: Coupling, ch: Channels) -> list[Group]:
+    """Channels whose labels carry the same members (keys, and positions per key) form one group."""
+    why = {k: label_reasons(c.graph, ch, k) for k in ("frozen", "inexact", "unit", "align")}
+    spaces = keyed_spaces(c, ch)
+    names = {k: [str(key) for _, key in sp.keys] for k, sp in spaces.items()}
+    buckets: dict[tuple, list[tuple[tuple, np.ndarray]]] = {}
+    for seq, frozen, labs in label_classes(spaces, why["frozen"][0] >= 0):
+        sig = tuple(sorted((name, cnt) for k, cnt in seq for name in names[k]))
+        buckets.setdefault((sig, frozen), []).append((seq, labs))
+    groups = [grp for bucket in buckets.values() if (grp := _group(bucket, spaces, why)) is not None]
     groups.sort(key=lambda gr: (gr.members[0].fqn, gr.members[0].dim, int(gr.members[0].indices.min())))
-    return [Group(**{**gr.__dict__, "id": i}) for i, gr in enumerate(groups)]
-
-
-def _label_reasons(g: nx.Graph, slots: list[Slot], base: dict[Slot, int], labels: np.ndarray,
-                   key: str) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for s in slots:
-        if g.nodes[s][key]:
-            for l in np.unique(labels[base[s]: base[s] + g.nodes[s]["size"]]).tolist():
-                out.setdefault(l, g.nodes[s][key][0])
-    return out
+    return [replace(gr, id=i) for i, gr in enumerate(groups)]
 
 
 def _add_member(members: dict[tuple[str, int], Member], new: Member) -> None:
@@ -301,33 +220,52 @@ def _add_member(members: dict[tuple[str, int], Member], new: Member) -> None:
     members[key] = new if m is None else Member(m.fqn, m.dim, m.indices, tuple(sorted(set(m.roles) | set(new.roles))))
 
 
-def _group(entries, labs, frozen_why, inexact_why, unit_of, align_of) -> Group | None:
-    first = entries[labs[0]]
-    params = [(k, ix) for k, ix in first if k[2] is not None]
+def _positions(bucket: list[tuple[tuple, np.ndarray]], spaces: dict[int, Space]) -> tuple[dict, np.ndarray]:
+    """Per key, each label's positions (one row per label of the bucket). A key is read where its
+    first slot holding the label is; keys read from the same spaces share one read-only array."""
+    routes: dict[Key, list[int]] = {}
+    for seq, _ in bucket:
+        source: dict[Key, tuple[int, int]] = {}
+        for k, _ in seq:
+            for i, key in spaces[k].keys:
+                if key not in source or i < source[key][0]:
+                    source[key] = (i, k)
+        for key, (_, k) in source.items():
+            routes.setdefault(key, []).append(k)
+    stacked: dict[tuple[int, ...], np.ndarray] = {}
+    for route in {tuple(r) for r in routes.values()}:
+        stacked[route] = np.concatenate([spaces[k].rows(labs, dict(seq)[k]) for k, (seq, labs) in zip(route, bucket)])
+    return {key: stacked[tuple(r)] for key, r in routes.items()}, np.concatenate([labs for _, labs in bucket])
+
+
+def _group(bucket: list[tuple[tuple, np.ndarray]], spaces: dict[int, Space], why: dict) -> Group | None:
+    keys = [key for k, _ in bucket[0][0] for _, key in spaces[k].keys]
+    params = [(i, key) for k, _ in bucket[0][0] for i, key in spaces[k].keys if key[2] is not None]
     if not params:
         return None
-    labs = sorted(labs, key=lambda l: int(min(ix.min() for k, ix in entries[l] if k == params[0][0])))
-    # one dict per label, first occurrence wins (as a scan would): scanning entries[l] once per key
-    # was quadratic in the number of members, seconds on a ViT's residual stream
-    by_key: dict[int, dict] = {l: {} for l in labs}
-    for l in labs:
-        for k, ix in entries[l]:
-            by_key[l].setdefault(k, ix)
+    rows, labs = _positions(bucket, spaces)
+    order = np.argsort(rows[min(params)[1]][:, 0], kind="stable")  # labels by their first position
+    shared = {id(r): _frozen_array(r[order]) for r in rows.values()}
+    rows = {key: shared[id(r)] for key, r in rows.items()}
     members: dict[tuple[str, int], Member] = {}
     attrs: list[AttrMember] = []
     # parameters producing the channels first, then consumers, then buffers: the table reads naturally
-    first = sorted(first, key=lambda e: (e[0][2] is None, "out" not in (e[0][2] or ()), e[0][2] == (), str(e[0])))
-    for key, _ in first:
-        stacked = np.stack([by_key[l][key] for l in labs])
+    for key in sorted(keys, key=lambda k: (k[2] is None, "out" not in (k[2] or ()), k[2] == (), str(k))):
         if key[2] is None:
             # an attribute bound at both the split and the merge of one head dim counts once
             if all((a.fqn, a.attr) != key[:2] for a in attrs):
-                attrs.append(AttrMember(key[0], key[1], stacked))
+                attrs.append(AttrMember(key[0], key[1], rows[key]))
         else:
-            _add_member(members, Member(key[0], key[1], stacked, key[2]))
+            _add_member(members, Member(key[0], key[1], rows[key], key[2]))
+    first = int(labs[order[0]])
+    reason = lambda kind: why[kind][1][why[kind][0][first]] if why[kind][0][first] >= 0 else None
     names = {a.attr.rsplit(".", 1)[-1] for a in attrs}
-    unit = ("head" if names & set(HEAD_COUNT_ATTRS) or unit_of.get(labs[0]) == "head"
+    unit = ("head" if names & set(HEAD_COUNT_ATTRS) or reason("unit") == "head"
             else "group" if names & {"groups", "num_groups"} else "channel")
     return Group(id=-1, width=len(labs), unit=unit, members=tuple(members.values()), attrs=tuple(attrs),
-                 frozen=frozen_why.get(labs[0]), inexact=inexact_why.get(labs[0]),
-                 align=align_of[labs[0]][0] if labs[0] in align_of else 1)
+                 frozen=reason("frozen"), inexact=reason("inexact"), align=reason("align")[0] if reason("align") else 1)
+
+
+def _frozen_array(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # shared by every member read from one space
+    return a

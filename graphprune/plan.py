@@ -377,14 +377,14 @@ def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], con
     """The plan that removes the given units of the given groups (kept indices, attribute values)."""
     params = dict(model.named_parameters())
     tensors = {**params, **dict(model.named_buffers())}
-    drop: dict[str, dict[int, set[int]]] = {}
+    drop: dict[str, dict[int, list[np.ndarray]]] = {}
     attr_drop: dict[tuple[str, str], int] = {}
     for g, units in chosen:
         for m in g.members:
-            drop.setdefault(m.fqn, {}).setdefault(m.dim, set()).update(m.indices[units].ravel().tolist())
+            drop.setdefault(m.fqn, {}).setdefault(m.dim, []).append(m.indices[units].ravel())
         for a in g.attrs:
             attr_drop[(a.fqn, a.attr)] = attr_drop.get((a.fqn, a.attr), 0) + a.indices[units].size
-    keep = {f: {d: sorted(set(range(tensors[f].shape[d])) - ix) for d, ix in sorted(dims.items())}
+    keep = {f: {d: _kept(tensors[f].shape[d], parts) for d, parts in sorted(dims.items())}
             for f, dims in sorted(drop.items())}
     attrs: dict[str, dict[str, Any]] = {}
     for (fqn, attr), n in sorted(attr_drop.items()):
@@ -407,6 +407,13 @@ def coupled_members(g: Group) -> list[list[Any]]:
     """What ``apply_plan_`` checks a plan's indices against: each member with its indices per unit."""
     return ([[m.fqn, m.dim, int(m.indices.shape[1])] for m in g.members]
             + [[a.fqn, a.attr, int(a.indices.shape[1])] for a in g.attrs])
+
+
+def _kept(size: int, dropped: list[np.ndarray]) -> list[int]:
+    """Indices in ``range(size)`` that none of ``dropped`` names, ascending."""
+    mask = np.ones(size, dtype=bool)
+    mask[np.concatenate(dropped)] = False
+    return np.flatnonzero(mask).tolist()
 
 
 def _lost(t: Any, dims: dict[int, list[int]]) -> int:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from .inputs import Inputs, run_model
@@ -34,9 +36,20 @@ def _params_frozen(model: nn.Module) -> Iterator[None]:
 def count_macs(model: nn.Module, inputs: Inputs) -> int:
     """Multiply-accumulates of one forward, counted by ``torch.utils.flop_counter``.
 
+    A model on the meta device is counted from its exported graph (a meta forward can stop at a
+    data-dependent check, e.g. transformers' masks; the graph has none left).
+
     >>> count_macs(nn.Linear(4, 3), ((torch.zeros(2, 4),), {}))
     24
     """
+    from .trace import export_program, is_meta
+
+    if is_meta(model):
+        args, kwargs = tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, inputs)
+        program = export_program(model, (args, kwargs)).module().to("meta")  # buffers too (accelerate keeps them)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            program(*args, **kwargs)
+        return counter.get_total_flops() // 2
     with _params_frozen(model), FlopCounterMode(display=False) as counter:
         run_model(model, inputs)
     return counter.get_total_flops() // 2
@@ -137,7 +150,9 @@ def _rows(label: str, items: tuple[str, ...], max_rows: int | None) -> list[str]
 
 
 def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Groups",
-                left_out: tuple[str, ...] = (), scores: Any = None, stats: Any = None, compensation: Any = None) -> Report:
+                left_out: tuple[str, ...] = (), scores: Any = None, stats: Any = None, compensation: Any = None,
+                macs_before: int | None = None) -> Report:
+    """``macs_before``: counted before ``before`` was pruned in place (``before`` is then ``after``)."""
     inputs = groups.traced.inputs
     by_id = {g.id: g for g in groups}
     notes = tuple(f"{scores.criterion} cannot judge {by_id[i].module or '<root>'} ({by_id[i].structure}); "
@@ -146,11 +161,41 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
     pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
                    f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))
     return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),
-                  macs_before=count_macs(before, inputs), macs_after=count_macs(after, inputs), pruned=pruned,
+                  macs_before=count_macs(before, inputs) if macs_before is None else macs_before, macs_after=count_macs(after, inputs), pruned=pruned,
                   frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), left_out=left_out,
                   criterion=str(plan.config.get("scorer", "l2")), scope=str(plan.config.get("scope", "global")),
                   compensate=plan.config.get("compensate"), calibration_batches=stats.batches if stats else 0,
                   calibration_seconds=stats.seconds if stats else 0.0, notes=notes, plan=plan)
+
+
+def plan_report(model: nn.Module, groups: "Groups", plan: "Plan", scores: Any = None) -> Report:
+    """The report of ``plan`` without pruning ``model``: the plan is applied to a twin of the model
+    on the meta device (no tensor is copied), so it costs no memory and works for a model built on
+    the meta device (``graphprune.meta_model``) as for a real one. MACs are counted from the
+    exported graphs of both twins (where a CPU forward's fused attention kernel is not counted,
+    the graph's attention is).
+
+    >>> import timm, graphprune
+    >>> m = timm.create_model("resnet18")
+    >>> g = graphprune.find_groups(m)
+    >>> r = plan_report(m, g, graphprune.make_plan(m, g, graphprune.ShrinkConfig(ratio=0.3)))
+    >>> round(r.ratio, 2), r.macs_after < r.macs_before
+    (0.3, True)
+    """
+    from .surgery import apply_plan_
+
+    before = meta_twin(model)  # before and after counted alike, from their graphs
+    return make_report(before, apply_plan_(meta_twin(model), plan), plan, groups, scores=scores)
+
+
+def meta_twin(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are on the meta device (tied ones stay
+    tied); the model's own tensors are never copied."""
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        twin = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(twin, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else twin
+    return copy.deepcopy(model, memo)
 
 
 def _frozen_lines(groups: "Groups") -> list[str]:

@@ -9,7 +9,8 @@ scored by ``l2`` instead, scaled to the judged groups' typical score, and listed
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from collections import ChainMap
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -37,6 +38,10 @@ class ScoreContext:
     model: nn.Module
     stats: Stats | None = None
     seed: int = 0
+    # per score() call: the dims groups need per tensor, and a cache of per-dim reductions, so a
+    # tensor read from a checkpoint is read once for all its dims (``criteria.member_mass``)
+    dims: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    memo: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,8 +100,11 @@ def needs_of(scorer: Any) -> tuple[str, ...]:
 
 
 def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | None = None,
-          seed: int = 0) -> Scores:
+          seed: int = 0, tensors: Mapping[str, torch.Tensor] | None = None) -> Scores:
     """Raw scores of every prunable group under ``scorer`` (a registered name or a callable).
+
+    ``tensors`` (FQN -> tensor) replaces the model's own values, e.g. ``graphprune.checkpoint_tensors(folder)``
+    for a model built on the meta device: weight criteria then read the checkpoint tensor by tensor.
 
     >>> import timm
     >>> from graphprune.groups import find_groups
@@ -112,10 +120,16 @@ def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | N
                                f"calibration= (an iterable of input batches) to shrink, or stats=graphprune."
                                f"calibrate(model, groups, batches, needs={missing}) to score")
     params = dict(model.named_parameters())
-    tensors = MappingProxyType({**params, **dict(model.named_buffers())})
-    raw, fallback, call = {}, [], _caller(fn)
+    own = {**params, **dict(model.named_buffers())}
+    tensors = MappingProxyType(own) if tensors is None else ChainMap(tensors, own)
+    dims: dict[str, set[int]] = {}
     for g in groups.prunable:
-        ctx = ScoreContext(g, tensors, frozenset(params), model, stats, seed)
+        for m in g.members:
+            dims.setdefault(m.fqn, set()).add(m.dim)
+    dims = MappingProxyType({f: tuple(sorted(d)) for f, d in dims.items()})
+    raw, fallback, call, memo = {}, [], _caller(fn), {}
+    for g in groups.prunable:
+        ctx = ScoreContext(g, tensors, frozenset(params), model, stats, seed, dims, memo)
         values = call(ctx)
         if values is None:
             values, _ = SCORERS["l2"](ctx), fallback.append(g.id)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
+from torch.export.graph_signature import OutputKind
+from torch.utils._pytree import tree_unflatten
 
 from .compat import export_shims
 from .errors import TraceError
@@ -75,15 +79,16 @@ def trace(model: nn.Module, example_inputs: Any = None) -> Traced:
     ('conv1.weight', 'torch.export')
     """
     inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
-    with _eval_mode(model):
-        shapes = _reference_output(model, inputs)
+    with _eval_mode(model), _state_kept(model):
         try:
-            return _from_export(model, model, inputs, shapes, "torch.export")
+            return _from_export(model, model, inputs, "torch.export")
         except Exception as err:  # noqa: BLE001 - every export failure is retried via symbolic_trace
             first = err
+        if not is_meta(model):
+            _reference_output(model, inputs)  # a model that does not run at all is told so plainly
         try:
             gm = fx.symbolic_trace(model)
-            return _from_export(model, gm, inputs, shapes, "symbolic_trace+export")
+            return _from_export(model, gm, inputs, "symbolic_trace+export")
         except Exception as err:  # noqa: BLE001
             raise TraceError(
                 f"cannot trace {type(model).__qualname__}: torch.export failed with "
@@ -92,9 +97,19 @@ def trace(model: nn.Module, example_inputs: Any = None) -> Traced:
                 f"points to, or pass ignore= for the submodule and prune the rest") from first
 
 
-def _reference_output(model: nn.Module, inputs: Inputs) -> tuple[tuple[int, ...], ...]:
+def is_meta(model: nn.Module) -> bool:
+    """Whether the model holds tensors on the meta device (built to be analysed, not run).
+
+    >>> with torch.device("meta"):
+    ...     is_meta(nn.Linear(2, 2))
+    True
+    """
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def _reference_output(model: nn.Module, inputs: Inputs) -> None:
     try:
-        return tuple(output_shapes(run_model(model, inputs)))
+        run_model(model, inputs)
     except Exception as err:  # noqa: BLE001
         raise TraceError(
             f"{type(model).__qualname__} does not run on the example inputs "
@@ -125,12 +140,41 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes: Any, method: str) -> Traced:
+@contextlib.contextmanager
+def _state_kept(model: nn.Module) -> Iterator[None]:
+    """Undo what tracing writes into the modules' own state: a forward that caches a tensor in eval
+    mode (timm LeViT's attention biases, per device) would otherwise keep export's fake tensor."""
+    saved = [(m, {k: v for k, v in vars(m).items() if not k.startswith("_")}) for m in model.modules()]
+    contents = [(v, copy.copy(v)) for _, attrs in saved for v in attrs.values() if type(v) in (dict, list, set)]
+    try:
+        yield
+    finally:
+        for m, attrs in saved:
+            for k in [k for k in vars(m) if not k.startswith("_") and k not in attrs]:
+                delattr(m, k)
+            m.__dict__.update(attrs)
+        for container, before in contents:
+            container.clear()
+            container.update(before) if isinstance(container, (dict, set)) else container.extend(before)
+
+
+def export_program(model: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
+    """``torch.export`` of the model in eval mode, as ``trace`` runs it, leaving the model as it was."""
+    with _eval_mode(model), _state_kept(model):
+        return _export(model, inputs)
+
+
+def _export(traced_obj: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
     args, kwargs = inputs
     # under no_grad a forward's own `torch.no_grad()` (HF rotary embeddings) is a no-op, so export
     # inlines it instead of hiding its ops in a wrap_with_set_grad_enabled submodule no rule can see
     with torch.no_grad(), export_shims():
-        ep = torch.export.export(traced_obj, args, kwargs, strict=False)
+        return torch.export.export(traced_obj, args, kwargs, strict=False)
+
+
+def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, method: str) -> Traced:
+    ep = _export(traced_obj, inputs)
+    shapes = _output_shapes(ep)
     sig = ep.graph_signature
     canonical = _canonical_names(model)
     fqn_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
@@ -145,6 +189,19 @@ def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, shapes
         aliases={k: tuple(v) for k, v in aliases.items()},
         constants=frozenset(sig.inputs_to_lifted_tensor_constants),
         user_inputs=tuple(sig.user_inputs), output_shapes=tuple(shapes), method=method)
+
+
+def _output_shapes(ep: torch.export.ExportedProgram) -> list[tuple[int, ...]]:
+    """Shapes of the model's outputs as a forward returns them, read from the traced graph (its
+    fake values rebuilt into the output's structure), so no forward has to run."""
+    nodes = {n.name: n for n in ep.graph.nodes}
+    values = []
+    for spec in ep.graph_signature.output_specs:
+        if spec.kind == OutputKind.USER_OUTPUT:
+            name = getattr(spec.arg, "name", None)
+            values.append(nodes[name].meta.get("val") if name in nodes else getattr(spec.arg, "value", None))
+    out = tree_unflatten(values, ep.call_spec.out_spec)
+    return [tuple(int(n) for n in s) for s in output_shapes(out)]
 
 
 def _canonical_names(model: nn.Module) -> dict[str, str]:

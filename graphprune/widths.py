@@ -57,16 +57,29 @@ def module_updates(model: nn.Module, groups: list[Group], removed: dict[int, int
                    skip: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Width attributes of submodules, each following the groups with members inside that module."""
     out: dict[str, dict[str, int]] = {}
+    under = _groups_under(groups)
     for fqn, mod in model.named_modules():
         names = [(k, n) for k, ns in FIELDS.items() for n in ns if type(mod.__dict__.get(n)) is int]
         if not fqn or not names:
             continue
-        inside = [g for g in groups if any(m.fqn.startswith(fqn + ".") for m in g.members)]
+        inside = [groups[i] for i in sorted(under.get(fqn, ()))]
         changes = width_changes(inside, removed, kind_of)
         for k, name in names:
             value = new_value(mod.__dict__[name], k, changes[k])
             if value is not None and name not in skip.get(fqn, {}):
                 out.setdefault(fqn, {})[name] = value
+    return out
+
+
+def _groups_under(groups: list[Group]) -> dict[str, set[int]]:
+    """Module path -> indices of the groups with a member inside that module (one pass over the
+    members' ancestors, instead of a scan of every group per module)."""
+    out: dict[str, set[int]] = {}
+    for i, g in enumerate(groups):
+        for m in g.members:
+            parts = m.fqn.split(".")
+            for k in range(1, len(parts)):
+                out.setdefault(".".join(parts[:k]), set()).add(i)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``graphprune inspect | shrink | apply MODEL ...`` (``graphprune --help`` has examples).
+"""Command line: ``graphprune inspect | shrink | apply MODEL ...`` and ``graphprune prune-checkpoint SRC DST``
+(``graphprune --help`` has examples).
 
 Every argument and output path is checked before any work; an error is one line on stderr and
 exit code 2 (``--debug`` shows the traceback). Models are read and written only as safetensors
@@ -148,4 +149,21 @@ def _save(model: nn.Module, spec: ModelSpec, args: argparse.Namespace, plan: obj
     save_pretrained(model, args.out, base=base, plan=plan)
 
 
-VERBS = {"inspect": _inspect, "shrink": _shrink, "apply": _apply}
+def _prune_checkpoint(args: argparse.Namespace) -> int:
+    from ..checkpoint import plan_checkpoint, prune_checkpoint
+    from ..config import ShrinkConfig
+    from ..plan import Plan
+
+    if not os.path.isfile(os.path.join(args.src, "config.json")):
+        raise ConfigError(f"{args.src} is not a Hugging Face folder (no config.json); pass the folder "
+                          f"save_pretrained wrote")
+    c.check_out_dir(args.dst, args.overwrite)
+    plan = (Plan.from_json(args.plan) if args.plan else
+            plan_checkpoint(args.src, ShrinkConfig(ratio=args.ratio, uniform=args.uniform, round_to=args.round_to)))
+    prune_checkpoint(args.src, plan, args.dst)
+    plan.to_json(os.path.join(args.dst, "graphprune.plan.json"))
+    print(f"parameters {plan.params_before:,} -> {plan.params_after:,} (-{plan.ratio:.1%}); wrote {args.dst}")
+    return 0
+
+
+VERBS = {"inspect": _inspect, "shrink": _shrink, "apply": _apply, "prune-checkpoint": _prune_checkpoint}

@@ -18,6 +18,7 @@ examples:
       --calibration batches.safetensors --compensate lstsq --out vit-small
   graphprune apply timm:resnet50 resnet50-half/plan.json --out resnet50-again
   graphprune inspect resnet50-half          # a folder written by shrink or apply
+  graphprune prune-checkpoint ./llama-70b ./llama-70b-small --ratio 0.2 --uniform --round-to 64
 
 MODEL is timm:NAME, torchvision:NAME (built from their configs, random weights, nothing is
 downloaded), hf:FOLDER (a local Hugging Face folder), class:module:Class (an nn.Module built with
@@ -89,7 +90,19 @@ def build_parser(version: str) -> Parser:
     _model_args(app)
     app.add_argument("plan", help="a plan.json written by graphprune shrink or Plan.to_json")
     _out_args(app)
-    Parser.flags = sorted({f for sp in (p, ins, shr, app) for f in sp._option_string_actions if f.startswith("--")})
+    ck = sub.add_parser("prune-checkpoint", help="prune a Hugging Face safetensors folder shard by shard, never "
+                        "loading the model (planned on the meta device)", epilog=EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ck.add_argument("src", help="folder written by save_pretrained (safetensors weights)")
+    ck.add_argument("dst", help="folder to write the pruned checkpoint to")
+    how = ck.add_mutually_exclusive_group(required=True)
+    how.add_argument("--plan", help="a plan.json made for this architecture (Plan.to_json)")
+    how.add_argument("--ratio", type=float, help="plan here: scores read from the checkpoint tensor by tensor")
+    ck.add_argument("--uniform", action="store_true", help=OPTIONS["uniform"]["help"])
+    ck.add_argument("--round-to", type=int, default=1, help=OPTIONS["round_to"]["help"])
+    ck.add_argument("--overwrite", action="store_true", help="write into DST even if it holds files")
+    Parser.flags = sorted({f for sp in (p, ins, shr, app, ck) for f in sp._option_string_actions
+                           if f.startswith("--")})
     return p
 
 

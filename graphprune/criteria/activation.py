@@ -8,7 +8,7 @@ import numpy as np
 
 from ..calibrate import InputStats, consumer_of
 from ..scores import ScoreContext, register_scorer
-from . import dim_mass, per_unit
+from . import member_mass, per_unit
 
 
 def _consumers(ctx: ScoreContext, term: Callable[[InputStats, np.ndarray], np.ndarray]) -> np.ndarray | None:
@@ -18,7 +18,7 @@ def _consumers(ctx: ScoreContext, term: Callable[[InputStats, np.ndarray], np.nd
         seen = ctx.stats.inputs.get(where[0]) if where else None
         if seen is None or seen.sum.shape[0] != ctx.tensors[m.fqn].shape[m.dim]:
             return None
-        return term(seen, dim_mass(ctx.tensors[m.fqn], m.dim, 2))
+        return term(seen, member_mass(ctx, m, 2))
     return per_unit(ctx.group, vector)
 
 

@@ -7,13 +7,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..scores import ScoreContext, register_scorer
-from . import dim_mass, per_unit
+from . import member_mass, per_unit
 
 NORMS = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
 
 
 def _magnitude(ctx: ScoreContext, p: float) -> np.ndarray:
-    units = per_unit(ctx.group, lambda m: dim_mass(ctx.tensors[m.fqn], m.dim, p) if m.fqn in ctx.params else None)
+    units = per_unit(ctx.group, lambda m: member_mass(ctx, m, p) if m.fqn in ctx.params else None)
     return np.zeros(ctx.group.width) if units is None else units
 
 
@@ -46,5 +46,5 @@ def bn_scale(ctx: ScoreContext) -> np.ndarray | None:
         owner, _, leaf = m.fqn.rpartition(".")
         if leaf != "weight" or m.fqn not in ctx.params:
             return None
-        return dim_mass(ctx.tensors[m.fqn], m.dim, 1) if isinstance(ctx.model.get_submodule(owner), NORMS) else None
+        return member_mass(ctx, m, 1) if isinstance(ctx.model.get_submodule(owner), NORMS) else None
     return per_unit(ctx.group, gamma)

@@ -31,9 +31,17 @@ def start_record_(model: nn.Module) -> None:
     """Give ``model.config`` a ``graphprune`` record holding the config as it is now, before surgery
     sets any attribute (a module may write its width into the shared config: Phi-3's heads)."""
     cfg = hf_config(model)
-    if cfg is not None and getattr(cfg, "graphprune", None) is None:
-        cfg.graphprune = {"version": RECORD_VERSION, "base": cfg.to_dict(), "shapes": {}, "attrs": {},
-                          "fingerprint": fingerprint(model)}
+    if cfg is not None:
+        start_config_record_(cfg, fingerprint(model))
+
+
+def start_config_record_(cfg: Any, model_print: str = "") -> None:
+    """The ``graphprune`` record of a config (kept if it has one: a pruned model pruned again), with
+    the fingerprint of the model it was built for when known (a reload then checks it)."""
+    if getattr(cfg, "graphprune", None) is None:
+        cfg.graphprune = {"version": RECORD_VERSION, "base": cfg.to_dict(), "shapes": {}, "attrs": {}}
+        if model_print:
+            cfg.graphprune["fingerprint"] = model_print
 
 
 def sync_config_(model: nn.Module, plan: Plan) -> None:
@@ -42,6 +50,13 @@ def sync_config_(model: nn.Module, plan: Plan) -> None:
     cfg = hf_config(model)
     if cfg is None:
         return
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    record_plan_(cfg, plan, {f: list(tensors[f].shape) for f in plan.keep if f in tensors})
+
+
+def record_plan_(cfg: Any, plan: Plan, shapes: dict[str, list[int]]) -> None:
+    """Set the plan's width fields on a config and record the pruned ``shapes`` and attributes, as
+    in-memory surgery does; ``graphprune.prune_checkpoint`` writes a folder's config.json the same way."""
     # a new dict, so a rollback that restores the config's attributes also restores the record
     record = copy.deepcopy(cfg.graphprune)
     old = {dotted: _set(cfg, dotted, value) for dotted, value in plan.model_config.items()}
@@ -53,8 +68,7 @@ def sync_config_(model: nn.Module, plan: Plan) -> None:
         # and let the record (below) carry the real shapes
         for dotted, value in old.items():
             _set(cfg, dotted, value)
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    record["shapes"].update({f: list(tensors[f].shape) for f in plan.keep if f in tensors})
+    record["shapes"].update(shapes)
     for fqn, attrs in plan.attrs.items():
         record["attrs"].setdefault(fqn, {}).update({a: list(v) if isinstance(v, tuple) else v for a, v in attrs.items()})
     cfg.graphprune = record

@@ -1,9 +1,11 @@
 """Surgery mechanics: slice every tensor a plan names, set attributes, sync modules, roll back on error."""
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,9 +39,13 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
     """Prune ``model`` in place as ``plan`` says; with example inputs, check the forward still runs
     and gives the shapes it gave before. The plan is checked first (``graphprune.validate``: the
     model it was made for, its version, every index, coupled widths, attribute writes); a plan
-    that does not fit raises ``PlanError`` with the model untouched. ``compensation`` (``graphprune.compensate.compensation``)
-    is written first, from the columns about to go. On any failure the model is restored (the
+    that does not fit raises ``PlanError`` with the model untouched. ``compensation``
+    (``graphprune.compensate.compensation``) is written first, from the columns about to go. On any failure the model is restored (the
     compensation too) and SurgeryError raised.
+
+    Memory stays at about the model's size: each sliced tensor is replaced by a new one holding the
+    kept indices and the old one's storage is released at once (its ``Parameter`` object is left
+    empty; a rollback refills it from the removed slices, kept until the end).
 
     >>> import timm, graphprune
     >>> m = timm.create_model("resnet18")
@@ -47,20 +53,30 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
     >>> apply_plan_(m, plan) is m
     True
     """
+    return apply_plan_shared_(model, plan, example_inputs, compensation, frozenset())
+
+
+def apply_plan_shared_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None,
+                       shared: frozenset[int] = frozenset()) -> nn.Module:
+    """``apply_plan_`` for a model whose tensors with ids in ``shared`` belong to another model too
+    (``shared_copy``): those are read, never released; every other sliced tensor is released as
+    soon as its kept part exists, and only its removed part is kept for a rollback, so memory
+    stays at about one model's size (plus one tensor) instead of two."""
     check_plan(model, plan)  # before anything changes: a plan may come from a file
-    return apply_checked_(model, plan, example_inputs, compensation)
+    return apply_checked_(model, plan, example_inputs, compensation, shared)
 
 
-def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None) -> nn.Module:
-    """``apply_plan_`` for a plan already checked against ``model`` (``graphprune.record`` checks
-    the shape plans it builds from a saved record with ``check_record``)."""
+def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None,
+                   shared: frozenset[int] = frozenset()) -> nn.Module:
+    """``apply_plan_shared_`` for a plan already checked against ``model`` (``graphprune.record``
+    checks the shape plans it builds from a saved record with ``check_record``)."""
     extra = _compensated_modules(compensation)
     snapshot = _Snapshot(model, plan, extra)
     try:
         if compensation is not None:
             compensation.apply_(model)
         start_record_(model)
-        _slice_tensors(model, plan)
+        _slice_tensors(model, plan, snapshot.undo, shared | _held_elsewhere(model))
         _set_attrs(model, plan)
         register_loaded()  # transformers may have been imported after graphprune
         for fqn in snapshot.modules:
@@ -68,6 +84,7 @@ def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, com
             if fix is not None:
                 fix(model.get_submodule(fqn))
         sync_config_(model, plan)
+        unshare_(model, shared)  # before any forward: a train-mode forward writes BN statistics in place
         if example_inputs is not None:
             _validate(model, plan, example_inputs)
         if plan.config.get("uniform") and hf_config(model) is not None:
@@ -98,22 +115,76 @@ def _aliases(model: nn.Module) -> dict[int, list[str]]:
     return out
 
 
-def _slice_tensors(model: nn.Module, plan: Plan) -> None:
+def _slice_tensors(model: nn.Module, plan: Plan, undo: list, keep_whole: frozenset[int]) -> None:
     aliases = _aliases(model)
     tensors = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
     for fqn, dims in plan.keep.items():
         old = tensors[fqn]
-        new = old.detach()
-        for d, ix in dims.items():
-            new = new.index_select(d, torch.tensor(ix, dtype=torch.long, device=new.device))
+        release = id(old) not in keep_whole
+        new, removed = _cut(old.detach(), dims, save=release)
         if isinstance(old, nn.Parameter):
-            new = nn.Parameter(new.clone(), requires_grad=old.requires_grad)
-        else:
-            new = new.clone()
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
         for name in aliases[id(old)]:  # tied weights stay one tensor
             owner, attr = _owner(name)
             mod = model.get_submodule(owner)
             (mod._parameters if attr in mod._parameters else mod._buffers)[attr] = new
+        if release:  # the snapshot holds `old` itself: give back its memory, keep what a rollback needs
+            undo.append((old, new, removed))
+            old.data = torch.empty(0, dtype=old.dtype, device=old.device)
+
+
+def _cut(t: torch.Tensor, dims: dict[int, list[int]], save: bool) -> tuple[torch.Tensor, list]:
+    """``t`` with only the kept indices along each dim (a new tensor), and with ``save`` the
+    removed slices, one per dim, from which ``_uncut`` rebuilds ``t``."""
+    removed = []
+    for d, ix in dims.items():
+        keep = torch.tensor(ix, dtype=torch.long, device=t.device)
+        if save:
+            gone = np.ones(t.shape[d], dtype=bool)
+            gone[ix] = False
+            drop = torch.as_tensor(np.flatnonzero(gone), device=t.device)
+            removed.append((d, keep, drop, t.index_select(d, drop)))
+        t = t.index_select(d, keep)
+    return (t if dims else t.clone()), removed
+
+
+def _uncut(t: torch.Tensor, removed: list) -> torch.Tensor:
+    for d, keep, drop, part in reversed(removed):
+        shape = list(t.shape)
+        shape[d] = len(keep) + len(drop)
+        whole = t.new_empty(shape)
+        whole.index_copy_(d, keep, t)
+        whole.index_copy_(d, drop, part)
+        t = whole
+    return t
+
+
+def _held_elsewhere(model: nn.Module) -> frozenset[int]:
+    """Tensors a module also holds as a plain attribute (HF rotary's ``original_inv_freq`` is its
+    ``inv_freq`` buffer): releasing such a tensor's memory would empty that attribute too."""
+    return frozenset(id(v) for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor))
+
+
+def shared_copy(model: nn.Module, fqns: set[str]) -> tuple[nn.Module, frozenset[int]]:
+    """A deep copy of ``model`` that shares (does not copy) the tensors named ``fqns``, those a plan
+    may slice, so pruning a copy needs no second full model; ``unshare_`` copies what the plan
+    left whole. Returns the copy and the ids of the shared tensors."""
+    named = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    memo = {id(named[f]): named[f] for f in fqns if f in named}
+    return copy.deepcopy(model, memo), frozenset(memo)
+
+
+def unshare_(model: nn.Module, shared: frozenset[int]) -> None:
+    """Give ``model`` its own copy of every tensor it still shares with the model it was copied from."""
+    copies: dict[int, torch.Tensor] = {}
+    for mod in model.modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, t in store.items():
+                if t is not None and id(t) in shared:
+                    if id(t) not in copies:
+                        copies[id(t)] = (nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+                                         if isinstance(t, nn.Parameter) else t.detach().clone())
+                    store[k] = copies[id(t)]
 
 
 def _set_attrs(model: nn.Module, plan: Plan) -> None:
@@ -185,6 +256,7 @@ class _Snapshot:
 
     def __init__(self, model: nn.Module, plan: Plan, extra: set[str] = frozenset()):
         self.model = model
+        self.undo: list = []  # (released tensor, its kept part, removed slices) from _slice_tensors
         tensors = {**dict(model.named_parameters(remove_duplicate=False)),
                    **dict(model.named_buffers(remove_duplicate=False))}
         aliases = _aliases(model)
@@ -203,6 +275,9 @@ class _Snapshot:
                 "attrs": {k: v for k, v in mod.__dict__.items() if not k.startswith("_") and not isinstance(v, (nn.Module, torch.Tensor))}}
 
     def restore(self) -> None:
+        for old, new, removed in reversed(self.undo):
+            old.data = _uncut(new.detach(), removed)
+        self.undo.clear()
         for fqn, saved in self.saved.items():
             mod = self.model.get_submodule(fqn)
             mod._parameters.clear()
