@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from .core import register_surgeon
+
 LAYER_INDEX = re.compile(r"^layer_?(idx|id|index|number|num)$")
 
 
@@ -30,76 +32,125 @@ class Skip(nn.Identity):
         return x
 
 
-def renumbering(model: nn.Module, fqns: Iterable[str], counted: set[str]) -> dict[str, str]:
-    """Old FQN prefix -> new one for the entries that move up when ``fqns`` leave the lists in
-    ``counted`` (removed entries map to "").
+def removal_actions(model: nn.Module, fqns: Iterable[str], counted: dict[str, str] | None = None) -> tuple:
+    """The plan actions that remove the blocks at ``fqns``: entries of a list whose length a config
+    field sets (``counted``: list FQN -> dotted field, default ``layer_fields(model)``) leave it
+    (``DropEntries``); an ``nn.Sequential`` entry becomes ``nn.Identity``, any other block ``Skip``.
 
-    >>> m = nn.Module(); m.layers = nn.ModuleList([nn.Linear(1, 1) for _ in range(3)])
-    >>> renumbering(m, ["layers.1"], {"layers"})
-    {'layers.1': '', 'layers.2': 'layers.1'}
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    >>> removal_actions(m, ["1"])
+    (Replace(module='1', by='identity'),)
     """
-    gone = set(fqns)
-    out: dict[str, str] = {}
-    for stack in sorted(counted):
-        n, j = len(model.get_submodule(stack)), 0
-        for i in range(n):
-            old = f"{stack}.{i}" if stack else str(i)
-            if old in gone:
-                out[old] = ""
-                continue
-            new = f"{stack}.{j}" if stack else str(j)
-            if new != old:
-                out[old] = new
-            j += 1
-    return out
+    from ..actions import DropEntries, Replace
+
+    counted = layer_fields(model) if counted is None else counted
+    drops: dict[str, list[int]] = {}
+    out = []
+    for fqn in sorted(fqns):
+        parent, _, name = fqn.rpartition(".")
+        holder = model.get_submodule(parent)
+        if parent in counted and isinstance(holder, nn.ModuleList):
+            drops.setdefault(parent, []).append(int(name))
+        else:
+            out.append(Replace(fqn, "identity" if isinstance(holder, nn.Sequential) else "skip"))
+    out += [DropEntries(f, tuple(sorted(ix)), counted[f]) for f, ix in sorted(drops.items())]
+    return tuple(out)
 
 
 def remove_blocks_(model: nn.Module, fqns: Iterable[str], counted: dict[str, str] | None = None) -> None:
-    """Remove the blocks at ``fqns`` in place. Entries of a list whose length a config field sets
-    (``counted``: list FQN -> dotted field, from ``layer_fields``) leave it, and the config follows;
-    others become ``nn.Identity`` in an ``nn.Sequential`` and ``Skip`` elsewhere."""
-    counted = layer_fields(model) if counted is None else counted
-    by_parent: dict[str, list[str]] = {}
-    for fqn in fqns:
-        parent, _, name = fqn.rpartition(".")
-        by_parent.setdefault(parent, []).append(name)
-    for parent, names in sorted(by_parent.items()):
-        holder = model.get_submodule(parent)
-        if parent in counted and isinstance(holder, nn.ModuleList):
-            gone = sorted(int(n) for n in names)
-            _drop_(holder, set(gone))
-            _config_drop_(model, counted[parent], gone)
-        else:
-            for name in names:
-                holder._modules[name] = nn.Identity() if isinstance(holder, nn.Sequential) else Skip()
+    """Remove the blocks at ``fqns`` in place (see ``removal_actions``), without checks or rollback:
+    ``apply_plan_`` of a plan holding those actions is the checked way."""
+    from ..actions import Plan
+
+    plan = Plan.build(structure=removal_actions(model, fqns, counted), config={}, params_before=0, params_after=0)
+    replace_(model, plan, None)
+    drop_(model, plan, None)
+
+
+@register_surgeon("replace")
+def replace_(model: nn.Module, plan: Any, surgery: Any) -> None:
+    """``Replace`` actions: the module becomes ``nn.Identity`` or ``Skip``; an HF record notes it."""
+    for a in plan.of("replace"):
+        parent, _, name = a.module.rpartition(".")
+        model.get_submodule(parent)._modules[name] = nn.Identity() if a.by == "identity" else Skip()
+        _edit_record(model, {a.module: ""}, a)
+
+
+@register_surgeon("drop_entries")
+def drop_(model: nn.Module, plan: Any, surgery: Any) -> None:
+    """``DropEntries`` actions: the entries leave the list, later ones move up (and are renumbered),
+    and the config field counting the list and its per-layer lists follow."""
+    for a in plan.of("drop_entries"):
+        renames = renumbering(model.get_submodule(a.module), a.module, a.indices)
+        _drop_(model.get_submodule(a.module), set(a.indices))
+        if a.count:
+            _config_drop_(model, a.count, list(a.indices))
+        _edit_record(model, renames, a)
+
+
+def renumbering(layers: nn.ModuleList, prefix: str, gone: Iterable[int]) -> dict[str, str]:
+    """Old FQN -> new one for the entries of ``layers`` (at ``prefix``) when ``gone`` leave it;
+    a removed entry maps to "".
+
+    >>> renumbering(nn.ModuleList([nn.Linear(1, 1) for _ in range(3)]), "layers", [1])
+    {'layers.1': '', 'layers.2': 'layers.1'}
+    """
+    gone, out, j = set(gone), {}, 0
+    for i in range(len(layers)):
+        old = f"{prefix}.{i}" if prefix else str(i)
+        if i in gone:
+            out[old] = ""
+            continue
+        if i != j:
+            out[old] = f"{prefix}.{j}" if prefix else str(j)
+        j += 1
+    return out
+
+
+def _edit_record(model: nn.Module, renames: dict[str, str], action: Any) -> None:
+    """Keep an HF config's ``graphprune`` record true after modules went or moved: the action joins
+    its ``structure`` log (a reload replays it on the base model first), recorded shapes under a
+    removed module go and those under a moved one take its new name."""
+    from .config import hf_config
+
+    cfg = hf_config(model)
+    record = getattr(cfg, "graphprune", None) if cfg is not None else None
+    if record is None:
+        return
+    for key in ("shapes", "attrs"):
+        record[key] = {new: v for k, v in record[key].items() if (new := _renamed(k, renames)) is not None}
+    record["structure"] = [*record.get("structure", []), action.to_dict()]
+
+
+def _renamed(fqn: str, renames: dict[str, str]) -> str | None:
+    for old, new in renames.items():
+        if fqn == old or fqn.startswith(old + "."):
+            return None if not new else new + fqn[len(old):]
+    return fqn
 
 
 def _config_drop_(model: nn.Module, dotted: str, gone: list[int]) -> None:
     """The layer count ``dotted`` loses ``gone``; per-layer lists beside it (``layer_types``) lose
-    those entries, in the live config and in the base a per-layer reload builds from."""
-    from .config import _set, hf_config
+    those entries (the record's base config stays: a reload builds it, then replays the removal)."""
+    from .config import hf_config
 
-    cfg = hf_config(model)
+    owner = hf_config(model)
+    if owner is None:
+        return
     *path, field = dotted.split(".")
-    owners = [cfg]
-    record = getattr(cfg, "graphprune", None)
-    if record is not None:
-        owners.append(record["base"])
-    for owner in owners:
-        for part in path:
-            owner = owner[part] if isinstance(owner, dict) else getattr(owner, part)
-        _drop_fields_(owner, field, gone)
+    for part in path:
+        owner = getattr(owner, part)
+    _drop_fields_(owner, field, gone)
 
 
 def _drop_fields_(owner: Any, field: str, gone: list[int]) -> None:
-    get = owner.get if isinstance(owner, dict) else lambda k, d=None: getattr(owner, k, d)
-    put = owner.__setitem__ if isinstance(owner, dict) else lambda k, v: setattr(owner, k, v)
-    n = get(field)
-    items = owner.items() if isinstance(owner, dict) else vars(owner).items()
-    for key, value in list(items):
-        if isinstance(value, (list, tuple)) and len(value) == n and not key.startswith("_"):
-            put(key, type(value)(v for i, v in enumerate(value) if i not in gone))
-    put(field, n - len(gone))
+    """``owner.field -= len(gone)``; every list field as long as it was loses the ``gone`` entries."""
+    items = {k: v for k, v in vars(owner).items() if not k.startswith("_")}
+    n = items[field]
+    for key, value in items.items():
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            setattr(owner, key, type(value)(v for i, v in enumerate(value) if i not in gone))
+    setattr(owner, field, n - len(gone))
 
 
 def _drop_(layers: nn.ModuleList, gone: set[int]) -> None:
