@@ -44,7 +44,11 @@ __all__ = [
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
     "config_mismatches", "from_pretrained", "LoadError", "RuleError", "ModelSpec", "load_pretrained",
     "save_pretrained", "check_plan", "fingerprint", "checkpoint_tensors", "meta_model", "prune_checkpoint",
-    "plan_report",
+    "plan_report", "Block", "Blocks", "find_blocks", "register_block_scorer", "list_block_scorers", "score_blocks",
+    "actions",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402
+from . import actions  # noqa: E402
+from .blocks import Block, Blocks, find_blocks  # noqa: E402
+from .criteria.blocks import list_block_scorers, register_block_scorer, score_blocks  # noqa: E402
 from .checkpoint import checkpoint_tensors, meta_model, prune_checkpoint  # noqa: E402
