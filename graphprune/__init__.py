@@ -10,12 +10,14 @@ from .calibrate import InputStats, Stats, calibrate
 from .compensate import Compensation, compensate_, recalibrate_bn_
 from .config import ShrinkConfig
 from .coupling import RULES, register_rule
-from .errors import (CalibrationError, ConfigError, GraphPruneError, LoadError, PlanError, RegistryError, RuleError,
-                     SurgeryError, TraceError, UnsupportedOpError)
+from .errors import (CalibrationError, ConfigError, GraphPruneError, LoadError, OptimizerError, PlanError,
+                     RegistryError, RuleError, SparsityError, SurgeryError, TraceError, UnsupportedOpError)
 from .groups import Group, Groups, Member, find_groups
 from .plan import Plan, count_params, make_plan
 from .report import Report, count_macs, plan_report
+from .schedule import ParamMap, PruneStep, Pruner, Round, remap_optimizer_
 from .scores import ScoreContext, Scores, list_scorers, register_scorer, score
+from .sparsity import SparsityReport, list_mask_scorers, make_dense_, register_mask_scorer, sparsify_, to_semi_structured_
 from .surgery import SLICERS, apply_plan_, register_slicer
 from .trace import Traced, trace
 from .saving import load_pretrained, save_pretrained
@@ -44,8 +46,10 @@ __all__ = [
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",
     "config_mismatches", "from_pretrained", "LoadError", "RuleError", "ModelSpec", "load_pretrained",
     "save_pretrained", "check_plan", "fingerprint", "checkpoint_tensors", "meta_model", "prune_checkpoint",
-    "plan_report", "Block", "Blocks", "find_blocks", "register_block_scorer", "list_block_scorers", "score_blocks",
-    "actions",
+    "plan_report",
+    "OptimizerError", "SparsityError", "SparsityReport", "list_mask_scorers", "make_dense_", "register_mask_scorer",
+    "sparsify_", "to_semi_structured_", "ParamMap", "PruneStep", "Pruner", "Round", "remap_optimizer_",
+    "Block", "Blocks", "find_blocks", "register_block_scorer", "list_block_scorers", "score_blocks", "actions",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402
 from . import actions  # noqa: E402

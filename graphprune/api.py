@@ -20,6 +20,7 @@ from .plan import Plan, make_plan
 from .progress import stages
 from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, score
+from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_shared_, shared_copy, unshare_
 from .trace import trace
 
@@ -34,6 +35,8 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     ``calibration``: batches (Tensor, tuple of args or dict of kwargs; a DataLoader yielding them)
     that data-aware criteria (``scorer="activation"``, ``"taylor"``, ...) and ``compensate=`` read,
     in one pass; ``loss_fn(output, batch)`` gives gradient criteria their loss (see ``calibrate``).
+    ``steps=N`` removes the ratio in N rounds, re-tracing and re-scoring (and re-calibrating) the
+    pruned model between them; ``report.rounds`` says where each round left it.
 
     >>> import timm, graphprune
     >>> small = graphprune.shrink(timm.create_model("resnet18"), 0.5)
@@ -43,9 +46,14 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     check_options(options, also=SHRINK_KEYWORDS)
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
     config = checked(model, config)  # before tracing, which can take minutes
+    check_no_masks(model)
     if calibration is None and needs_of(scorer or config.scorer):  # needs_of also refuses unknown names
         raise CalibrationError(f"scorer={getattr(scorer, '__qualname__', scorer or config.scorer)!r} reads "
                                f"calibration data; pass calibration= (an iterable of input batches)")
+    if config.steps > 1 and config.ratio > 0:
+        from .schedule import shrink_steps
+        return shrink_steps(model, config, example_inputs=example_inputs, inplace=inplace, return_report=return_report,
+                            scorer=scorer, calibration=calibration, loss_fn=loss_fn)
     with stages("shrink", ["trace", "groups", "calibrate", "score", "plan and surgery", "report"]) as step:
         step("trace")
         traced = trace(model, example_inputs)

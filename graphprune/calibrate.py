@@ -154,9 +154,10 @@ class _Grads:
             self.taylor[gr.id] += np.abs(units)
 
 
-def calibrate(model: nn.Module, groups: Groups, batches: Iterable[Any], *, needs: Iterable[str] = ("inputs",),
+def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *, needs: Iterable[str] = ("inputs",),
               loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, max_batches: int | None = None,
-              progress: bool | None = None, seed: int = 0, blocks: Any = None) -> Stats:
+              progress: bool | None = None, seed: int = 0, modules: Mapping[str, int] | None = None,
+              blocks: Any = None) -> Stats:
     """Run the model's own forward (and, for "grads", a backward) over ``batches`` and return ``Stats``.
 
     A batch is a Tensor, a tuple of positional args or a dict of keyword args (a ``DataLoader`` may
@@ -166,6 +167,10 @@ def calibrate(model: nn.Module, groups: Groups, batches: Iterable[Any], *, needs
     model's parameters, ``.grad``, modes and hooks are as they were afterwards. "blocks" and
     "bypass" measure the removable ``blocks`` (``graphprune.find_blocks``), see ``block_stats``.
 
+    ``modules`` adds leaf modules (FQN -> channel dim of their first input) whose input moments to
+    collect besides the groups' consumers; with ``groups=None`` only those are read ("inputs" and
+    "gram" only: gradients are reduced onto groups), which is how ``sparsify_`` gets Wanda's norms.
+
     >>> from torch import nn
     >>> from graphprune.groups import find_groups
     >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -174,7 +179,11 @@ def calibrate(model: nn.Module, groups: Groups, batches: Iterable[Any], *, needs
     (3, 48, (8,))
     """
     needs = _check_needs(needs)
-    consumers = {c[0]: c[1] for g in groups.prunable for m in g.members if (c := consumer_of(model, m))}
+    if groups is None and "grads" in needs:
+        raise CalibrationError("needs=('grads',) reduces gradients onto groups: pass groups=find_groups(model)")
+    consumers = {c[0]: c[1] for g in (groups.prunable if groups is not None else ()) for m in g.members
+                 if (c := consumer_of(model, m))}
+    consumers.update(modules or {})
     start, count, loss_name = time.perf_counter(), 0, ""
     hooks = _Inputs(model, consumers, "gram" in needs) if {"inputs", "gram"} & set(needs) else None
     grads = _Grads(model, groups) if "grads" in needs else None

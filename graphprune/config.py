@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-VERSION = 3  # 3: layers, block_scorer; 2: scope, max_fraction, normalize, compensate, seed, max_batches
+VERSION = 4  # 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
 TARGETS = ("params", "macs")
 KINDS = ("heads", "mlp", "hidden", "layers")
 WIDTHS = ("heads", "mlp", "hidden")  # what prune= takes by default: depth is asked for by name
@@ -53,6 +53,8 @@ class ShrinkConfig:
     consumers' kept weights by ridge least squares; "mean" where a consumer is no linear map).
     ``seed``: for the random criterion and the random output projection of gradient criteria.
     ``max_batches``: calibration batches read at most (None: all).
+    ``steps``: rounds the budget is removed in (re-tracing, re-scoring and re-calibrating between
+    them); round k reaches ``ratio * k / steps`` of the original model.
 
     >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
     0.5
@@ -75,6 +77,7 @@ class ShrinkConfig:
     compensate: str | None = None
     seed: int = 0
     max_batches: int | None = None
+    steps: int = 1
     layers: int | None = None
     block_scorer: str = "auto"
     version: int = field(default=VERSION)
@@ -102,6 +105,9 @@ class ShrinkConfig:
                               f"one group's units that may go")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps={self.steps!r} must be an integer >= 1: the number of rounds the ratio is "
+                              f"removed in (1: all at once)")
         prune = (self.prune,) if isinstance(self.prune, str) else tuple(self.prune)
         if not prune or set(prune) - set(KINDS):
             raise ConfigError(f"prune={self.prune!r} must name some of {KINDS}")
@@ -109,6 +115,9 @@ class ShrinkConfig:
                                         or self.layers < 1 or "layers" not in prune):
             raise ConfigError(f"layers={self.layers!r} removes that many whole blocks: pass an integer >= 1 and "
                               f"include 'layers' in prune= (e.g. prune=('layers',) or ('layers', 'mlp'))")
+        if "layers" in prune and isinstance(self.steps, int) and self.steps > 1:
+            raise ConfigError(f"steps={self.steps} with 'layers' in prune=: blocks are removed in one step; "
+                              f"remove them first (prune=('layers',)), then prune widths in rounds")
         if not isinstance(self.block_scorer, str) and not callable(self.block_scorer):
             raise ConfigError(f"block_scorer={self.block_scorer!r} must be a registered name or fn(ctx) -> float")
         object.__setattr__(self, "prune", prune)

@@ -46,3 +46,13 @@ class RegistryError(GraphPruneError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it readable
         return str(self.args[0]) if self.args else ""
+
+
+class SparsityError(GraphPruneError):
+    """Weight masks cannot be made or used as asked: a layer the pattern does not fit, or hardware
+    and torch without the sparse kernels ``to_semi_structured_`` needs. The model is left as it was."""
+
+
+class OptimizerError(ConfigError):
+    """An optimizer handed to ``Pruner`` does not hold the model's parameters, or holds state whose
+    layout cannot be sliced with them."""

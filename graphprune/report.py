@@ -91,6 +91,7 @@ class Report:
     notes: tuple[str, ...] = field(default=())  # criterion fallbacks, compensation limits
     removed_blocks: tuple[str, ...] = field(default=())  # "fqn (criterion score)", lowest score first
     plan: "Plan | None" = field(default=None, repr=False, compare=False)
+    rounds: tuple[Any, ...] = field(default=())  # steps > 1: graphprune.schedule.Round after each round
 
     @property
     def ratio(self) -> float:
@@ -110,6 +111,9 @@ class Report:
                  f"criterion {self.criterion}, scope {self.scope}, compensation {self.compensate or 'none'}"
                  + (f", calibration {self.calibration_batches} batches in {self.calibration_seconds:.1f} s"
                     if self.calibration_batches else "")]
+        if self.rounds:
+            lines.append("rounds (of the original): " + ", ".join(
+                f"{r.step}: -{r.params_ratio:.1%} params, -{r.macs_ratio:.1%} MACs" for r in self.rounds))
         lines += _rows("removed block", self.removed_blocks, max_rows)
         lines += _rows("pruned", self.pruned, max_rows)
         lines += _rows("frozen", self.frozen, max_rows)
@@ -161,7 +165,7 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
                   f"ranked by l2 there, at the judged groups' median scale" for i in (scores.fallback if scores is not None else ()))
     notes += tuple(compensation.notes) if compensation is not None else ()
     pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
-                   f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()))
+                   f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()) if i in by_id)  # composed: by round
     return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),
                   macs_before=count_macs(before, inputs) if macs_before is None else macs_before, macs_after=count_macs(after, inputs), pruned=pruned,
                   frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), left_out=left_out,

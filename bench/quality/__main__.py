@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-BENCHES = ("minilm", "effnet", "digits_cnn", "tiny_llama")
-NAMES = {"minilm": "minilm", "effnet": "effnet_lite0", "digits_cnn": "digits_cnn", "tiny_llama": "tiny_llama"}
+BENCHES = ("minilm", "effnet", "digits_cnn", "tiny_llama", "sparsity", "schedules")
+NAMES = {"minilm": "minilm", "effnet": "effnet_lite0", "digits_cnn": "digits_cnn", "tiny_llama": "tiny_llama",
+         "sparsity": "sparsity", "schedules": "schedules"}
 LOWER_IS_BETTER = {"kl", "ppl"}
 
 
@@ -46,8 +47,8 @@ def render(results: list[dict]) -> str:
              "`gp` rows are graphprune recipes, `tp` rows Torch-Pruning; every tp row removes the same fraction of "
              "parameters as graphprune's default at that ratio (bisection on its channel ratio). Best of each "
              "tool per ratio in the summary; no fine-tuning unless a column says so.", ""]
-    for r in results:
-        lines += section(r)
+    for r in results:  # a result naming a module ("render") brings its own tables
+        lines += importlib.import_module(f"bench.quality.{r['render']}").section(r) if "render" in r else section(r)
     return "\n".join(lines) + "\n"
 
 

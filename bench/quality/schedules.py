@@ -1,0 +1,191 @@
+"""Quality benchmark (f): schedules. (1) Iterative (5 rounds, each re-tracing, re-calibrating and
+re-scoring the pruned model) against one-shot structured pruning at 50%, on the sentence encoder
+of (a) and the Llama of (d), no fine-tuning, for the default criterion and three data-aware recipes.
+(2) On the digits CNN of (c): prune-then-fine-tune (one-shot, then every epoch on the small model)
+against pruning during fine-tuning (``graphprune.Pruner``: a slice at the end of each epoch of the
+first half, one optimizer remapped through the surgery, the second half trains the final model),
+with and without its group-sparsity penalty, at the same total epochs, learning rate and batch
+order; mean test accuracy over seeds of the batch order.
+
+    .venv/bin/python -m bench.quality.schedules [--quick]
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphprune
+from bench.quality import common, digits_cnn, minilm, tiny_llama, trained
+
+NAME = "schedules"
+RATIO = 0.5
+STEPS = 5
+RECIPES = [("l2 (default)", {}), ("taylor", dict(scorer="taylor")), ("activation", dict(scorer="activation")),
+           ("fluctuation+lstsq", dict(scorer="fluctuation", compensate="lstsq"))]
+
+
+def _pair(model: nn.Module, ratio: float, calib: list, example: Any, options: dict[str, Any],
+          measure: Callable[[nn.Module], dict[str, float]], base: dict[str, Any], removed: Callable) -> list[dict]:
+    """One-shot and iterative rows for one recipe (a failure is the row's note)."""
+    rows = []
+    for schedule, steps in (("one-shot", 1), (f"iterative {STEPS}", STEPS)):
+        row = {**base, "schedule": schedule}
+        try:
+            t0 = time.perf_counter()
+            small, _ = common.gp_prune(model, ratio, calib, example, steps=steps, **options)
+            row.update(seconds=time.perf_counter() - t0, params_removed=removed(small), **measure(small))
+        except Exception as err:  # noqa: BLE001 - a failing recipe is a result
+            row["note"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def encoder_rows(quick: bool) -> list[dict[str, Any]]:
+    model, tok = minilm.load()
+    evals = minilm.batches(tok, minilm.sentences("lee.cor", 48 if quick else 256), 32)
+    calib = minilm.batches(tok, minilm.sentences("lee_background.cor", 32 if quick else 128), 16)
+    ref, enc = minilm.embed(model, evals), common.n_params(model, "encoder.")
+    measure = lambda m: minilm.fidelity(ref, minilm.embed(m, evals))  # noqa: E731
+    removed = lambda m: 1 - common.n_params(m, "encoder.") / enc  # noqa: E731
+    rows = []
+    for label, options in RECIPES[:1] if quick else RECIPES:
+        rows += _pair(model, minilm.encoder_fraction(model, RATIO), calib, calib[0], {"prune": ("heads", "mlp"), **options},
+                      measure, {"model": "minilm", "method": label, "ratio": RATIO}, removed)
+    return rows
+
+
+def lm_rows(quick: bool) -> tuple[list[dict[str, Any]], float]:
+    cfg = tiny_llama.settings(quick)
+    model, ctx, _ = trained.llama(cfg)
+    measure = lambda m: {"ppl": tiny_llama.perplexity(m, ctx["windows"], cfg["eval_batch"])}  # noqa: E731
+    removed = lambda m: 1 - common.n_params(m) / common.n_params(model)  # noqa: E731
+    rows = []
+    for label, options in RECIPES[:1] if quick else RECIPES:
+        rows += _pair(model, RATIO, ctx["calib"], ctx["example"], {"prune": ("heads", "mlp"), **options},
+                      measure, {"model": "tiny_llama", "method": label, "ratio": RATIO}, removed)
+    return rows, measure(model)["ppl"]
+
+
+# -- (2) the digits CNN: when to prune during fine-tuning ---------------------------------------------
+
+def digits_settings(quick: bool) -> dict[str, Any]:
+    base = digits_cnn.settings(quick)
+    return {**{k: base[k] for k in ("seed", "split_seed", "test_fraction", "width", "epochs", "batch_size", "lr")},
+            "ft_epochs": 6, "ft_lr": 1e-3, "pruner_steps": 3, "ratios": [0.9] if quick else [0.8, 0.9, 0.95],
+            "seeds": [0] if quick else [0, 1, 2], "reg": 1e-3, "threads": 1}
+
+
+def _fine_tune(model: nn.Module, epochs: list, cfg: dict[str, Any], pruner: graphprune.Pruner | None = None,
+               reg: float = 0.0, prune_after: int = 0) -> nn.Module:
+    """Adam over the epochs; with a pruner, one slice at the end of each of the first ``prune_after``
+    epochs (the optimizer follows the surgery) and ``reg`` times its penalty in the loss."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["ft_lr"])
+    for e, epoch in enumerate(epochs):
+        model.train()
+        for x, y in epoch:
+            loss = F.cross_entropy(model(x), y) + (reg * pruner.regularizer() if reg else 0.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if pruner is not None and e < prune_after:
+            pruner.step(opt)
+    return model.eval()
+
+
+def digits_methods(cfg: dict[str, Any]) -> list[tuple[str, Callable]]:
+    def then_ft(scorer: str) -> Callable:
+        def run(model, ratio, epochs, ctx):
+            small = graphprune.shrink(model, ratio, example_inputs=ctx["example"], scorer=scorer)
+            return _fine_tune(small, epochs, cfg)
+        return run
+
+    def during(scorer: str, reg: float) -> Callable:
+        def run(model, ratio, epochs, ctx):
+            model = copy.deepcopy(model)
+            pruner = graphprune.Pruner(model, ratio, steps=cfg["pruner_steps"], example_inputs=ctx["example"],
+                                       scorer=scorer)
+            return _fine_tune(model, epochs, cfg, pruner, reg, cfg["pruner_steps"])
+        return run
+    return [("prune, then fine-tune (l2)", then_ft("l2")), ("Pruner during fine-tune (l2)", during("l2", 0.0)),
+            ("Pruner + group lasso (l2)", during("l2", cfg["reg"])),
+            ("prune, then fine-tune (bn_scale)", then_ft("bn_scale")),
+            ("Pruner + BN-L1 (bn_scale, network slimming)", during("bn_scale", cfg["reg"]))]
+
+
+def digits_rows(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    cfg = digits_settings(quick)
+    torch.manual_seed(cfg["seed"])
+    xtr, ytr, xte, yte = digits_cnn.load_data(cfg)
+    model = digits_cnn.train_(digits_cnn.DigitsNet(cfg["width"]), digits_cnn.epochs_of(xtr, ytr, cfg, cfg["epochs"],
+                                                                                      seed=cfg["seed"]), cfg["lr"])
+    ctx = {"example": xtr[:1]}
+    rows = [{"model": "digits_cnn", "method": "unpruned", "ratio": 0.0, "acc": digits_cnn.accuracy(model, xte, yte)}]
+    for ratio in cfg["ratios"]:
+        for label, method in digits_methods(cfg):
+            accs, removed, t0 = [], 0.0, time.perf_counter()
+            for seed in cfg["seeds"]:
+                torch.manual_seed(seed)
+                epochs = digits_cnn.epochs_of(xtr, ytr, cfg, cfg["ft_epochs"], seed=1000 + 100 * seed)
+                small = method(model, ratio, epochs, ctx)
+                accs.append(digits_cnn.accuracy(small, xte, yte))
+                removed = 1 - common.n_params(small) / common.n_params(model)
+            rows.append({"model": "digits_cnn", "method": label, "ratio": ratio, "acc": statistics.mean(accs),
+                         "acc_min": min(accs), "params_removed": removed, "seconds": time.perf_counter() - t0})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows, cfg
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    torch.set_num_threads(1)
+    lm, dense_ppl = lm_rows(quick)
+    enc = encoder_rows(quick)
+    digits, dcfg = digits_rows(quick)
+    return {"name": NAME, "render": NAME, "rows": enc + lm + digits, "seconds": time.perf_counter() - t0,
+            "settings": {"ratio": RATIO, "iterative_steps": STEPS, "llama_dense_ppl": dense_ppl, "digits": dcfg,
+                         "threads": 1, "torch": torch.__version__}}
+
+
+def section(r: dict[str, Any]) -> list[str]:
+    """Markdown for quality.md: one-shot vs iterative per model and recipe, then the digits schedules."""
+    out = [f"## {r['name']}: iterative vs one-shot, and pruning during fine-tuning", "",
+           f"Settings: `{json.dumps(r['settings'])}`; whole run {r['seconds']:.0f} s.", ""]
+    for model, metric in (("minilm", "cosine"), ("tiny_llama", "ppl")):
+        rows = [x for x in r["rows"] if x["model"] == model]
+        out += [f"| {model} at {r['settings']['ratio']:g} | one-shot {metric} | iterative {metric} | change | "
+                f"removed (one-shot / iterative) |", "|---|---|---|---|---|"]
+        for method in dict.fromkeys(x["method"] for x in rows):
+            one, it = (next(x for x in rows if x["method"] == method and x["schedule"].startswith(s))
+                       for s in ("one-shot", "iterative"))
+            if metric not in one or metric not in it:
+                out.append(f"| {method} | {one.get('note', '-')} | {it.get('note', '-')} | - | - |")
+                continue
+            change = it[metric] - one[metric]
+            out.append(f"| {method} | {one[metric]:.3f} | {it[metric]:.3f} | {change:+.3f} | "
+                       f"{one['params_removed']:.3f} / {it['params_removed']:.3f} |")
+        out.append("")
+    rows = [x for x in r["rows"] if x["model"] == "digits_cnn"]
+    ratios = sorted({x["ratio"] for x in rows if x["ratio"] > 0})
+    d = r["settings"]["digits"]
+    out += [f"digits CNN, test accuracy after {d['ft_epochs']} fine-tuning epochs in all (mean over {len(d['seeds'])} "
+            f"batch orders; unpruned {rows[0]['acc']:.3f}); Pruner: {d['pruner_steps']} slices, penalty weight "
+            f"{d['reg']:g}", "",
+            "| method | " + " | ".join(f"{ratio:g}" for ratio in ratios) + " |", "|---" * (len(ratios) + 1) + "|"]
+    for method in dict.fromkeys(x["method"] for x in rows if x["ratio"] > 0):
+        cells = [next((f"{x['acc']:.3f}" for x in rows if x["method"] == method and x["ratio"] == ratio), "-")
+                 for ratio in ratios]
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+if __name__ == "__main__":
+    common.cli(run)
