@@ -142,14 +142,22 @@ def test_a_plan_for_another_resnet_is_refused() -> None:
     _refused(pruned, plan, r"already pruned")
 
 
+def _first(d: dict, op: str) -> dict:
+    return next(a for a in d["actions"] if a["op"] == op)
+
+
 @pytest.mark.parametrize("edit, match", [
-    (lambda d: d.pop("keep"), r"plan has no field 'keep'"),
-    (lambda d: d.update(keep={"w": {"0": ["1"]}}), r"plan field 'keep'\['w'\]\['0'\]\[0\] must be an integer, got str"),
-    (lambda d: d.update(keep={"w": {"x": [1]}}), r"plan field 'keep'\['w'\] key 'x' must be an integer key"),
+    (lambda d: d.pop("actions"), r"plan has no field 'actions'"),
+    (lambda d: _first(d, "slice").update(dims={"0": ["1"]}),
+     r"plan field 'actions'\[\d+\] field 'dims'\['0'\]\[0\] must be an integer, got str"),
+    (lambda d: _first(d, "slice").update(dims={"x": [1]}),
+     r"plan field 'actions'\[\d+\] field 'dims' key 'x' must be an integer key"),
+    (lambda d: _first(d, "slice").pop("tensor"), r"plan field 'actions'\[\d+\] has no field 'tensor'"),
     (lambda d: d.update(params_after="10"), r"plan field 'params_after' must be an integer >= 0"),
-    (lambda d: d.update(attrs={"m": {"a": 1.5}}), r"plan field 'attrs'\['m'\]\['a'\] must be an integer or a list"),
+    (lambda d: d["actions"].append({"op": "set_attr", "module": "m", "attr": "a", "value": 1.5}),
+     r"field 'value' must be an integer or a list"),
     (lambda d: d.update(coupled={"0": [["w", 0]]}), r"plan field 'coupled'\['0'\]\[0\] must be \[fqn"),
-    (lambda d: d.update(kep={}), r"unknown field 'kep' \(did you mean 'keep'\?\)"),
+    (lambda d: d.update(actoins=[]), r"unknown field 'actoins' \(did you mean 'actions'\?\)"),
     (lambda d: d.update(fingerprint=7), r"plan field 'fingerprint' must be a string"),
 ])
 def test_schema_errors_name_the_field(grouped, edit, match) -> None:
