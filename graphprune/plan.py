@@ -94,7 +94,7 @@ def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scor
     """Width plan over the groups of the kinds in ``config.prune``. ``gone``: parameters of blocks
     removed whole; groups living only in them are left alone, and the ratio counts them as removed."""
     live = [g for g in groups.prunable if kind(g) in config.prune and not _ignored(model, g, config.ignore)
-            and (allow is None or allow(g)) and not all(m.fqn in gone for m in g.members if "." in m.fqn)]
+            and (allow is None or allow(g)) and not _inside(g, gone)]
     live, shared = _tie_shared(model, live, groups.groups)
     normalised = all_scores.normalised(config.normalize)
     missing = [g.id for g in live if g.id not in normalised]
@@ -105,6 +105,12 @@ def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scor
     cost = Cost(model, live, groups, config.target, gone, sizes)
     removed = _search(live, scores, cost, config, shared)
     return _build(model, live, scores, removed, config, groups)
+
+
+def _inside(g: Group, gone: frozenset[str]) -> bool:
+    """Every tensor of ``g`` belongs to removed blocks (never true when nothing is removed: a group of
+    root-level parameters alone is still live)."""
+    return bool(gone) and all(m.fqn in gone for m in g.members)
 
 
 def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scores: Scores,
