@@ -15,7 +15,7 @@ from torch import nn
 
 from ..blocks import Block, Blocks
 from ..calibrate import Stats
-from ..errors import CalibrationError, ConfigError
+from ..errors import CalibrationError
 from ..registry import Registry
 
 BLOCK_SCORERS = Registry("block scorer")
@@ -77,12 +77,7 @@ def score_blocks(model: nn.Module, blocks: Blocks, scorer: Any = "branch_norm", 
 
 
 def _resolve(scorer: Any) -> Callable:
-    if callable(scorer):
-        return scorer
-    if isinstance(scorer, str) and scorer in BLOCK_SCORERS:
-        return BLOCK_SCORERS[scorer]
-    raise ConfigError(f"block_scorer={scorer!r} is not a registered name or a callable; choose one of "
-                      f"{list_block_scorers()} or pass fn(ctx) -> float")
+    return BLOCK_SCORERS.resolve(scorer, "block_scorer", "fn(ctx) -> float")
 
 
 @register_block_scorer("branch_norm")
