@@ -36,6 +36,10 @@ bench-quality: $(STAMP)
 	$(PIP) -e ".[test,bench]"
 	$(BIN)/python -m bench.quality
 
+bench-depth: $(STAMP)
+	$(PIP) -e ".[test,bench]"
+	$(BIN)/python bench/depth_vs_width.py
+
 # Rebuild constraints.txt from pyproject.toml's ranges in a throwaway venv (then run make test and the benches).
 lock:
 	rm -rf /tmp/graphprune-lock && PIP_CONSTRAINT= $(PY) -m venv /tmp/graphprune-lock
@@ -43,4 +47,4 @@ lock:
 	{ grep '^#' constraints.txt; /tmp/graphprune-lock/bin/pip freeze --all --exclude-editable | \
 	  grep -v -i -E '^(graphprune|nvidia-|cuda-)'; } > constraints.new && mv constraints.new constraints.txt
 
-.PHONY: venv demo test zoo bench bench-big bench-quality lock
+.PHONY: venv demo test zoo bench bench-big bench-quality bench-depth lock

@@ -49,6 +49,10 @@ __all__ = [
     "plan_report",
     "OptimizerError", "SparsityError", "SparsityReport", "list_mask_scorers", "make_dense_", "register_mask_scorer",
     "sparsify_", "to_semi_structured_", "ParamMap", "PruneStep", "Pruner", "Round", "remap_optimizer_",
+    "Block", "Blocks", "find_blocks", "register_block_scorer", "list_block_scorers", "score_blocks", "actions",
 ]
 from .hub import config_mismatches, from_pretrained  # noqa: E402
+from . import actions  # noqa: E402
+from .blocks import Block, Blocks, find_blocks  # noqa: E402
+from .criteria.blocks import list_block_scorers, register_block_scorer, score_blocks  # noqa: E402
 from .checkpoint import checkpoint_tensors, meta_model, prune_checkpoint  # noqa: E402

@@ -8,7 +8,10 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
+from .blocks import find_blocks
 from .calibrate import Stats, calibrate
+from .criteria.blocks import block_needs, score_blocks
+from .depth import resolve_block_scorer
 from .compensate import Compensation, compensation
 from .config import ShrinkConfig, check_options
 from .groups import Groups, find_groups
@@ -66,16 +69,18 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         traced = trace(model, example_inputs)
         step("groups")
         groups = find_groups(traced, strict=config.strict, read_source=config.read_source)
+        blocks = find_blocks(traced) if "layers" in config.prune else None
         step("calibrate")
-        stats = _calibration(model, groups, config, scorer, calibration, loss_fn)
+        stats = _calibration(model, groups, config, scorer, calibration, loss_fn, blocks)
         step("score")
         scores = score(model, groups, scorer or config.scorer, stats, seed=config.seed)
+        depth = (blocks, score_blocks(model, blocks, resolve_block_scorer(config, stats), stats)) if blocks else ()
         step("plan and surgery")
         # a copy shares the tensors a plan may slice until surgery has read them: no second full model
         target, shared = (model, frozenset()) if inplace else shared_copy(
             model, {m.fqn for g in groups.prunable for m in g.members})
         macs_before = count_macs(model, traced.inputs) if return_report else 0  # before an in-place model changes
-        plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats, shared)
+        plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats, shared, depth)
         unshare_(target, shared)
         if not return_report:
             return target
@@ -90,9 +95,12 @@ SHRINK_KEYWORDS = ("example_inputs", "inplace", "return_report", "scorer", "cali
 
 
 def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, batches: Any,
-                 loss_fn: Any) -> Stats | None:
-    """One calibration pass collecting what the criterion and the compensation read (None: no data needed)."""
+                 loss_fn: Any, blocks: Any = None) -> Stats | None:
+    """One calibration pass collecting what the criteria (of units and of blocks) and the
+    compensation read (None: no data needed)."""
     needs = set(needs_of(scorer or config.scorer))
+    if blocks and batches is not None:  # "auto" ranks blocks by their angular distance when data is given
+        needs |= set(block_needs("angular" if config.block_scorer == "auto" else config.block_scorer))
     if config.compensate:
         needs |= {"inputs", "gram"} if config.compensate == "lstsq" else {"inputs"}
     if batches is None:
@@ -105,21 +113,21 @@ def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer:
                       f"data; pass scorer='activation' (or 'taylor', 'fluctuation', ...) to use it")
         return None
     return calibrate(model, groups, batches, needs=tuple(needs), loss_fn=loss_fn, max_batches=config.max_batches,
-                     seed=config.seed)
+                     seed=config.seed, blocks=blocks)
 
 
 MAX_RETRIES = 16
 
 
 def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores,
-                     inputs: Any, stats: Stats | None = None,
-                     shared: frozenset[int] = frozenset()) -> tuple[Plan, Compensation | None]:
+                     inputs: Any, stats: Stats | None = None, shared: frozenset[int] = frozenset(),
+                     depth: tuple = ()) -> tuple[Plan, Compensation | None]:
     """Plan and prune; if the pruned forward breaks inside a module (its code derives a width from a
     constant or another tensor's shape, invisible in the traced graph), leave every module of that
     type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done stays."""
     left_out: list[str] = []
     for _ in range(MAX_RETRIES):
-        plan = _make_plan_noting(model, groups, config, scores, left_out)
+        plan = _make_plan_noting(model, groups, config, scores, left_out, depth)
         comp = compensation(model, plan, groups, stats, config.compensate) if config.compensate else None
         if stats is not None:
             plan = dataclasses.replace(plan, config={**plan.config, "calibration": {
@@ -139,9 +147,11 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
     raise SurgeryError(f"the pruned forward still fails after leaving {MAX_RETRIES} module types unpruned")
 
 
-def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores, left_out: list[str]) -> Plan:
+def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores, left_out: list[str],
+                      depth: tuple = ()) -> Plan:
     try:
-        return make_plan(model, groups, config, scores=scores)
+        return make_plan(model, groups, config, scores=scores, blocks=depth[0] if depth else None,
+                         block_scores=depth[1] if depth else None)
     except PlanError as err:
         if not left_out:
             raise

@@ -15,12 +15,14 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from .block_stats import BLOCK_NEEDS, BlockProbe
 from .errors import CalibrationError
 from .groups import Groups, Member
 from .inputs import first_tensor, is_causal_lm, normalize_inputs
 from .trace import _describe, _eval_mode, _first_line
 
-NEEDS = ("inputs", "gram", "grads")  # channel moments; full second moments (lstsq); gradients
+# channel moments; full second moments (lstsq); gradients; per block: turn and cost of skipping it
+NEEDS = ("inputs", "gram", "grads", *BLOCK_NEEDS)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -64,6 +66,8 @@ class Stats:
     inputs: Mapping[str, InputStats]
     taylor: Mapping[int, np.ndarray] = field(default_factory=dict)
     fisher: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    block_turn: Mapping[str, float] = field(default_factory=dict)  # block FQN -> mean 1 - cos(input, output)
+    block_cost: Mapping[str, float] = field(default_factory=dict)  # block FQN -> loss increase when skipped
     batches: int = 0
     seconds: float = 0.0
     loss: str = ""
@@ -152,14 +156,16 @@ class _Grads:
 
 def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *, needs: Iterable[str] = ("inputs",),
               loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, max_batches: int | None = None,
-              progress: bool | None = None, seed: int = 0, modules: Mapping[str, int] | None = None) -> Stats:
+              progress: bool | None = None, seed: int = 0, modules: Mapping[str, int] | None = None,
+              blocks: Any = None) -> Stats:
     """Run the model's own forward (and, for "grads", a backward) over ``batches`` and return ``Stats``.
 
     A batch is a Tensor, a tuple of positional args or a dict of keyword args (a ``DataLoader`` may
     yield them). Gradients come from ``loss_fn(output, batch)`` if given, else the model's own loss
     (an HF causal LM gets ``labels=input_ids``), else ``<output, r>`` for a fresh Gaussian ``r`` per
     batch, whose squared gradient averages to the squared first-order change of the output. The
-    model's parameters, ``.grad``, modes and hooks are as they were afterwards.
+    model's parameters, ``.grad``, modes and hooks are as they were afterwards. "blocks" and
+    "bypass" measure the removable ``blocks`` (``graphprune.find_blocks``), see ``block_stats``.
 
     ``modules`` adds leaf modules (FQN -> channel dim of their first input) whose input moments to
     collect besides the groups' consumers; with ``groups=None`` only those are read ("inputs" and
@@ -181,21 +187,42 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
     start, count, loss_name = time.perf_counter(), 0, ""
     hooks = _Inputs(model, consumers, "gram" in needs) if {"inputs", "gram"} & set(needs) else None
     grads = _Grads(model, groups) if "grads" in needs else None
+    probe = _probe(model, blocks, needs, loss_fn)
     try:
         with _eval_mode(model), _requires_grad(grads.params if grads else []):
             for i, batch in enumerate(_bar(batches, max_batches, progress)):
                 loss_name = _step(model, batch, i, grads, loss_fn, seed)
+                if probe is not None:
+                    probe.after(batch, loss_fn)
                 count += 1
     finally:
-        if hooks is not None:
-            hooks.remove()
+        for h in (hooks, probe):
+            if h is not None:
+                h.remove()
     if count == 0:
         raise CalibrationError("calibration= yielded no batches; pass an iterable (a list, a generator or a "
                                "DataLoader) of Tensors, tuples of positional args or dicts of keyword args")
     return Stats(inputs=MappingProxyType(hooks.result() if hooks else {}),
                  taylor=MappingProxyType({k: _frozen(v / count) for k, v in grads.taylor.items()} if grads else {}),
                  fisher=MappingProxyType({k: _frozen(v / count) for k, v in grads.fisher.items()} if grads else {}),
-                 batches=count, seconds=time.perf_counter() - start, loss=loss_name, needs=needs)
+                 **_block_fields(probe), batches=count, seconds=time.perf_counter() - start, loss=loss_name,
+                 needs=needs)
+
+
+def _probe(model: nn.Module, blocks: Any, needs: tuple[str, ...], loss_fn: Any) -> BlockProbe | None:
+    wanted = set(needs) & set(BLOCK_NEEDS)
+    if not wanted:
+        return None
+    if blocks is None:
+        raise CalibrationError(f"needs={sorted(wanted)} measure removable blocks; pass blocks=graphprune.find_blocks(model)")
+    return BlockProbe(model, [b.fqn for b in blocks], wanted, loss_fn)
+
+
+def _block_fields(probe: BlockProbe | None) -> dict[str, Any]:
+    if probe is None:
+        return {}
+    turn, cost = probe.result()
+    return {"block_turn": MappingProxyType(turn), "block_cost": MappingProxyType(cost)}
 
 
 def _check_needs(needs: Iterable[str]) -> tuple[str, ...]:

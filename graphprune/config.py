@@ -7,9 +7,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-VERSION = 3  # 2: scope, max_fraction, normalize, compensate, seed, max_batches; 3: steps, read_source (older read as defaults)
+VERSION = 5  # 5: read_source; 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
 TARGETS = ("params", "macs")
-KINDS = ("heads", "mlp", "hidden")
+KINDS = ("heads", "mlp", "hidden", "layers")
+WIDTHS = ("heads", "mlp", "hidden")  # what prune= takes by default: depth is asked for by name
 SCOPES = ("auto", "global", "local")
 NORMALIZE = ("auto", "mean", "max", "sum", "none")
 COMPENSATE = (None, "mean", "lstsq")
@@ -29,7 +30,14 @@ class ShrinkConfig:
     carries): 0 ranks by importance alone, 1 by importance per parameter.
     ``tolerance``: how far the achieved ratio may be from ``ratio`` before ``PlanError`` is raised.
     ``prune``: which kinds of groups may shrink: "heads" (attention heads), "mlp" (MLP neurons and
-    conv channels), "hidden" (widths normalised by layer/RMS norms: a transformer's residual stream).
+    conv channels), "hidden" (widths normalised by layer/RMS norms: a transformer's residual stream),
+    "layers" (whole residual blocks the graph proves removable, see ``graphprune.find_blocks``; not
+    in the default, since removing depth is a choice to make deliberately).
+    ``layers``: remove exactly this many blocks (with "layers" in ``prune``); without it the blocks
+    take the whole ratio (``prune=("layers",)``) or about half of it beside width kinds.
+    ``block_scorer``: what ranks blocks: "angular" (needs calibration), "bypass" (needs
+    calibration; one forward per block per batch), "branch_norm" (weights only); "auto" picks
+    "angular" with calibration data and "branch_norm" without.
     ``uniform``: groups playing the same part in every layer keep equal widths (a standard HF config
     can then describe the pruned model); refused for a model without a config (``model.config``).
     ``scope``: "global" ranks units of every group against each other (scores divided per group by
@@ -62,7 +70,7 @@ class ShrinkConfig:
     ignore: tuple[str, ...] = ()
     cost_power: float = 0.0
     tolerance: float = 0.01
-    prune: tuple[str, ...] = KINDS
+    prune: tuple[str, ...] = WIDTHS
     uniform: bool = False
     strict: bool = False
     read_source: bool = True
@@ -73,6 +81,8 @@ class ShrinkConfig:
     seed: int = 0
     max_batches: int | None = None
     steps: int = 1
+    layers: int | None = None
+    block_scorer: str = "auto"
     version: int = field(default=VERSION)
 
     def __post_init__(self) -> None:
@@ -106,6 +116,15 @@ class ShrinkConfig:
         prune = (self.prune,) if isinstance(self.prune, str) else tuple(self.prune)
         if not prune or set(prune) - set(KINDS):
             raise ConfigError(f"prune={self.prune!r} must name some of {KINDS}")
+        if self.layers is not None and (isinstance(self.layers, bool) or not isinstance(self.layers, int)
+                                        or self.layers < 1 or "layers" not in prune):
+            raise ConfigError(f"layers={self.layers!r} removes that many whole blocks: pass an integer >= 1 and "
+                              f"include 'layers' in prune= (e.g. prune=('layers',) or ('layers', 'mlp'))")
+        if "layers" in prune and isinstance(self.steps, int) and self.steps > 1:
+            raise ConfigError(f"steps={self.steps} with 'layers' in prune=: blocks are removed in one step; "
+                              f"remove them first (prune=('layers',)), then prune widths in rounds")
+        if not isinstance(self.block_scorer, str) and not callable(self.block_scorer):
+            raise ConfigError(f"block_scorer={self.block_scorer!r} must be a registered name or fn(ctx) -> float")
         object.__setattr__(self, "prune", prune)
         object.__setattr__(self, "ignore", _ignore_names(self.ignore))
 
@@ -113,8 +132,9 @@ class ShrinkConfig:
         data = asdict(self)
         data["ignore"] = [i if isinstance(i, str) else getattr(i, "__qualname__", repr(i)) for i in self.ignore]
         data["prune"] = list(self.prune)
-        if not isinstance(self.scorer, str):
-            data["scorer"] = getattr(self.scorer, "__qualname__", repr(self.scorer))
+        for name in ("scorer", "block_scorer"):
+            if not isinstance(getattr(self, name), str):
+                data[name] = getattr(getattr(self, name), "__qualname__", repr(getattr(self, name)))
         return data
 
     @classmethod
@@ -122,7 +142,7 @@ class ShrinkConfig:
         check_options(data, what="config key")
         data = dict(data)
         data["ignore"] = tuple(data.get("ignore", ()))
-        data["prune"] = tuple(data.get("prune", KINDS))
+        data["prune"] = tuple(data.get("prune", WIDTHS))
         return cls(**data)
 
 

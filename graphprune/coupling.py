@@ -180,7 +180,7 @@ class Builder:
 
     def _add(self, s: Slot, size: int) -> None:
         if s not in self.g:
-            self.g.add_node(s, size=size, frozen=[], inexact=[], unit=[], align=[], roles=set(),
+            self.g.add_node(s, size=size, frozen=[], inexact=[], unit=[], align=[], kind=[], roles=set(),
                             fqn=self.traced.tensor_fqn.get(s[0]))
 
     # -- couplings ---------------------------------------------------------
@@ -283,6 +283,13 @@ class Builder:
     def align(self, s: Slot, multiple: int, why: str) -> None:
         """Kept widths of this slot must stay multiples of ``multiple`` (a kernel's alignment)."""
         self.g.nodes[s]["align"].append((multiple, f"{why} ({self.where()})"))
+
+    def kind(self, s: Slot, name: str) -> None:
+        """What part the channels of this slot play, for ``prune=``: "hidden" where a layer or RMS
+        norm normalises over them (a transformer's residual stream). Unmarked groups are "mlp",
+        groups of heads "heads"."""
+        self._touched.add(s)
+        self.g.nodes[s]["kind"].append(name)
 
     def unit(self, s: Slot, name: str) -> None:
         """Name what one index of this slot is (e.g. 'head'), for tables and reports."""

@@ -53,6 +53,7 @@ class Group:
     frozen: str | None = None
     inexact: str | None = None
     align: int = 1  # kept units must be a multiple of it (kernel alignment)
+    kind: str = "mlp"  # what prune= calls it: "heads", "hidden" (normalised by a layer/RMS norm) or "mlp"
 
     @property
     def prunable(self) -> bool:
@@ -70,7 +71,7 @@ class Group:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "width": self.width, "unit": self.unit, "frozen": self.frozen,
+            "id": self.id, "width": self.width, "unit": self.unit, "kind": self.kind, "frozen": self.frozen,
             "inexact": self.inexact,
             "members": [{"fqn": m.fqn, "dim": m.dim, "roles": list(m.roles), "indices": m.indices.tolist()}
                         for m in self.members],
@@ -175,7 +176,7 @@ Key = tuple  # (fqn, dim, roles) of a tensor dim, or (fqn, attr, None) of a boun
 
 def _make_groups(c: Coupling, ch: Channels) -> list[Group]:
     """Channels whose labels carry the same members (keys, and positions per key) form one group."""
-    why = {k: label_reasons(c.graph, ch, k) for k in ("frozen", "inexact", "unit", "align")}
+    why = {k: label_reasons(c.graph, ch, k) for k in ("frozen", "inexact", "unit", "align", "kind")}
     spaces = keyed_spaces(c, ch)
     names = {k: [str(key) for _, key in sp.keys] for k, sp in spaces.items()}
     buckets: dict[tuple, list[tuple[tuple, np.ndarray]]] = {}
@@ -238,8 +239,10 @@ def _group(bucket: list[tuple[tuple, np.ndarray]], spaces: dict[int, Space], why
     tag = reason("unit")
     unit = ("head" if names & set(HEAD_COUNT_ATTRS) or tag == "head"
             else "group" if names & {"groups", "num_groups"} else tag if tag == GROUP_CHANNEL else "channel")
+    kind = "heads" if unit == "head" else reason("kind") or "mlp"
     return Group(id=-1, width=len(labs), unit=unit, members=tuple(members.values()), attrs=tuple(attrs),
-                 frozen=reason("frozen"), inexact=reason("inexact"), align=reason("align")[0] if reason("align") else 1)
+                 frozen=reason("frozen"), inexact=reason("inexact"), align=reason("align")[0] if reason("align") else 1,
+                 kind=kind)
 
 
 def _frozen_array(a: np.ndarray) -> np.ndarray:

@@ -1,13 +1,14 @@
-"""Stage 5, plan: pick which units of which groups to remove so the target ratio is met.
+"""Stage 5, plan: pick which units of which groups (and which whole blocks) to remove so the
+target ratio is met.
 
-A ``Plan`` is self-contained: it lists, per tensor, the indices kept along each pruned dim and the
-new values of module attributes, so it serialises to JSON and re-applies to a fresh copy of the
-model without tracing again.
+The ``Plan`` it returns (``graphprune.actions``) is self-contained: typed actions (kept indices per
+tensor, width attributes, config fields, removed modules), so it serialises to JSON and re-applies
+to a fresh copy of the model without tracing again.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import networkx as nx
 import numpy as np
 from torch import nn
 
+from .actions import PLAN_VERSION, REMAKE, Plan  # noqa: F401 - the plan value lives with its actions
 from .config import ShrinkConfig
 from .attrs import get_attr, owner_key, shared_attr
 from .errors import PlanError
@@ -27,82 +29,18 @@ from .options import checked
 from .scores import Scores, score
 from .validate import fingerprint
 
-PLAN_VERSION = 2  # 2: fingerprint of the model, coupled members of each pruned group (1: neither)
-REMAKE = "Make the plan again from the model (graphprune.make_plan, or graphprune shrink on the command line)."
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Which indices every pruned tensor keeps, and the module attributes that change.
-
-    ``fingerprint`` identifies the model it was made for (parameter and buffer names and shapes,
-    see ``graphprune.validate.fingerprint``); ``coupled`` lists, per removed group, its members
-    as ``[fqn, dim or attribute, indices per unit]``, so ``apply_plan_`` can check that coupled
-    tensors stay consistent without tracing the model again.
-    """
-
-    keep: dict[str, dict[int, list[int]]]
-    attrs: dict[str, dict[str, Any]]
-    removed: dict[int, list[int]]
-    config: dict[str, Any]
-    params_before: int
-    params_after: int
-    output_shapes: list[list[int]] = field(default_factory=list)
-    model_config: dict[str, Any] = field(default_factory=dict)
-    version: int = PLAN_VERSION
-    fingerprint: str = ""
-    model_class: str = ""
-    coupled: dict[int, list[list[Any]]] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float:
-        return 1 - self.params_after / self.params_before if self.params_before else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form (dims and group ids as string keys, tuples as lists)."""
-        return schema.plan_to_dict(self)
-
-    def to_json(self, path: str | None = None) -> str:
-        """Serialise; ``Plan.from_json`` reads it back.
-
-        >>> p = Plan({}, {}, {}, {"ratio": 0.0}, 10, 10, fingerprint="abc")
-        >>> Plan.from_json(p.to_json()) == p
-        True
-        """
-        text = json.dumps(self.to_dict())
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
-        return text
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "plan") -> "Plan":
-        """Check every field (``PlanError`` naming the first bad one) and build the plan. Plans of
-        another format version are refused, with a message saying so.
-
-        >>> Plan.from_dict({"version": 1})
-        Traceback (most recent call last):
-        graphprune.errors.PlanError: plan has format version 1; this graphprune reads plan format 2 only. Make the plan again ...
-        """
-        schema.check_version(data, where, PLAN_VERSION, "plan", REMAKE)
-        return cls(**schema.fields(schema.PLAN_FIELDS, "a plan")(data, where))
-
-    @classmethod
-    def from_json(cls, text_or_path: str) -> "Plan":
-        """Read a plan from JSON text or a JSON file (never anything else: a plan is data)."""
-        return cls.from_dict(*schema.read_json(text_or_path, "plan"))
-
-
 def count_params(model: nn.Module) -> int:
     """Parameters counted once each (tied weights once)."""
     return sum(p.numel() for p in model.parameters())
 
 
 def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any = None,
-              scores: Scores | None = None, stats: Any = None) -> Plan:
+              scores: Scores | None = None, stats: Any = None, blocks: Any = None, block_scores: Any = None) -> Plan:
     """Rank every prunable unit (globally, or within its group with ``scope="local"``) and remove
     the least important ones until ``config.ratio``. ``scores`` (from ``graphprune.score``) are used
     as given; otherwise ``scorer`` (default ``config.scorer``) scores, reading ``stats`` if it needs data.
+    With "layers" in ``config.prune``, whole blocks go too (``graphprune.depth``): ``blocks`` and
+    ``block_scores`` default to ``find_blocks`` and ``config.block_scorer``.
 
     >>> import timm
     >>> from graphprune.groups import find_groups
@@ -120,9 +58,18 @@ def make_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: An
         warnings.warn(f"graphprune: {type(hf).__name__} derives head_dim from hidden_size, so the hidden size "
                       f"stays; pruning heads and MLP widths only")
         config = dataclasses.replace(config, prune=tuple(k for k in config.prune if k != "hidden") or ("mlp",))
-    if config.uniform and hasattr(hf, "to_dict"):
-        return _describable_plan(model, groups, config, scores)
-    return _plan_kinds(model, groups, config, scores)
+    if "layers" in config.prune:
+        from .depth import plan_with_depth
+        return plan_with_depth(model, groups, config, scores, stats, blocks, block_scores)
+    return widths_plan(model, groups, config, scores)
+
+
+def widths_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scores: Scores,
+                gone: frozenset[str] = frozenset(), sizes: Any = None) -> Plan:
+    """The width part of a plan (every kind but "layers"); ``gone`` and ``sizes``: see ``_plan_kinds``."""
+    if config.uniform and hasattr(getattr(model, "config", None), "to_dict"):
+        return _describable_plan(model, groups, config, scores, gone, sizes)
+    return _plan_kinds(model, groups, config, scores, gone=gone, sizes=sizes)
 
 
 def resolve_scope(config: ShrinkConfig, scores: Scores) -> ShrinkConfig:
@@ -142,9 +89,12 @@ def resolve_scope(config: ShrinkConfig, scores: Scores) -> ShrinkConfig:
     return config
 
 
-def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scores: Scores, allow: Any = None) -> Plan:
+def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scores: Scores, allow: Any = None,
+                gone: frozenset[str] = frozenset(), sizes: Any = None) -> Plan:
+    """Width plan over the groups of the kinds in ``config.prune``. ``gone``: parameters of blocks
+    removed whole; groups living only in them are left alone, and the ratio counts them as removed."""
     live = [g for g in groups.prunable if kind(g) in config.prune and not _ignored(model, g, config.ignore)
-            and (allow is None or allow(g))]
+            and (allow is None or allow(g)) and not _inside(g, gone)]
     live, shared = _tie_shared(model, live, groups.groups)
     normalised = all_scores.normalised(config.normalize)
     missing = [g.id for g in live if g.id not in normalised]
@@ -152,12 +102,19 @@ def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scor
         raise PlanError(f"scores= has no scores for groups {missing[:5]}; score the same groups the plan uses "
                         f"(graphprune.score(model, groups, ...))")
     scores = {g.id: normalised[g.id] for g in live}
-    cost = Cost(model, live, groups, config.target)
+    cost = Cost(model, live, groups, config.target, gone, sizes)
     removed = _search(live, scores, cost, config, shared)
     return _build(model, live, scores, removed, config, groups)
 
 
-def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scores: Scores) -> Plan:
+def _inside(g: Group, gone: frozenset[str]) -> bool:
+    """Every tensor of ``g`` belongs to removed blocks (never true when nothing is removed: a group of
+    root-level parameters alone is still live)."""
+    return bool(gone) and all(m.fqn in gone for m in g.members)
+
+
+def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scores: Scores,
+                      gone: frozenset[str] = frozenset(), sizes: Any = None) -> Plan:
     """A uniform plan whose widths the model's own config can describe, so stock ``from_pretrained``
     rebuilds it. Kinds the config cannot express (BERT derives the head size from hidden_size //
     heads, so neither may change alone) are left out, hidden size first, with a warning."""
@@ -173,7 +130,8 @@ def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, sc
         try:
             # a width no config field counts (BERT's pooler, a classifier's dense layer) must stay
             plan = _plan_kinds(model, groups, dataclasses.replace(config, prune=kinds), scores,
-                               allow=lambda g: widths.describes(model.config, kind(g), g.width))
+                               allow=lambda g: widths.describes(model.config, kind(g), g.width), gone=gone,
+                               sizes=sizes)
         except PlanError as err:
             why.append(f"prune={kinds}: {err}")
             continue
@@ -189,47 +147,53 @@ def _describable_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, sc
 
 
 def kind(g: Group) -> str:
-    """'heads' (attention heads), 'hidden' (a width normalised over by a layer/RMS norm: the residual
-    stream of a transformer) or 'mlp' (every other channel or neuron group, conv channels included).
+    """'heads' (attention heads), 'hidden' (a width a layer/RMS norm normalises over: the residual
+    stream of a transformer) or 'mlp' (every other channel or neuron group, conv channels included),
+    as the coupling rules marked it (``Group.kind``).
 
     >>> from graphprune.groups import Group
-    >>> kind(Group(id=0, width=4, unit="head", members=()))
+    >>> kind(Group(id=0, width=4, unit="head", members=(), kind="heads"))
     'heads'
     """
-    if g.unit == "head":
-        return "heads"
-    return "hidden" if g.inexact and "norm" in g.inexact else "mlp"
+    return g.kind
 
 
 def _ignored(model: nn.Module, g: Group, ignore: tuple[str, ...]) -> bool:
+    return bool(ignore) and any(ignored_module(model, m.fqn.rpartition(".")[0], ignore) for m in g.members)
+
+
+def ignored_module(model: nn.Module, fqn: str, ignore: tuple[str, ...]) -> bool:
+    """``fqn`` or a module above it is named in ``ignore`` (by FQN or class name)."""
     if not ignore:
         return False
-    for m in g.members:
-        owner = m.fqn.rsplit(".", 1)[0] if "." in m.fqn else ""
-        if any(owner == i or owner.startswith(i + ".") for i in ignore):
-            return True
-        path = owner.split(".") if owner else []
-        for k in range(len(path) + 1):
-            cls = type(model.get_submodule(".".join(path[:k]))).__qualname__
-            if cls in ignore:
-                return True
-    return False
+    if any(fqn == i or fqn.startswith(i + ".") for i in ignore):
+        return True
+    path = fqn.split(".") if fqn else []
+    return any(type(model.get_submodule(".".join(path[:k]))).__qualname__ in ignore for k in range(len(path) + 1))
+
+
+def size_weights(model: nn.Module, groups: Groups, target: str) -> tuple[dict[str, float], float]:
+    """What each parameter counts for (its size, or the MACs of the module it weighs) and the total."""
+    if target == "macs":
+        from .report import macs_by_param
+        return macs_by_param(model, groups.traced.inputs)
+    return ({f: float(p.numel()) for f, p in model.named_parameters()},
+            float(sum(p.numel() for p in model.parameters())))
 
 
 class Cost:
     """Exact size of the model (parameters, or estimated MACs) for per-group removal counts."""
 
-    def __init__(self, model: nn.Module, live: list[Group], groups: Groups, target: str):
+    def __init__(self, model: nn.Module, live: list[Group], groups: Groups, target: str,
+                 gone: frozenset[str] = frozenset(), sizes: tuple[dict[str, float], float] | None = None):
         params = dict(model.named_parameters())
         self.shapes = {f: list(p.shape) for f, p in params.items()}
-        self.weight = {f: float(p.numel()) for f, p in params.items()}
-        self.total = float(sum(p.numel() for p in model.parameters()))
-        if target == "macs":
-            from .report import macs_by_param
-            self.weight, self.total = macs_by_param(model, groups.traced.inputs)
+        weight, self.total = sizes or size_weights(model, groups, target)
         self.terms = [[(m.fqn, m.dim, m.indices.shape[1]) for m in g.members if m.fqn in params] for g in live]
         self.touched = sorted({f for t in self.terms for f, _, _ in t})
-        self.fixed = self.total - sum(self.weight.get(f, 0.0) for f in self.touched)
+        # tensors of removed blocks (``gone``) count as removed whole, however their dims are sliced
+        self.fixed = self.total - sum(weight.get(f, 0.0) for f in set(self.touched) | gone)
+        self.weight = {f: 0.0 if f in gone else w for f, w in weight.items()}
 
     def size(self, counts: list[int]) -> float:
         dims = {f: list(self.shapes[f]) for f in self.touched}
@@ -396,11 +360,11 @@ def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], con
     model_config = widths.config_updates(getattr(model, "config", None), list(groups), counts, kind)
     before = count_params(model)
     after = before - sum(_lost(params[f], dims) for f, dims in keep.items() if f in params)
-    return Plan(keep=keep, attrs=attrs, removed={g.id: u for g, u in chosen}, config=config,
-                params_before=before, params_after=int(after),
-                output_shapes=[list(s) for s in groups.traced.output_shapes], model_config=model_config,
-                fingerprint=fingerprint(model), model_class=type(model).__qualname__,
-                coupled={g.id: coupled_members(g) for g, _ in chosen})
+    return Plan.build(keep=keep, attrs=attrs, model_config=model_config, removed={g.id: u for g, u in chosen},
+                      config=config, params_before=before, params_after=int(after),
+                      output_shapes=[list(s) for s in groups.traced.output_shapes],
+                      fingerprint=fingerprint(model), model_class=type(model).__qualname__,
+                      coupled={g.id: coupled_members(g) for g, _ in chosen})
 
 
 def coupled_members(g: Group) -> list[list[Any]]:

@@ -33,13 +33,17 @@ def read_record(data: Any, where: str) -> dict[str, Any]:
     return schema.fields(schema.RECORD_FIELDS, "a graphprune record")(data, where)
 
 
-def check_record(model: nn.Module, record: dict[str, Any], where: str) -> None:
-    """Every recorded shape names a tensor of the freshly built base and is no larger than it;
-    every recorded attribute is a width attribute that shrinks (as a plan's are)."""
+def check_base(model: nn.Module, record: dict[str, Any], where: str) -> None:
+    """The freshly built base is the model the record was pruned from (same fingerprint)."""
     if record.get("fingerprint") and record["fingerprint"] != fingerprint(model):
         raise PlanError(f"{where}: the base model built now ({type(model).__qualname__}, fingerprint "
                         f"{fingerprint(model)}) is not the one the weights were pruned from (fingerprint "
                         f"{record['fingerprint']}); was it built by another version of its library?")
+
+
+def check_record(model: nn.Module, record: dict[str, Any], where: str) -> None:
+    """Every recorded shape names a tensor of the base (after the recorded modules went) and is no
+    larger than it; every recorded attribute is a width attribute that shrinks (as a plan's are)."""
     tensors = named_tensors(model)
     for fqn, shape in record["shapes"].items():
         field = f"{where} field 'shapes'[{fqn!r}]"
@@ -56,10 +60,23 @@ def check_record(model: nn.Module, record: dict[str, Any], where: str) -> None:
 def reshape_(model: nn.Module, record: dict[str, Any], where: str) -> nn.Module:
     """Give the base ``model`` the recorded shapes and attributes (which indices stay does not
     matter: the saved weights are loaded over them)."""
-    from .surgery.core import apply_checked_
+    from .surgery.core import apply_checked_, apply_plan_
 
+    check_base(model, record, where)
+    if record.get("structure"):  # removed modules first: the recorded shapes use the names after it
+        apply_plan_(model, structure_plan(model, record, where))
     check_record(model, record, where)
     return apply_checked_(model, shape_plan(model, record))
+
+
+def structure_plan(model: nn.Module, record: dict[str, Any], where: str) -> Plan:
+    """The recorded module removals as a plan (checked like any plan when applied)."""
+    from .actions import _action
+
+    actions = tuple(_action(a, f"{where} field 'structure'[{i}]") for i, a in enumerate(record["structure"]))
+    n = sum(p.numel() for p in model.parameters())
+    return Plan.build(structure=actions, config={"rebuild": True}, params_before=n, params_after=n,
+                      fingerprint=fingerprint(model), model_class=type(model).__qualname__)
 
 
 def shape_plan(model: nn.Module, record: dict[str, Any]) -> Plan:
@@ -68,5 +85,5 @@ def shape_plan(model: nn.Module, record: dict[str, Any]) -> Plan:
             for f, shape in record["shapes"].items() if f in tensors}
     attrs = {f: {a: tuple(v) if isinstance(v, list) else v for a, v in av.items()} for f, av in record["attrs"].items()}
     n = sum(p.numel() for p in model.parameters())
-    return Plan(keep={f: d for f, d in keep.items() if d}, attrs=attrs, removed={}, config={"rebuild": True},
+    return Plan.build(keep={f: d for f, d in keep.items() if d}, attrs=attrs, config={"rebuild": True},
                 params_before=n, params_after=n, fingerprint=fingerprint(model), model_class=type(model).__qualname__)

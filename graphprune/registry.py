@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterator
 
-from .errors import RegistryError
+from .errors import ConfigError, RegistryError
 
 
 def where_defined(fn: Any) -> str:
@@ -58,6 +58,21 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(str(k) if not isinstance(k, type) else k.__qualname__ for k in self._items)
+
+    def resolve(self, value: Any, option: str, custom: str) -> Callable:
+        """``value`` itself if callable, else the entry registered under that name; a ``ConfigError``
+        naming ``option``, the known names and the signature ``custom`` of a plug-in otherwise.
+
+        >>> Registry("demo").resolve("l3", "scorer", "fn(ctx) -> scores")
+        Traceback (most recent call last):
+        graphprune.errors.ConfigError: scorer='l3' is not a registered name or a callable; choose one of [] or pass fn(ctx) -> scores
+        """
+        if callable(value):
+            return value
+        if isinstance(value, str) and value in self._items:
+            return self._items[value]
+        raise ConfigError(f"{option}={value!r} is not a registered name or a callable; choose one of "
+                          f"{self.names()} or pass {custom}")
 
     def lookup_mro(self, obj: Any) -> Callable | None:
         """First entry registered for a class along ``type(obj).__mro__`` (singledispatch-style)."""

@@ -94,6 +94,7 @@ class Report:
     calibration_batches: int = 0
     calibration_seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())  # criterion fallbacks, compensation limits
+    removed_blocks: tuple[str, ...] = field(default=())  # "fqn (criterion score)", lowest score first
     plan: "Plan | None" = field(default=None, repr=False, compare=False)
     rounds: tuple[Any, ...] = field(default=())  # steps > 1: graphprune.schedule.Round after each round
 
@@ -118,6 +119,7 @@ class Report:
         if self.rounds:
             lines.append("rounds (of the original): " + ", ".join(
                 f"{r.step}: -{r.params_ratio:.1%} params, -{r.macs_ratio:.1%} MACs" for r in self.rounds))
+        lines += _rows("removed block", self.removed_blocks, max_rows)
         lines += _rows("pruned", self.pruned, max_rows)
         lines += _rows("frozen", self.frozen, max_rows)
         lines += _rows("no rule", self.unsupported, max_rows)
@@ -177,7 +179,14 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
                   rule_errors=tuple(groups.coupling.rule_errors),
                   criterion=str(plan.config.get("scorer", "l2")), scope=str(plan.config.get("scope", "global")),
                   compensate=plan.config.get("compensate"), calibration_batches=stats.batches if stats else 0,
-                  calibration_seconds=stats.seconds if stats else 0.0, notes=notes, plan=plan)
+                  calibration_seconds=stats.seconds if stats else 0.0, notes=notes, plan=plan,
+                  removed_blocks=removed_blocks(plan))
+
+
+def removed_blocks(plan: "Plan") -> tuple[str, ...]:
+    """The blocks a plan removes whole, lowest score first: ``"blocks.3 (angular 0.0213)"``."""
+    how = plan.config.get("block_scorer", "score")
+    return tuple(f"{fqn} ({how} {s:.4g})" for fqn, s in sorted(plan.removed_blocks.items(), key=lambda kv: kv[1]))
 
 
 def plan_report(model: nn.Module, groups: "Groups", plan: "Plan", scores: Any = None) -> Report:

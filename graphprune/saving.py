@@ -77,8 +77,23 @@ def _base(model: nn.Module, base: Any) -> tuple[ModelSpec, nn.Module]:
                     f"graphprune.ModelSpec('class', 'module:Class', args, kwargs))")
 
 
+def _replaced(base: nn.Module, model: nn.Module) -> list[Any]:
+    """``Replace`` actions for the modules of ``base`` that ``model`` holds as ``nn.Identity`` (or
+    graphprune's ``Skip``): blocks depth pruning removed."""
+    from .actions import Replace
+    from .surgery.blocks import Skip
+
+    mine = dict(model.named_modules())
+    return [Replace(f, "skip" if isinstance(mine[f], Skip) else "identity") for f, m in base.named_modules()
+            if f and isinstance(mine.get(f), nn.Identity) and not isinstance(m, nn.Identity)]
+
+
+def _without(tensors: dict[str, Any], gone: list[Any]) -> dict[str, Any]:
+    return {n: t for n, t in tensors.items() if not any(n.startswith(a.module + ".") for a in gone)}
+
+
 def _misfit(base: nn.Module, model: nn.Module) -> str | None:
-    have, want = named_tensors(model), named_tensors(base)
+    have, want = named_tensors(model), _without(named_tensors(base), _replaced(base, model))
     if have.keys() != want.keys():
         extra = sorted(have.keys() - want.keys()) or sorted(want.keys() - have.keys())
         return f"the tensor names differ (e.g. {extra[0]!r})"
@@ -89,10 +104,13 @@ def _misfit(base: nn.Module, model: nn.Module) -> str | None:
 
 
 def _record(base: nn.Module, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
-    have, want = named_tensors(model), named_tensors(base)
+    gone = _replaced(base, model)
+    have, want = named_tensors(model), _without(named_tensors(base), gone)
     record = {"format": FORMAT, "version": RECORD_VERSION, "base": spec.to_dict(), "fingerprint": fingerprint(base),
               "shapes": {n: list(t.shape) for n, t in have.items() if t.shape != want[n].shape},
               "attrs": _changed_widths(base, model)}
+    if gone:
+        record["structure"] = [a.to_dict() for a in gone]
     where = "the record being saved"
     read_record(record, where)
     trial = reshape_(copy.deepcopy(base), record, where)  # the load path, on shapes only

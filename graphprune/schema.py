@@ -136,19 +136,33 @@ def member(value: Any, path: str) -> list:
     return list(value)
 
 
+def number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(path, "a number", value)
+    return float(value)
+
+
 PLAN_FIELDS: dict[str, tuple[Check, bool]] = {
     "version": (integer(), True),
     "fingerprint": (string, True),
     "model_class": (string, False),
-    "keep": (dict_of(dict_of(INDEX_LIST, key=int_key)), True),
-    "attrs": (dict_of(dict_of(ATTR_VALUE)), True),
+    "actions": (list_of(anything), True),  # each checked by its op's ACTION_FIELDS (graphprune.actions)
     "removed": (dict_of(INDEX_LIST, key=int_key), True),
     "coupled": (dict_of(list_of(member), key=int_key), True),
+    "removed_blocks": (dict_of(number), False),
     "config": (dict_of(anything), True),
     "params_before": (integer(0), True),
     "params_after": (integer(0), True),
     "output_shapes": (list_of(list_of(integer(0))), False),
-    "model_config": (dict_of(integer(1)), False),
+}
+
+# the fields of each kind of plan action besides "op" (see graphprune.actions)
+ACTION_FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
+    "slice": {"tensor": (string, True), "dims": (dict_of(INDEX_LIST, key=int_key), True)},
+    "set_attr": {"module": (string, True), "attr": (string, True), "value": (ATTR_VALUE, True)},
+    "set_config": {"field": (string, True), "value": (integer(1), True)},
+    "replace": {"module": (string, True), "by": (string, True)},
+    "drop_entries": {"module": (string, True), "indices": (INDEX_LIST, True), "count": (string, False)},
 }
 
 RECORD_FIELDS: dict[str, tuple[Check, bool]] = {
@@ -158,6 +172,7 @@ RECORD_FIELDS: dict[str, tuple[Check, bool]] = {
     "shapes": (dict_of(SHAPE), True),
     "attrs": (dict_of(dict_of(ATTR_VALUE)), True),
     "fingerprint": (string, False),
+    "structure": (list_of(anything), False),  # removed modules, as plan actions in the order applied
 }
 
 
@@ -200,13 +215,3 @@ def read_json(text_or_path: str, what: str) -> tuple[Any, str]:
         return json.loads(text), where
     except json.JSONDecodeError as err:
         raise PlanError(f"{where} is not valid JSON ({err}); graphprune reads the JSON it writes") from err
-
-
-def plan_to_dict(plan: Any) -> dict[str, Any]:
-    """A plan's fields, JSON-ready: dims and group ids as string keys, tuples as lists."""
-    return {**plan.__dict__,
-            "keep": {f: {str(d): list(ix) for d, ix in dims.items()} for f, dims in plan.keep.items()},
-            "removed": {str(k): list(v) for k, v in plan.removed.items()},
-            "coupled": {str(k): [list(m) for m in v] for k, v in plan.coupled.items()},
-            "attrs": {f: {a: list(v) if isinstance(v, tuple) else v for a, v in av.items()}
-                      for f, av in plan.attrs.items()}}

@@ -182,9 +182,4 @@ def _name(scorer: Any) -> str:
 def resolve_scorer(scorer: Any) -> Callable:
     from . import criteria  # noqa: F401 - registers the built-in criteria
 
-    if callable(scorer):
-        return scorer
-    if isinstance(scorer, str) and scorer in SCORERS:
-        return SCORERS[scorer]
-    raise ConfigError(f"scorer={scorer!r} is not a registered name or a callable; "
-                      f"choose one of {list_scorers()} or pass fn(ctx) -> scores")
+    return SCORERS.resolve(scorer, "scorer", "fn(ctx) -> scores")

@@ -127,7 +127,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, match) ->
     (tmp_path / "NOTES").write_text("not a model")
     (tmp_path / "FULL").mkdir()
     (tmp_path / "FULL" / "x").write_text("")
-    plan = graphprune.Plan({}, {}, {}, {}, 1, 1, fingerprint="0123456789abcdef", model_class="Other")
+    plan = graphprune.Plan((), {}, {}, 1, 1, fingerprint="0123456789abcdef", model_class="Other")
     plan.to_json(str(tmp_path / "PLAN"))
     code, _, err = _run(capsys, *(a.format(t=tmp_path) for a in argv))
     _one_line_error(code, err, match)

@@ -64,7 +64,7 @@ def grouped():
 def _edit_keep(plan: graphprune.Plan, fqn: str, dim: int, ix: list[int]) -> graphprune.Plan:
     keep = {f: dict(d) for f, d in plan.keep.items()}
     keep[fqn][dim] = ix
-    return dataclasses.replace(plan, keep=keep)
+    return plan.with_parts(keep=keep)
 
 
 def _first_pruned(plan: graphprune.Plan, prefix: str) -> tuple[str, int, list[int]]:
@@ -100,7 +100,7 @@ def test_coupled_tensors_that_would_disagree_are_refused(grouped) -> None:
 def test_a_dim_no_removed_group_couples_is_refused(grouped) -> None:
     model, plan = grouped
     keep = {**plan.keep, "head.bias": {0: [0, 1]}}
-    _refused(model, dataclasses.replace(plan, keep=keep), r"keep\['head.bias'\]\[0\] prunes a dim that no removed group")
+    _refused(model, plan.with_parts(keep=keep), r"keep\['head.bias'\]\[0\] prunes a dim that no removed group")
 
 
 @pytest.mark.parametrize("attrs, match", [
@@ -115,30 +115,30 @@ def test_a_dim_no_removed_group_couples_is_refused(grouped) -> None:
 def test_attribute_writes_other_than_bound_widths_are_refused(grouped, attrs, match) -> None:
     model, plan = grouped
     assert list(plan.attrs) == ["c2.0"] and list(plan.attrs["c2.0"]) == ["groups"] and plan.attrs["c2.0"]["groups"] < 16
-    _refused(model, dataclasses.replace(plan, attrs={**plan.attrs, **attrs}), match)
+    _refused(model, plan.with_parts(attrs={**plan.attrs, **attrs}), match)
 
 
 def test_a_width_attribute_never_grows() -> None:
     model = HandAttention().eval()
     plan = _plan(model, torch.randn(2, 5, 16))
     assert plan.attrs == {"": {"heads": 3}}
-    _refused(model, dataclasses.replace(plan, attrs={"": {"heads": 7}}), r"7 cannot replace 4")
+    _refused(model, plan.with_parts(attrs={"": {"heads": 7}}), r"7 cannot replace 4")
 
 
 def test_config_fields_need_a_config_and_a_width_name(grouped) -> None:
     model, plan = grouped
-    _refused(model, dataclasses.replace(plan, model_config={"hidden_size": 4}), r"has no config")
+    _refused(model, plan.with_parts(model_config={"hidden_size": 4}), r"has no config")
 
 
 def test_other_format_versions_are_refused(grouped) -> None:
     model, plan = grouped
-    _refused(model, dataclasses.replace(plan, version=1), r"format version 1; this graphprune applies format 2")
+    _refused(model, dataclasses.replace(plan, version=1), r"format version 1; this graphprune applies format 3")
     data = json.loads(plan.to_json())
     del data["version"]
     with pytest.raises(PlanError, match=r"no 'version' field: it was written before plans were versioned"):
         graphprune.Plan.from_dict(data)
-    with pytest.raises(PlanError, match=r"format version 3; this graphprune reads plan format 2 only"):
-        graphprune.Plan.from_json(json.dumps({**data, "version": 3}))
+    with pytest.raises(PlanError, match=r"format version 2; this graphprune reads plan format 3 only"):
+        graphprune.Plan.from_json(json.dumps({**data, "version": 2}))  # an issue-10 plan (keep/attrs, no actions)
 
 
 def test_a_plan_for_another_resnet_is_refused() -> None:
@@ -151,14 +151,22 @@ def test_a_plan_for_another_resnet_is_refused() -> None:
     _refused(pruned, plan, r"already pruned")
 
 
+def _first(d: dict, op: str) -> dict:
+    return next(a for a in d["actions"] if a["op"] == op)
+
+
 @pytest.mark.parametrize("edit, match", [
-    (lambda d: d.pop("keep"), r"plan has no field 'keep'"),
-    (lambda d: d.update(keep={"w": {"0": ["1"]}}), r"plan field 'keep'\['w'\]\['0'\]\[0\] must be an integer, got str"),
-    (lambda d: d.update(keep={"w": {"x": [1]}}), r"plan field 'keep'\['w'\] key 'x' must be an integer key"),
+    (lambda d: d.pop("actions"), r"plan has no field 'actions'"),
+    (lambda d: _first(d, "slice").update(dims={"0": ["1"]}),
+     r"plan field 'actions'\[\d+\] field 'dims'\['0'\]\[0\] must be an integer, got str"),
+    (lambda d: _first(d, "slice").update(dims={"x": [1]}),
+     r"plan field 'actions'\[\d+\] field 'dims' key 'x' must be an integer key"),
+    (lambda d: _first(d, "slice").pop("tensor"), r"plan field 'actions'\[\d+\] has no field 'tensor'"),
     (lambda d: d.update(params_after="10"), r"plan field 'params_after' must be an integer >= 0"),
-    (lambda d: d.update(attrs={"m": {"a": 1.5}}), r"plan field 'attrs'\['m'\]\['a'\] must be an integer or a list"),
+    (lambda d: d["actions"].append({"op": "set_attr", "module": "m", "attr": "a", "value": 1.5}),
+     r"field 'value' must be an integer or a list"),
     (lambda d: d.update(coupled={"0": [["w", 0]]}), r"plan field 'coupled'\['0'\]\[0\] must be \[fqn"),
-    (lambda d: d.update(kep={}), r"unknown field 'kep' \(did you mean 'keep'\?\)"),
+    (lambda d: d.update(actoins=[]), r"unknown field 'actoins' \(did you mean 'actions'\?\)"),
     (lambda d: d.update(fingerprint=7), r"plan field 'fingerprint' must be a string"),
 ])
 def test_schema_errors_name_the_field(grouped, edit, match) -> None:

@@ -47,6 +47,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "compensate": dict(choices=tuple(c for c in COMPENSATE if c), help="refit what removed units fed (needs --calibration)"),
     "seed": dict(help="seed of the random criterion and of gradient projections"),
     "max_batches": dict(help="calibration batches read at most"),
+    "layers": dict(help="remove exactly N whole blocks (with --prune layers ...)"),
+    "block_scorer": dict(help="what ranks blocks: angular, bypass (need --calibration), branch_norm, auto"),
 }
 
 

@@ -73,4 +73,4 @@ def per_unit(group: Group, vector: Callable[[Member], np.ndarray | None]) -> np.
     return total if seen else None
 
 
-from . import activation, gradient, magnitude  # noqa: E402,F401 - register the criteria
+from . import activation, blocks, gradient, magnitude  # noqa: E402,F401 - register the criteria

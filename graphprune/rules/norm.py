@@ -42,6 +42,7 @@ def layer_norm(b: Builder, node: fx.Node) -> None:
     k = len(shape)
     for i, o in enumerate(out[-k:]):
         b.inexact(o, "normalised over by a layer/RMS norm")
+        b.kind(o, "hidden")
         for t in (weight, bias):
             if t is not None:
                 b.link_same(b.slot(t, i), o)
@@ -63,6 +64,7 @@ def group_norm(b: Builder, node: fx.Node) -> None:
     if groups == 1:
         for o in out[1:]:
             b.inexact(o, "normalised over by a one-group group norm")
+            b.kind(o, "hidden")
         return
     unit = b.counted_by(node, groups, "num_groups")
     b.link_blocks(out[1], unit, "channels of a group-norm group")

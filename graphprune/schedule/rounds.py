@@ -137,10 +137,10 @@ def compose(model: nn.Module, plans: list[Plan]) -> Plan:
         model_config.update(plan.model_config)
     removed, coupled = _rounds_groups(plans, name_of)
     first, last = plans[0], plans[-1]
-    return dataclasses.replace(last, keep=dict(sorted(keep.items())), attrs=attrs, model_config=model_config,
-                               removed=removed, coupled=coupled, params_before=first.params_before,
-                               output_shapes=first.output_shapes, fingerprint=first.fingerprint,
-                               model_class=first.model_class)
+    return last.with_parts(keep=dict(sorted(keep.items())), attrs=attrs, model_config=model_config,
+                           removed=removed, coupled=coupled, params_before=first.params_before,
+                           output_shapes=first.output_shapes, fingerprint=first.fingerprint,
+                           model_class=first.model_class)
 
 
 def _rounds_groups(plans: list[Plan], name_of: dict[str, str]) -> tuple[dict, dict]:

@@ -52,12 +52,7 @@ def list_mask_scorers() -> list[str]:
 
 
 def resolve_mask_scorer(scorer: str | Callable) -> Callable:
-    if callable(scorer):
-        return scorer
-    if isinstance(scorer, str) and scorer in MASK_SCORERS:
-        return MASK_SCORERS[scorer]
-    raise ConfigError(f"scorer={scorer!r} is not a weight criterion; choose one of {list_mask_scorers()} "
-                      f"or pass fn(ctx) -> scores shaped like ctx.weight")
+    return MASK_SCORERS.resolve(scorer, "scorer", "fn(ctx) -> scores shaped like ctx.weight")
 
 
 @register_mask_scorer("magnitude")

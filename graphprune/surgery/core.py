@@ -18,6 +18,10 @@ from ..validate import check_plan
 from .config import config_objects, hf_config, start_record_, sync_config_
 
 SLICERS = Registry("slicer")
+SURGEONS = Registry("surgeon")
+# the order surgeons run in: widths first (on the tensors as the plan names them), then the
+# removal of whole modules, which renames what follows a dropped list entry
+ORDER = ("slice", "set_attr", "set_config", "replace", "drop_entries")
 
 
 def register_loaded() -> None:
@@ -33,6 +37,15 @@ def register_slicer(*types: type, override: bool = False) -> Callable:
     ... def identity(module): pass
     """
     return SLICERS.register(*types, override=override)
+
+
+def register_surgeon(op: str, override: bool = False) -> Callable:
+    """Register ``fn(model, plan, surgery)`` applying every action of kind ``op`` (``graphprune.actions``).
+
+    >>> "drop_entries" in SURGEONS
+    True
+    """
+    return SURGEONS.register(op, override=override)
 
 
 def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None) -> nn.Module:
@@ -76,14 +89,9 @@ def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, com
         if compensation is not None:
             compensation.apply_(model)
         start_record_(model)
-        _slice_tensors(model, plan, snapshot.undo, shared | _held_elsewhere(model))
-        _set_attrs(model, plan)
-        register_loaded()  # transformers may have been imported after graphprune
-        for fqn in snapshot.modules:
-            fix = SLICERS.lookup_mro(model.get_submodule(fqn))
-            if fix is not None:
-                fix(model.get_submodule(fqn))
-        sync_config_(model, plan)
+        surgery = Surgery(snapshot, shared | _held_elsewhere(model))
+        for op in ORDER:
+            SURGEONS[op](model, plan, surgery)
         unshare_(model, shared)  # before any forward: a train-mode forward writes BN statistics in place
         if example_inputs is not None:
             _validate(model, plan, example_inputs)
@@ -187,6 +195,34 @@ def unshare_(model: nn.Module, shared: frozenset[int]) -> None:
                     store[k] = copies[id(t)]
 
 
+class Surgery:
+    """What surgeons share: the snapshot a failure restores, and the tensors to keep whole."""
+
+    def __init__(self, snapshot: "_Snapshot", keep_whole: frozenset[int]):
+        self.snapshot, self.keep_whole = snapshot, keep_whole
+
+
+@register_surgeon("slice")
+def _slice(model: nn.Module, plan: Plan, surgery: Surgery) -> None:
+    _slice_tensors(model, plan, surgery.snapshot.undo, surgery.keep_whole)
+
+
+@register_surgeon("set_attr")
+def _attrs(model: nn.Module, plan: Plan, surgery: Surgery) -> None:
+    """Set the width attributes, then let each touched module's slicer fix the rest of its state."""
+    _set_attrs(model, plan)
+    register_loaded()  # transformers may have been imported after graphprune
+    for mod in surgery.snapshot.modules:
+        fix = SLICERS.lookup_mro(mod)
+        if fix is not None:
+            fix(mod)
+
+
+@register_surgeon("set_config")
+def _config(model: nn.Module, plan: Plan, surgery: Surgery) -> None:
+    sync_config_(model, plan)
+
+
 def _set_attrs(model: nn.Module, plan: Plan) -> None:
     for fqn, attrs in plan.attrs.items():
         mod = model.get_submodule(fqn)
@@ -263,8 +299,14 @@ class _Snapshot:
                    **dict(model.named_buffers(remove_duplicate=False))}
         aliases = _aliases(model)
         owners = {_owner(n)[0] for f in plan.keep for n in aliases[id(tensors[f])]}
-        self.modules = sorted(owners | set(plan.attrs) | set(extra))
-        self.saved = {fqn: self._save(model.get_submodule(fqn)) for fqn in self.modules}
+        # module objects, not names: dropping a list entry renames the entries after it
+        self.modules = [model.get_submodule(f) for f in sorted(owners | set(plan.attrs) | set(extra))]
+        self.saved = [(mod, self._save(mod)) for mod in self.modules]
+        holders = {a.module.rpartition(".")[0] for a in plan.of("replace")} | {a.module for a in plan.of("drop_entries")}
+        self.children = [(m, dict(m._modules)) for m in (model.get_submodule(h) for h in sorted(holders))]
+        # layer-index attributes of every module in a list that loses entries (they are renumbered)
+        self.inner = [(m, self._save(m)["attrs"]) for a in plan.of("drop_entries")
+                      for m in model.get_submodule(a.module).modules()]
         cfg = hf_config(model)
         self.configs = [(c, dict(c.__dict__)) for c in (config_objects(cfg) if cfg is not None else [])]
         # attributes of other objects the plan writes (a config-like object that is not the HF config)
@@ -280,8 +322,12 @@ class _Snapshot:
         for old, new, removed in reversed(self.undo):
             old.data = _uncut(new.detach(), removed)
         self.undo.clear()
-        for fqn, saved in self.saved.items():
-            mod = self.model.get_submodule(fqn)
+        for holder, children in self.children:
+            holder._modules.clear()
+            holder._modules.update(children)
+        for mod, attrs in self.inner:
+            mod.__dict__.update(attrs)
+        for mod, saved in self.saved:
             mod.__class__ = saved["class"]  # a slicer may have given it a graphprune subclass
             mod._parameters.clear()
             mod._parameters.update(saved["_parameters"])
