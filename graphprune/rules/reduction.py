@@ -8,6 +8,30 @@ from ..coupling import Builder, register_rule
 aten = __import__("torch").ops.aten
 
 
+NORM_STATISTICS = {"mean", "var", "std", "var_mean", "std_mean", "linalg_vector_norm", "norm"}
+SCALING = {aten.mul.Tensor, aten.div.Tensor, aten.sub.Tensor}
+
+
+def _normalises(node: fx.Node, depth: int = 4) -> bool:
+    """A mean/variance/norm whose value (through a few ops: ``+ eps``, ``rsqrt``) scales or
+    shifts the tensor it was computed from (``x`` itself or ``x`` before ``pow``/a cast):
+    ``x * rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``."""
+    if node.target.overloadpacket.__name__ not in NORM_STATISTICS:
+        return False
+    sources, cur = set(), node.args[0]
+    for _ in range(depth):  # x.pow(2), x.float(), x - mean: what the statistic was taken of
+        sources.add(cur)
+        if not (isinstance(cur, fx.Node) and cur.op == "call_function" and cur.args and isinstance(cur.args[0], fx.Node)):
+            break
+        cur = cur.args[0]
+    frontier = list(node.users)
+    for _ in range(depth):
+        if any(u.target in SCALING and sources & set(u.args) for u in frontier):
+            return True
+        frontier = [v for u in frontier for v in u.users]
+    return False
+
+
 def _reduced(node: fx.Node, ndim: int) -> set[int]:
     dims = _dim_arg(node)
     if dims is None or dims == []:
@@ -17,13 +41,18 @@ def _reduced(node: fx.Node, ndim: int) -> set[int]:
 
 
 def _dim_arg(node: fx.Node):
-    """The ``dim`` argument, found by name in the op's schema: it is not always second
-    (``linalg_vector_norm(x, ord, dim)``, ``norm(x, p, dim)``); overloads without one reduce all dims."""
+    """The ``dim`` argument: it is not always second (``linalg_vector_norm(x, ord, dim)``,
+    ``norm(x, p, dim)``); overloads without one reduce all dims."""
+    return _arg(node, "dim")
+
+
+def _arg(node: fx.Node, name: str):
+    """An argument found by name in the op's schema (None where the overload has none or it is not given)."""
     names = [a.name for a in node.target._schema.arguments]
-    if "dim" not in names:
+    if name not in names:
         return None
-    i = names.index("dim")
-    return node.args[i] if len(node.args) > i else node.kwargs.get("dim")
+    i = names.index(name)
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name)
 
 
 @register_rule(aten.mean, aten.sum, aten.amax, aten.amin, aten.var, aten.std, aten.prod, aten.logsumexp,
@@ -36,6 +65,10 @@ def reduction(b: Builder, node: fx.Node) -> None:
     red = _reduced(node, len(xs))
     j = 0
     keep = len(out) == len(xs)
+    if red == {len(xs) - 1} and _arg(node, "keepdim") and _normalises(node):
+        # a layer/RMS norm written by hand (HF's LlamaRMSNorm, T5LayerNorm): its channels are a
+        # residual stream, as aten.layer_norm's are
+        b.kind(xs[-1], "hidden")
     for i, s in enumerate(xs):
         if i in red:
             b.inexact(s, f"reduced over by {node.target.overloadpacket.__name__}")
