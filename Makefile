@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests graphprune zoo_tests -m "not slow" -q
 
 zoo: $(STAMP)
-	$(BIN)/python -m pytest zoo_tests -m "timm or hf" -q -p no:cacheprovider --zoo-status docs/zoo_status.md
+	$(BIN)/python -m pytest zoo_tests -m "timm or hf or torchvision or fuzz" -q -p no:cacheprovider --zoo-status docs/zoo_status.md
 
 bench: $(STAMP)
 	$(PIP) -e ".[test,bench]"

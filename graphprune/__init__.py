@@ -10,7 +10,7 @@ from .calibrate import InputStats, Stats, calibrate
 from .compensate import Compensation, compensate_, recalibrate_bn_
 from .config import ShrinkConfig
 from .coupling import RULES, register_rule
-from .errors import (CalibrationError, ConfigError, GraphPruneError, LoadError, OptimizerError, PlanError,
+from .errors import (CalibrationError, ConfigError, CouplingError, GraphPruneError, LoadError, OptimizerError, PlanError,
                      RegistryError, RuleError, SparsityError, SurgeryError, TraceError, UnsupportedOpError)
 from .groups import Group, Groups, Member, find_groups
 from .plan import Plan, count_params, make_plan
@@ -40,7 +40,7 @@ def list_rules() -> list[str]:
 
 __all__ = [
     "CalibrationError", "Compensation", "InputStats", "ScoreContext", "Scores", "Stats", "calibrate",
-    "compensate_", "recalibrate_bn_", "ConfigError", "GraphPruneError", "Group", "Groups", "Member", "Plan", "PlanError", "RegistryError",
+    "compensate_", "recalibrate_bn_", "ConfigError", "CouplingError", "GraphPruneError", "Group", "Groups", "Member", "Plan", "PlanError", "RegistryError",
     "Report", "ShrinkConfig", "SurgeryError", "TraceError", "Traced", "UnsupportedOpError", "apply_plan_",
     "count_macs", "count_params", "find_groups", "list_rules", "list_scorers", "make_plan",
     "register_rule", "register_scorer", "register_slicer", "score", "shrink", "trace", "SLICERS",

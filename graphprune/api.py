@@ -1,6 +1,7 @@
 """The one-call entry point: trace -> coupling -> groups -> scores -> plan -> surgery -> report."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from typing import Any, Callable, Iterable
@@ -16,18 +17,18 @@ from .config import ShrinkConfig, check_options
 from .groups import Groups, find_groups
 from .errors import CalibrationError, PlanError, SurgeryError
 from .options import checked
-from .plan import Plan, make_plan
+from .plan import Plan, kind, make_plan, plan_from_units
 from .progress import stages
 from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, score
 from .sparsity.masks import check_no_masks
-from .surgery import apply_plan_shared_, shared_copy, unshare_
-from .trace import trace
+from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
+from .trace import check_module, trace
 
 
 def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplace: bool = False,
            return_report: bool = False, scorer: Any = None, calibration: Iterable[Any] | None = None,
-           loss_fn: Callable[[Any, Any], Any] | None = None, **options: Any) -> Any:
+           loss_fn: Callable[[Any, Any], Any] | None = None, submodules: Any = None, **options: Any) -> Any:
     """Remove ``ratio`` of ``model``'s parameters (or MACs with ``target="macs"``) by structural pruning.
 
     Returns a model of the same class (a pruned deep copy unless ``inplace=True``), or
@@ -37,13 +38,22 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     in one pass; ``loss_fn(output, batch)`` gives gradient criteria their loss (see ``calibrate``).
     ``steps=N`` removes the ratio in N rounds, re-tracing and re-scoring (and re-calibrating) the
     pruned model between them; ``report.rounds`` says where each round left it.
+    ``submodules=("backbone",)``: prune only these submodules, each by ``ratio`` of its own
+    parameters, traced on the inputs the model's forward gives them; the rest of the model is left
+    as it is (a detector whose heads do not trace, see ``graphprune.partial``).
 
     >>> import timm, graphprune
     >>> small = graphprune.shrink(timm.create_model("resnet18"), 0.5)
     >>> type(small).__name__
     'ResNet'
     """
+    check_module(model)
     check_options(options, also=SHRINK_KEYWORDS)
+    if submodules is not None:
+        from .partial import shrink_submodules
+        return shrink_submodules(model, ratio, submodules, example_inputs=example_inputs, inplace=inplace,
+                                 return_report=return_report, scorer=scorer, calibration=calibration,
+                                 loss_fn=loss_fn, **options)
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
     config = checked(model, config)  # before tracing, which can take minutes
     check_no_masks(model)
@@ -58,7 +68,7 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         step("trace")
         traced = trace(model, example_inputs)
         step("groups")
-        groups = find_groups(traced, strict=config.strict)
+        groups = find_groups(traced, strict=config.strict, read_source=config.read_source)
         blocks = find_blocks(traced) if "layers" in config.prune else None
         step("calibrate")
         stats = _calibration(model, groups, config, scorer, calibration, loss_fn, blocks)
@@ -126,6 +136,8 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             apply_plan_shared_(target, plan, inputs, comp, shared)
             return plan, comp
         except SurgeryError as err:
+            if getattr(err, "module", None) == "":
+                raise SurgeryError(f"{err} {_root_advice(model, groups, plan, inputs, config)}") from err
             culprits = _same_type(model, getattr(err, "module", None))
             if not culprits or set(culprits) <= set(config.ignore):
                 raise
@@ -145,6 +157,26 @@ def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, score
             raise
         raise PlanError(f"{err} [after leaving {', '.join(left_out)} unpruned: their forward breaks "
                         f"when pruned]") from err
+
+
+def _root_advice(model: nn.Module, groups: Any, plan: Plan, inputs: Any, config: ShrinkConfig) -> str:
+    """Which kinds of groups break the model's own forward (it cannot be ignored): each kind's part
+    of the plan is applied alone to a copy, and the advice names the kinds that still work."""
+    by_id = {g.id: g for g in groups}
+    kinds = sorted({kind(by_id[i]) for i in plan.removed})
+    breaking = []
+    for k in kinds:
+        part = plan_from_units(model, [(by_id[i], u) for i, u in plan.removed.items() if kind(by_id[i]) == k],
+                               plan.config, groups)
+        try:
+            apply_plan_(copy.deepcopy(model), part, inputs)
+        except SurgeryError:
+            breaking.append(k)
+    fine = tuple(k for k in kinds if k not in breaking)
+    if breaking and fine:
+        return f"Pruning {' and '.join(breaking)} breaks it; pass prune={fine} to prune the rest."
+    return ("Every kind of group the plan prunes breaks it; prune the submodules that do not depend on those "
+            "widths with submodules=, or compute the width from the tensor in the forward (x.shape)")
 
 
 def _same_type(model: nn.Module, fqn: str | None) -> list[str]:

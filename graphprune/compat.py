@@ -2,11 +2,15 @@
 
 Each shim is a context manager used around ``torch.export`` only, switched on by a feature probe
 (does the gap exist in the installed torch?), never by a version number, and undone on exit.
+``quiet_export`` keeps a failed export's graph dump off stderr.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
+import logging
+import sys
 import warnings
 from typing import Iterator
 
@@ -83,3 +87,19 @@ def export_shims() -> Iterator[None]:
             op.py_kernels[key] = saved
         op._dispatch_cache.clear()
         lib._destroy()  # the dispatcher falls back to torch's own meta kernel
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """torch.export prints the partial graph of a failed export on stderr (thousands of lines for
+    a detector) and logs its classification; the error we raise says what matters. What an export
+    that succeeds writes there (warnings) is passed on."""
+    logger = logging.getLogger("torch.export")
+    level, buffer = logger.level, io.StringIO()
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+        sys.stderr.write(buffer.getvalue())
+    finally:
+        logger.setLevel(level)

@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-VERSION = 4  # 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
+VERSION = 5  # 5: read_source; 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
 TARGETS = ("params", "macs")
 KINDS = ("heads", "mlp", "hidden", "layers")
 WIDTHS = ("heads", "mlp", "hidden")  # what prune= takes by default: depth is asked for by name
@@ -53,6 +53,8 @@ class ShrinkConfig:
     consumers' kept weights by ridge least squares; "mean" where a consumer is no linear map).
     ``seed``: for the random criterion and the random output projection of gradient criteria.
     ``max_batches``: calibration batches read at most (None: all).
+    ``strict``: an op without a coupling rule, or a rule that fails, raises instead of freezing.
+    ``read_source``: let rules read the model's code for widths it computes (``graphprune.source``).
     ``steps``: rounds the budget is removed in (re-tracing, re-scoring and re-calibrating between
     them); round k reaches ``ratio * k / steps`` of the original model.
 
@@ -71,6 +73,7 @@ class ShrinkConfig:
     prune: tuple[str, ...] = WIDTHS
     uniform: bool = False
     strict: bool = False
+    read_source: bool = True
     scope: str = "auto"
     max_fraction: float = 1.0
     normalize: str = "auto"
@@ -105,6 +108,8 @@ class ShrinkConfig:
                               f"one group's units that may go")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
+        if not isinstance(self.read_source, bool):
+            raise ConfigError(f"read_source={self.read_source!r} must be True or False")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps={self.steps!r} must be an integer >= 1: the number of rounds the ratio is "
                               f"removed in (1: all at once)")

@@ -8,12 +8,9 @@ rule can only ever be too strict, never silently wrong.
 """
 from __future__ import annotations
 
-import ast
 import bisect
-import linecache
 import operator
 import re
-import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -22,6 +19,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from . import source
 from .errors import GraphPruneError, RuleError, UnsupportedOpError
 from .registry import Registry, where_defined
 from .trace import Traced
@@ -32,6 +30,9 @@ Slot = tuple[str, Hashable]
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
                     "num_kv_heads", "n_kv_heads")
 Rule = Callable[["Builder", fx.Node], None]
+aten = torch.ops.aten
+SPLITS = (aten.split, aten.split_with_sizes, aten.chunk, aten.unsafe_split)
+SAME_DIMS = (aten.slice, aten.alias, aten.detach, aten._to_copy, aten.contiguous, aten.clone, aten.to)  # dim i is dim i
 
 RULES = Registry("coupling rule")
 
@@ -75,12 +76,16 @@ def is_pointwise(target: Any) -> bool:
 
 @dataclass
 class Factor:
-    """``whole`` (size prod(sizes)) is the row-major flattening of ``parts``; resolved later."""
+    """``whole`` (size prod(sizes)) is the row-major flattening of ``parts``; resolved later. Factors
+    sharing a ``choice`` id are resolved together: option k picks part ``picks[k]`` of each (a
+    grouped conv's channels are (groups, per-group) on both sides, and both sides pick alike)."""
 
     whole: Slot
     parts: tuple[Slot, ...]
     sizes: tuple[int, ...]
     why: str
+    choice: int = -1
+    picks: tuple[int, ...] = ()
 
 
 @dataclass
@@ -102,6 +107,7 @@ class Coupling:
     factors: list[Factor] = field(default_factory=list)
     bindings: list[Binding] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    rule_errors: list[str] = field(default_factory=list)  # rules that raised: their nodes are frozen
     pinned: dict[tuple[str, str], str] = field(default_factory=dict)  # (fqn, attr) -> why it must stay
 
     def explain(self, a: Slot, b: Slot) -> list[str]:
@@ -120,6 +126,8 @@ class Builder:
         self.node: fx.Node | None = None
         self.rule_name = ""
         self._touched: set[Slot] = set()
+        self._nodes = {n.name: n for n in traced.graph.nodes}
+        self.bound: set[Slot] = set()  # slots whose size the code keeps up with (bindings, bsz * num_heads)
         self._inputs: dict[str, list[fx.Node]] = {}
         self._by_path: dict[str, list[fx.Node]] = {}
         self._shapes: dict[fx.Node, tuple[int, ...] | None] = {}
@@ -222,6 +230,15 @@ class Builder:
         for p in parts:
             self.g.add_edge(whole, p, maps=[], why=f"factor of {why or self.where()}")
 
+    def choice(self, factors: list[tuple[Slot, list[Slot]]], options: list[tuple[int, ...]], why: str = "") -> None:
+        """Factors resolved together: option k couples each whole to its part ``options[k][i]``;
+        the option under which most of them stay prunable wins, ties in the order given (``factors.py``)."""
+        ident = len(self.c.factors)
+        for i, (whole, parts) in enumerate(factors):
+            self.factor(whole, parts, why)
+            self.c.factors[-1].choice = ident
+            self.c.factors[-1].picks = tuple(opt[i] for opt in options)
+
     def freeze(self, s: Slot, why: str) -> None:
         self._touched.add(s)
         self.g.nodes[s]["frozen"].append(f"{why} ({self.where()})" if self.node is not None else why)
@@ -236,8 +253,32 @@ class Builder:
         self._touched.add(s)
 
     def role(self, s: Slot, role: str) -> None:
-        """Tag a parameter slot as consuming ('in') or producing ('out') the coupled channels."""
-        self.g.nodes[s]["roles"].add(role)
+        """Tag a parameter slot as consuming ('in') or producing ('out') the coupled channels; a
+        slot of a view of a parameter (``w.t()``, a split of a fused weight) tags the parameter's."""
+        node = self._nodes.get(s[0])
+        found = self.param_slot(node, s[1]) if node is not None and isinstance(s[1], int) else None
+        self.g.nodes[found or s]["roles"].add(role)
+
+    def param_slot(self, node: fx.Node, dim: int) -> Slot | None:
+        """The parameter slot behind dim ``dim`` of ``node``, through transposes, slices and the
+        pieces of a split (Falcon's ``x @ self.weight.T``; torch's attention splitting its fused
+        ``in_proj_weight``), so the oracle knows which parameter dims consume."""
+        for _ in range(8):
+            if node.op == "placeholder":
+                return (node.name, dim) if self.g.nodes.get((node.name, dim), {}).get("fqn") else None
+            key = getattr(node.target, "overloadpacket", None)
+            if key in (aten.transpose, aten.t, aten.numpy_T, aten.swapaxes, aten.swapdims):
+                ndim = len(self.shape(node))
+                if len(node.args) < 3 and ndim != 2:
+                    return None  # numpy_T of more than 2 dims reverses them all
+                d0, d1 = (a % ndim for a in node.args[1:3]) if len(node.args) > 2 else (0, 1)
+                dim = {d0: d1, d1: d0}.get(dim, dim)
+            elif node.target is operator.getitem and getattr(node.args[0].target, "overloadpacket", None) in SPLITS:
+                node = node.args[0]
+            elif key not in SAME_DIMS:
+                return None
+            node = node.args[0]
+        return None
 
     def align(self, s: Slot, multiple: int, why: str) -> None:
         """Kept widths of this slot must stay multiples of ``multiple`` (a kernel's alignment)."""
@@ -256,6 +297,7 @@ class Builder:
 
     def bind(self, s: Slot, fqn: str, attr: str, scale: int = 1) -> None:
         self.c.bindings.append(Binding(s, fqn, attr, scale))
+        self.bound.add(s)
 
     def pin(self, fqn: str, attr: str, why: str) -> None:
         """The attribute is also read where its width is fixed: groups binding it are frozen."""
@@ -272,21 +314,26 @@ class Builder:
         except AttributeError:
             return path, None
 
-    def code_attrs(self, size: int, names: set[str] | None = None) -> list[str]:
-        """The int attributes of the node's module that equal ``size`` and that the source statement
-        making the node names (``x.split(self.split_size)``). Bound to a slot, they make the code
-        compute the pruned size; the name is required because a value alone is no proof (a module
-        may hold several attributes of that value, none of them read here)."""
+    def code_attrs(self, size: int, expr: Any = None) -> list[str]:
+        """Attributes of the node's module that equal ``size`` and that the source statement making
+        the node reads (``x.split(self.split_size)``; ``expr``: one size argument of it, as parsed
+        by ``source.size_exprs``): an int attribute named there, or a path read from ``self``
+        (``self.attn.num_heads``, ``self.heads[i]``). Bound to a slot, they make the code compute
+        the pruned size; the name is required because a value alone is no proof (a module may hold
+        several attributes of that value, none of them read here)."""
         _, mod = self.module()
-        equal = [k for k, v in vars(mod).items() if type(v) is int and v == size] if mod is not None else []
-        if not equal:
-            return []  # the common case: no need to read the source
-        names = statement_names(self.node) if names is None else names
-        return sorted(k for k in equal if k in names)
+        if mod is None or size < 2 or not source.enabled():
+            return []
+        text = source.statement_source(self.node) if expr is None else None
+        names = source.names_in(expr) if expr is not None else set(source.NAME.findall(text))
+        found = {k for k, v in vars(mod).items() if type(v) is int and v == size and k in names}
+        if expr is not None or re.search(r"self\.\w+\s*[.\[]", text):  # self.sub.x, self.xs[i]
+            found.update(source.int_attrs_named(mod, expr if expr is not None else text, size))
+        return sorted(found)
 
-    def bind_code_attrs(self, s: Slot, names: set[str] | None = None) -> list[str]:
+    def bind_code_attrs(self, s: Slot, expr: Any = None) -> list[str]:
         """Bind every attribute ``code_attrs`` finds for the slot's size; returns their names."""
-        attrs = self.code_attrs(self.size(s), names)
+        attrs = self.code_attrs(self.size(s), expr)
         for attr in attrs:
             self.bind(s, self.traced.module_path(self.node), attr)
         return attrs
@@ -347,100 +394,9 @@ def _within(path: str, fqn: str) -> bool:
     return path == fqn or path.startswith(fqn + ".") if fqn else True
 
 
-def _frame(node: fx.Node) -> tuple[str, int] | None:
-    """File and line of the node's innermost stack frame (the model code that made it)."""
-    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
-    return (frames[-1][0], int(frames[-1][1])) if frames else None
-
-
-def statement_names(node: fx.Node) -> set[str]:
-    """Identifiers of the source statement that made ``node`` (its innermost stack frame), read
-    whole from the file so a call spread over several lines is seen entire.
-
-    >>> statement_names(fx.symbolic_trace(torch.nn.Linear(2, 2)).graph.find_nodes(op="placeholder")[0])
-    set()
-    """
-    return set(re.findall(r"[A-Za-z_]\w*", statement_source(node)))
-
-
-def statement_source(node: fx.Node) -> str:
-    """The source statement that made ``node`` (its innermost stack frame), whole."""
-    frame = _frame(node)
-    if frame is None:
-        return ""
-    path, line = frame
-    text, depth = "", 0
-    for n in range(line, line + 12):  # until the brackets opened on the first line close
-        code = linecache.getline(path, n)
-        text += code
-        depth += sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
-        if depth <= 0 or not code:
-            break
-    return text
-
-
-def shape_args(node: fx.Node, ndim: int) -> list[set[str]] | None:
-    """Identifiers in each size argument of the statement's ``.view(...)``/``.reshape(...)`` call
-    with ``ndim`` sizes: in ``q.view(B, self.heads, n, self.q_stride, -1, d)`` both attributes may
-    equal 4, and only the position tells which one sizes a dim. None if the call is not written
-    out (``x.view(hidden_shape)``), the statement does not parse alone, or two calls disagree."""
-    try:
-        tree = ast.parse(textwrap.dedent(statement_source(node)).strip())
-    except SyntaxError:
-        return None
-    found = []
-    for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "attr", None) in ("view", "reshape"):
-            args = call.args
-            if getattr(call.func.value, "id", None) == "torch":
-                args = args[1:]  # torch.reshape(x, shape)
-            if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
-                args = args[0].elts
-            if len(args) == ndim and not any(isinstance(a, ast.Starred) for a in args):
-                found.append([{n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(arg)
-                               if isinstance(n, (ast.Name, ast.Attribute))} for arg in args])
-    # several calls that disagree (a cat of two views): no way to tell which made this node
-    return found[0] if found and all(f == found[0] for f in found) else None
-
-
-def function_source(node: fx.Node) -> str:
-    """The source of the function that made ``node``, from its ``def`` to the line before the node's."""
-    frame = _frame(node)
-    if frame is None:
-        return ""
-    path, line = frame
-    lines = []
-    for n in range(line - 1, max(line - 400, 0), -1):
-        code = linecache.getline(path, n)
-        lines.append(code)
-        if re.match(r"\s*(async\s+)?def\s", code):
-            break
-    return "".join(reversed(lines))
-
-
-def attr_path(obj: Any, dotted: str) -> tuple[Any, str]:
-    """The object holding a possibly dotted attribute, and the attribute's last name: a binding may
-    name ``config.num_attention_heads`` when the module's code reads the width from its config.
-
-    >>> import types
-    >>> attr_path(types.SimpleNamespace(config=types.SimpleNamespace(n=4)), "config.n")[1]
-    'n'
-    """
-    *path, leaf = dotted.split(".")
-    for part in path:
-        obj = getattr(obj, part)
-    return obj, leaf
-
-
-def owner_key(model: Any, fqn: str, attr: str) -> tuple[int, str]:
-    """Identity of the attribute a binding writes: every layer's ``config.num_attention_heads`` is
-    one attribute when the layers share their config."""
-    owner, leaf = attr_path(model.get_submodule(fqn), attr)
-    return id(owner), leaf
-
-
-def build_coupling(traced: Traced, strict: bool = False) -> Coupling:
-    """Run the registered rule of every node; unknown ops freeze what they touch (or raise if strict).
+def build_coupling(traced: Traced, strict: bool = False, read_source: bool = True) -> Coupling:
+    """Run the registered rule of every node; unknown ops freeze what they touch (or raise if
+    strict). ``read_source=False`` keeps the rules from reading the model's code (``source.py``).
 
     >>> import timm
     >>> from graphprune.trace import trace
@@ -451,8 +407,9 @@ def build_coupling(traced: Traced, strict: bool = False) -> Coupling:
     from . import rules  # noqa: F401  (registers the built-in rules)
 
     b = Builder(traced)
-    for node in traced.graph.nodes:
-        _visit(b, node, strict)
+    with source.reading(read_source):
+        for node in traced.graph.nodes:
+            _visit(b, node, strict)
     _tie(b)
     _freeze_unused(b)
     return b.c
@@ -518,22 +475,28 @@ def _visit(b: Builder, node: fx.Node, strict: bool) -> None:
 
 def _rule_failed(b: Builder, node: fx.Node, key: str, rule: Rule, err: Exception, strict: bool) -> None:
     """A rule that raises is treated as a missing one: what the op touches is frozen (its links so
-    far may be partial) and the report lists it; with ``strict=True`` it raises ``RuleError``."""
+    far may be partial) and ``rule_errors`` lists it; with ``strict=True`` it raises ``RuleError``
+    (``CouplingError``) naming the rule, the node, its module path and source line."""
     b.node = node
     first = (str(err).strip().splitlines() or [""])[0][:200]
-    msg = (f"coupling rule for {key} ({where_defined(rule)}) failed at {b.where()}: {type(err).__name__}: {first}; "
-           f"fix the rule or replace it with @graphprune.register_rule({key}, override=True)")
+    msg = (f"coupling rule for {key} failed at {b.where()}: {type(err).__name__}: {first}; the rule is "
+           f"{where_defined(rule)}: fix it or replace it with @graphprune.register_rule({key}, override=True)")
     if strict:
-        raise RuleError(msg) from err
-    b.c.unsupported.append(msg)
+        raise RuleError(msg + _leave_out(b.traced.module_path(node))) from err
+    b.c.rule_errors.append(f"{msg}; the dims it touches are frozen")
     for s in b._owned(node):
-        b.freeze(s, f"the rule for {key} failed")
+        b.freeze(s, f"coupling rule for {key} failed ({type(err).__name__})")
+
+
+def _leave_out(fqn: str) -> str:
+    """Advice a user can follow: a submodule can be left out with ignore=, the root cannot."""
+    return f", or add {fqn!r} to ignore=" if fqn else ""
 
 
 def _unsupported(b: Builder, node: fx.Node, key: str, strict: bool) -> None:
     b.node = node
-    msg = (f"no coupling rule for {key} ({b.where()}): register one with @graphprune.register_rule, "
-           f"or add {b.traced.module_path(node) or '<root>'!r} to ignore=")
+    msg = (f"no coupling rule for {key} ({b.where()}): register one with @graphprune.register_rule"
+           f"{_leave_out(b.traced.module_path(node))}")
     if strict:
         raise UnsupportedOpError(msg)
     b.c.unsupported.append(msg)

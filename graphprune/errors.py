@@ -24,8 +24,13 @@ class UnsupportedOpError(GraphPruneError):
 
 
 class RuleError(GraphPruneError):
-    """A coupling rule raised on a node and ``strict=True`` was asked for (otherwise the op's dims
-    are frozen and the report lists the failure)."""
+    """A coupling rule raised on a node and ``strict=True`` was asked for; the message names the
+    rule (and where it is defined), the node, its module path and source line. Without ``strict``
+    the node's dims are frozen instead and the failure is listed (``groups.coupling.rule_errors``,
+    the report's "rule failed" lines)."""
+
+
+CouplingError = RuleError  # the same class under the name the coupling stage's docs use
 
 
 class PlanError(GraphPruneError):

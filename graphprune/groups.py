@@ -8,16 +8,18 @@ sorts and array operations over all labels at once, plus one step per group.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
-import networkx as nx
 import numpy as np
 
+from .attrs import owner_key, one_width_per_attr
 from .channels import Channels, Space, channels, keyed_spaces, label_classes, label_reasons
-from .coupling import HEAD_COUNT_ATTRS, Coupling, build_coupling, owner_key
+from .coupling import HEAD_COUNT_ATTRS, Coupling, build_coupling
+from .factors import resolve_factors
 from .trace import Traced, trace
+
+GROUP_CHANNEL = "group-channel"  # the unit of a grouped conv pruned inside its groups: one position in each
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,7 +120,8 @@ class Groups:
     def to_json(self, path: str | None = None) -> str:
         """Every group with each member as parameter FQN, dim and per-unit index mapping."""
         text = json.dumps({"groups": [g.to_dict() for g in self.groups],
-                           "unsupported": self.coupling.unsupported}, indent=1)
+                           "unsupported": self.coupling.unsupported,
+                           "rule_errors": self.coupling.rule_errors}, indent=1)
         if path is not None:
             with open(path, "w") as fh:
                 fh.write(text)
@@ -132,8 +135,10 @@ def _written(text: str, path: str | None) -> str:
     return text
 
 
-def find_groups(model: Any, example_inputs: Any = None, strict: bool = False) -> Groups:
-    """Trace ``model`` and return its groups of coupled channels.
+def find_groups(model: Any, example_inputs: Any = None, strict: bool = False, read_source: bool = True) -> Groups:
+    """Trace ``model`` and return its groups of coupled channels. ``strict``: an op without a rule,
+    or a rule that fails, raises instead of freezing what it touches; ``read_source=False``: the
+    rules decide from the graph alone, never reading the model's code (see ``graphprune.source``).
 
     >>> import timm
     >>> groups = find_groups(timm.create_model("resnet18"))
@@ -141,12 +146,13 @@ def find_groups(model: Any, example_inputs: Any = None, strict: bool = False) ->
     True
     """
     traced = model if isinstance(model, Traced) else trace(model, example_inputs)
-    return groups_from_coupling(build_coupling(traced, strict=strict))
+    return groups_from_coupling(build_coupling(traced, strict=strict, read_source=read_source))
 
 
 def groups_from_coupling(c: Coupling) -> Groups:
-    _resolve_factors(c)
-    return Groups(tuple(_pin(_make_groups(c, channels(c)), c)), c)
+    resolve_factors(c)
+    ch = channels(c)
+    return Groups(tuple(_pin(one_width_per_attr(_make_groups(c, ch), c, ch), c)), c)
 
 
 def _pin(groups: list[Group], c: Coupling) -> list[Group]:
@@ -161,37 +167,6 @@ def _pin(groups: list[Group], c: Coupling) -> list[Group]:
         why = next((pinned[k] for a in g.attrs if (k := owner_key(model, a.fqn, a.attr)) in pinned), None)
         out.append(replace(g, frozen=why) if why and g.frozen is None else g)
     return out
-
-
-# -- factor resolution ---------------------------------------------------------------------------
-
-def _resolve_factors(c: Coupling) -> None:
-    """Couple each reshape to one of its parts: the first part (row-major) not frozen elsewhere.
-    The other parts are frozen, because one flat index cannot follow two independent prunings."""
-    g = c.graph
-    uf = nx.utils.UnionFind(g.nodes)
-    for u, v, d in g.edges(data=True):
-        if d["maps"]:
-            uf.union(u, v)
-    frozen = {uf[s] for s in g.nodes if g.nodes[s]["frozen"]}
-    for f in c.factors:
-        live = [p for p, n in zip(f.parts, f.sizes) if n > 1]
-        pick = None if uf[f.whole] in frozen else next((p for p in live if uf[p] not in frozen), None)
-        for p in live:
-            if p != pick:
-                g.nodes[p]["frozen"].append(f"only one factor of a reshape can be pruned: {f.why}")
-                frozen.add(uf[p])
-        if pick is None:
-            g.nodes[f.whole]["frozen"].append(f"no prunable factor in reshape: {f.why}")
-            frozen.add(uf[f.whole])
-            continue
-        stride = math.prod(f.sizes[f.parts.index(pick) + 1:])
-        idx = np.arange(g.nodes[f.whole]["size"])
-        g.edges[f.whole, pick]["maps"].append((f.whole, idx, (idx // stride) % g.nodes[pick]["size"]))
-        was_frozen = uf[f.whole] in frozen or uf[pick] in frozen
-        uf.union(f.whole, pick)
-        if was_frozen:
-            frozen.add(uf[pick])
 
 
 # -- groups ---------------------------------------------------------------------------------------
@@ -260,9 +235,10 @@ def _group(bucket: list[tuple[tuple, np.ndarray]], spaces: dict[int, Space], why
             _add_member(members, Member(key[0], key[1], rows[key], key[2]))
     first = int(labs[order[0]])
     reason = lambda kind: why[kind][1][why[kind][0][first]] if why[kind][0][first] >= 0 else None
-    names = {a.attr.rsplit(".", 1)[-1] for a in attrs}
-    unit = ("head" if names & set(HEAD_COUNT_ATTRS) or reason("unit") == "head"
-            else "group" if names & {"groups", "num_groups"} else "channel")
+    names = {a.attr.rsplit(".", 1)[-1].split("[")[0] for a in attrs}
+    tag = reason("unit")
+    unit = ("head" if names & set(HEAD_COUNT_ATTRS) or tag == "head"
+            else "group" if names & {"groups", "num_groups"} else tag if tag == GROUP_CHANNEL else "channel")
     kind = "heads" if unit == "head" else reason("kind") or "mlp"
     return Group(id=-1, width=len(labs), unit=unit, members=tuple(members.values()), attrs=tuple(attrs),
                  frozen=reason("frozen"), inexact=reason("inexact"), align=reason("align")[0] if reason("align") else 1,

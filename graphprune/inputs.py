@@ -1,6 +1,7 @@
 """Trace stage helper: normalise user example inputs, or derive them for timm and HF models."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,13 +12,25 @@ from .errors import TraceError
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Call:
+    """Positional and keyword arguments together, for a forward that takes both:
+    ``example_inputs=Call((x,), {"mask": m})``."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 def normalize_inputs(example_inputs: Any) -> Inputs:
-    """Turn a Tensor, a tuple/list of positional args or a dict of kwargs into ``(args, kwargs)``.
+    """Turn a Tensor, a tuple/list of positional args, a dict of kwargs or a ``Call`` into
+    ``(args, kwargs)``.
 
     >>> args, kwargs = normalize_inputs(torch.zeros(1, 3))
     >>> len(args), kwargs
     (1, {})
     """
+    if isinstance(example_inputs, Call):
+        return tuple(example_inputs.args), dict(example_inputs.kwargs)
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
     if isinstance(example_inputs, dict):
@@ -55,22 +68,90 @@ def default_inputs(model: nn.Module) -> Inputs:
 
 def _hf_inputs(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, Any]:
     main = getattr(model, "main_input_name", "input_ids")
+    params = forward_params(model)
+    ids = _token_ids(cfg, device)
+    kwargs: dict[str, Any] = {}
+    if getattr(cfg, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        kwargs["decoder_input_ids"] = ids[:, :4]
+    if "use_cache" in params:
+        kwargs["use_cache"] = False  # a returned KV cache is no pytree export can flatten, nor a shape to keep
     if main == "pixel_values":
         vision = getattr(cfg, "vision_config", cfg)
         size = getattr(vision, "image_size", 224)
         size = size if isinstance(size, int) else size[0]
-        return {"pixel_values": torch.randn(1, getattr(vision, "num_channels", 3), size, size, device=device)}
-    vocab = getattr(cfg, "vocab_size", None) or getattr(getattr(cfg, "text_config", cfg), "vocab_size", 100)
-    ids = torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
-    kwargs: dict[str, Any] = {main: ids}
-    if getattr(cfg, "is_encoder_decoder", False):
-        kwargs["decoder_input_ids"] = ids[:, :4]
-    if "use_cache" in forward_params(model):
-        kwargs["use_cache"] = False  # a returned KV cache is no pytree export can flatten, nor a shape to keep
-    if "pixel_values" in forward_params(model) and hasattr(cfg, "vision_config"):
+        return {"pixel_values": torch.randn(1, getattr(vision, "num_channels", 3), size, size, device=device), **kwargs}
+    if main in ("input_features", "input_values"):
+        return _first_that_runs(model, [{main: x, **kwargs} for x in audio_candidates(cfg, main, device)], main)
+    kwargs = {main: ids, **kwargs}
+    if "pixel_values" in params and hasattr(cfg, "vision_config"):
         size = cfg.vision_config.image_size
         kwargs["pixel_values"] = torch.randn(1, 3, size, size, device=device)
     return kwargs
+
+
+def _token_ids(cfg: Any, device: torch.device) -> torch.Tensor:
+    vocab = getattr(cfg, "vocab_size", None) or getattr(getattr(cfg, "text_config", cfg), "vocab_size", 100)
+    return torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def audio_candidates(cfg: Any, main: str, device: torch.device) -> list[torch.Tensor]:
+    """Float inputs shaped as an HF feature extractor would make them for this config, most
+    likely first: ``input_values`` are raw samples (enough for a few frames of the convolutional
+    feature encoder: ``conv_kernel``/``conv_stride``) or, with ``num_mel_bins`` and
+    ``max_length``, a spectrogram; ``input_features`` are mel bins by frames (Whisper's encoder
+    wants ``2 * max_source_positions`` frames) in either layout.
+
+    >>> import transformers
+    >>> [tuple(x.shape) for x in audio_candidates(transformers.WhisperConfig(num_mel_bins=16,
+    ...  max_source_positions=32), "input_features", torch.device("cpu"))][:2]
+    [(1, 16, 64), (1, 64, 16)]
+    """
+    gen = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(device)
+    if main == "input_values":
+        out = []
+        if isinstance(getattr(cfg, "num_mel_bins", None), int) and isinstance(getattr(cfg, "max_length", None), int):
+            out.append(rand(1, cfg.max_length, cfg.num_mel_bins))
+        kernel, stride = getattr(cfg, "conv_kernel", None), getattr(cfg, "conv_stride", None)
+        if kernel and stride:
+            reach, step = 1, 1
+            for k, st in zip(kernel, stride):
+                reach, step = reach + (k - 1) * step, step * st
+            out.append(rand(1, reach + 15 * step))  # 16 frames
+        return out + [rand(1, 16000)]
+    feats = [getattr(cfg, n, None) for n in ("num_mel_bins", "feature_size", "input_feat_per_channel", "n_mels")]
+    feat = next((f for f in feats if isinstance(f, int) and f > 0), 80) * getattr(cfg, "input_channels", 1)
+    positions = getattr(cfg, "max_source_positions", None)
+    lengths = [2 * positions, positions] if isinstance(positions, int) else []
+    return [t for n in lengths + [64] for t in (rand(1, feat, n), rand(1, n, feat))]
+
+
+def _first_that_runs(model: nn.Module, candidates: list[dict[str, Any]], main: str) -> dict[str, Any]:
+    errors = []
+    for kwargs in candidates:
+        try:
+            run_model(model, ((), kwargs))
+            return kwargs
+        except Exception as err:  # noqa: BLE001 - try the next layout
+            errors.append(f"{tuple(kwargs[main].shape)}: {str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__}")
+    raise TraceError(f"cannot derive {main} for {type(model).__qualname__} from its config (tried "
+                     f"{'; '.join(errors[:4])}); pass example_inputs={{{main!r}: ...}}")
+
+
+def hf_trace_inputs(model: nn.Module, inputs: Inputs) -> tuple[Inputs, tuple[str, ...]]:
+    """Inputs to trace a Hugging Face model with: ``use_cache=False`` added where its forward takes
+    it and the caller did not say, since a returned key/value cache has shapes pruning changes
+    (and export cannot flatten every cache class). Returns the inputs and a note saying so.
+
+    >>> hf_trace_inputs(nn.Linear(2, 2), ((torch.zeros(1, 2),), {}))[1]
+    ()
+    """
+    args, kwargs = inputs
+    cfg = getattr(model, "config", None)
+    if not hasattr(cfg, "to_dict") or "use_cache" in kwargs or "use_cache" not in forward_params(model):
+        return inputs, ()
+    return (args, {**kwargs, "use_cache": False}), (
+        "traced with use_cache=False: a returned key/value cache changes shape when heads are pruned",)
 
 
 def is_causal_lm(model: nn.Module) -> bool:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .actions import PLAN_VERSION, REMAKE, Plan  # noqa: F401 - the plan value lives with its actions
 from .config import ShrinkConfig
-from .coupling import attr_path, owner_key
+from .attrs import get_attr, owner_key, shared_attr
 from .errors import PlanError
 from . import schema
 from .groups import Group, Groups
@@ -210,7 +210,7 @@ class Cost:
 def _shared_attrs(model: nn.Module, groups: list[Group]) -> list[set[tuple[int, str]]]:
     """Per group, the attributes it binds on an object other than its module: a config that every
     layer reads (Phi-3 cuts its fused qkv at ``config.num_attention_heads * head_dim``)."""
-    return [{owner_key(model, a.fqn, a.attr) for a in g.attrs if "." in a.attr} for g in groups]
+    return [{owner_key(model, a.fqn, a.attr) for a in g.attrs if shared_attr(a.attr)} for g in groups]
 
 
 def _tie_shared(model: nn.Module, live: list[Group], every: tuple[Group, ...]) -> tuple[list[Group], list[set]]:
@@ -352,7 +352,7 @@ def plan_from_units(model: nn.Module, chosen: list[tuple[Group, list[int]]], con
             for f, dims in sorted(drop.items())}
     attrs: dict[str, dict[str, Any]] = {}
     for (fqn, attr), n in sorted(attr_drop.items()):
-        old = getattr(*attr_path(model.get_submodule(fqn), attr))
+        old = get_attr(model.get_submodule(fqn), attr)
         attrs.setdefault(fqn, {})[attr] = (old[0] - n,) if isinstance(old, tuple) else old - n
     counts = {g.id: len(u) for g, u in chosen}
     for fqn, values in widths.module_updates(model, list(groups), counts, kind, attrs).items():

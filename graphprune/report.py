@@ -22,13 +22,17 @@ if TYPE_CHECKING:
 @contextlib.contextmanager
 def _params_frozen(model: nn.Module) -> Iterator[None]:
     # the flop counter's module tracker hooks autograd on every input that requires grad; a view of
-    # a parameter made under no_grad (timm's cls_token.expand) requires grad yet has no grad_fn
+    # a parameter made under no_grad (timm's cls_token.expand) requires grad yet has no grad_fn.
+    # nn.MultiheadAttention's inference fast path is one fused kernel the counter does not see.
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    fast = torch.backends.mha.get_fastpath_enabled()
     try:
         for p, _ in flags:
             p.requires_grad_(False)
+        torch.backends.mha.set_fastpath_enabled(False)
         yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
         for p, flag in flags:
             p.requires_grad_(flag)
 
@@ -82,6 +86,7 @@ class Report:
     pruned: tuple[str, ...]
     frozen: tuple[str, ...]
     unsupported: tuple[str, ...] = field(default=())
+    rule_errors: tuple[str, ...] = field(default=())  # coupling rules that raised; their nodes were frozen
     left_out: tuple[str, ...] = field(default=())  # modules whose pruned forward broke, left unpruned
     criterion: str = "l2"
     scope: str = "global"
@@ -118,6 +123,7 @@ class Report:
         lines += _rows("pruned", self.pruned, max_rows)
         lines += _rows("frozen", self.frozen, max_rows)
         lines += _rows("no rule", self.unsupported, max_rows)
+        lines += _rows("rule failed", self.rule_errors, max_rows)
         if self.left_out:
             lines.append(f"  left unpruned (their forward broke when pruned): {', '.join(self.left_out)}")
         lines += _rows("note", self.notes, max_rows)
@@ -164,11 +170,13 @@ def make_report(before: nn.Module, after: nn.Module, plan: "Plan", groups: "Grou
     notes = tuple(f"{scores.criterion} cannot judge {by_id[i].module or '<root>'} ({by_id[i].structure}); "
                   f"ranked by l2 there, at the judged groups' median scale" for i in (scores.fallback if scores is not None else ()))
     notes += tuple(compensation.notes) if compensation is not None else ()
+    notes += tuple(groups.traced.notes)
     pruned = tuple(f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} "
                    f"{by_id[i].unit}s" for i, u in sorted(plan.removed.items()) if i in by_id)  # composed: by round
     return Report(params_before=plan.params_before, params_after=sum(p.numel() for p in after.parameters()),
                   macs_before=count_macs(before, inputs) if macs_before is None else macs_before, macs_after=count_macs(after, inputs), pruned=pruned,
                   frozen=tuple(_frozen_lines(groups)), unsupported=tuple(groups.coupling.unsupported), left_out=left_out,
+                  rule_errors=tuple(groups.coupling.rule_errors),
                   criterion=str(plan.config.get("scorer", "l2")), scope=str(plan.config.get("scope", "global")),
                   compensate=plan.config.get("compensate"), calibration_batches=stats.batches if stats else 0,
                   calibration_seconds=stats.seconds if stats else 0.0, notes=notes, plan=plan,
@@ -233,6 +241,7 @@ def groups_table(groups: "Groups", limit: int = 60) -> str:
     if len(shown) > limit:
         rows.append(f"... {len(shown) - limit} more (print(groups.to_json()) has all)")
     n_unsupported = len(groups.coupling.unsupported)
+    n_failed = len(groups.coupling.rule_errors)
     rows.append(f"{len(groups.prunable)} prunable groups, {len(shown) - len(groups.prunable)} frozen, "
-                f"{n_unsupported} ops without a rule")
+                f"{n_unsupported} ops without a rule" + (f", {n_failed} rule errors" if n_failed else ""))
     return "\n".join(rows)

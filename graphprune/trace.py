@@ -12,9 +12,10 @@ from torch import fx, nn
 from torch.export.graph_signature import OutputKind
 from torch.utils._pytree import tree_unflatten
 
-from .compat import export_shims
+from .compat import export_shims, quiet_export
 from .errors import TraceError
-from .inputs import Inputs, default_inputs, normalize_inputs, output_shapes, run_model
+from .inputs import Inputs, default_inputs, hf_trace_inputs, normalize_inputs, output_shapes, run_model
+from .source import helper_frames
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,23 +79,38 @@ def trace(model: nn.Module, example_inputs: Any = None) -> Traced:
     >>> t.tensor_fqn["p_conv1_weight"], t.method
     ('conv1.weight', 'torch.export')
     """
+    check_module(model)
     inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
+    inputs, notes = hf_trace_inputs(model, inputs)
     with _eval_mode(model), _state_kept(model):
         try:
-            return _from_export(model, model, inputs, "torch.export")
+            return _from_export(model, model, inputs, "torch.export", notes)
         except Exception as err:  # noqa: BLE001 - every export failure is retried via symbolic_trace
             first = err
         if not is_meta(model):
             _reference_output(model, inputs)  # a model that does not run at all is told so plainly
         try:
             gm = fx.symbolic_trace(model)
-            return _from_export(model, gm, inputs, "symbolic_trace+export")
+            return _from_export(model, gm, inputs, "symbolic_trace+export", notes)
         except Exception as err:  # noqa: BLE001
-            raise TraceError(
-                f"cannot trace {type(model).__qualname__}: torch.export failed with "
-                f"{type(first).__name__}: {_first_line(first)}; symbolic_trace fallback failed with "
-                f"{type(err).__name__}: {_first_line(err)}. Fix the data-dependent code the message "
-                f"points to, or pass ignore= for the submodule and prune the rest") from first
+            fallback = err
+        from .untraceable import untraceable_message
+        raise TraceError(untraceable_message(model, inputs, first, fallback)) from first
+
+
+def check_module(model: Any) -> None:
+    """graphprune prunes a module; anything else (a state dict, a path) is refused by name.
+
+    >>> check_module({"fc.weight": None})
+    Traceback (most recent call last):
+    ...
+    graphprune.errors.TraceError: graphprune prunes an nn.Module, got an object of type dict (a state dict?): build the model and load the weights into it first (model.load_state_dict(state_dict)), then pass the model
+    """
+    if isinstance(model, nn.Module):
+        return
+    hint = " (a state dict?)" if isinstance(model, dict) else ""
+    raise TraceError(f"graphprune prunes an nn.Module, got an object of type {type(model).__name__}{hint}: build the model and "
+                     f"load the weights into it first (model.load_state_dict(state_dict)), then pass the model")
 
 
 def is_meta(model: nn.Module) -> bool:
@@ -161,19 +177,22 @@ def _state_kept(model: nn.Module) -> Iterator[None]:
 def export_program(model: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
     """``torch.export`` of the model in eval mode, as ``trace`` runs it, leaving the model as it was."""
     with _eval_mode(model), _state_kept(model):
-        return _export(model, inputs)
+        return _export(model, model, inputs)
 
 
-def _export(traced_obj: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
+def _export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:
     args, kwargs = inputs
     # under no_grad a forward's own `torch.no_grad()` (HF rotary embeddings) is a no-op, so export
     # inlines it instead of hiding its ops in a wrap_with_set_grad_enabled submodule no rule can see
-    with torch.no_grad(), export_shims():
+    with torch.no_grad(), export_shims(), helper_frames(model), quiet_export():
         return torch.export.export(traced_obj, args, kwargs, strict=False)
 
 
-def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, method: str) -> Traced:
-    ep = _export(traced_obj, inputs)
+def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, method: str,
+                 notes: tuple[str, ...] = ()) -> Traced:
+    ep = _export(model, traced_obj, inputs)
+    # what the forward computes and drops (attention weights a caller discards) must not constrain pruning
+    ep.graph_module.graph.eliminate_dead_code()
     shapes = _output_shapes(ep)
     sig = ep.graph_signature
     canonical = _canonical_names(model)
@@ -188,7 +207,7 @@ def _from_export(model: nn.Module, traced_obj: nn.Module, inputs: Inputs, method
         model=model, graph=ep.graph_module.graph, inputs=inputs, tensor_fqn=tensor_fqn, params=params,
         aliases={k: tuple(v) for k, v in aliases.items()},
         constants=frozenset(sig.inputs_to_lifted_tensor_constants),
-        user_inputs=tuple(sig.user_inputs), output_shapes=tuple(shapes), method=method)
+        user_inputs=tuple(sig.user_inputs), output_shapes=tuple(shapes), method=method, notes=tuple(notes))
 
 
 def _output_shapes(ep: torch.export.ExportedProgram) -> list[tuple[int, ...]]:

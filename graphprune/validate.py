@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .coupling import attr_path
+from .attrs import ATTR_NAME, attr_path, get_attr
 from .errors import PlanError
 from .registry import Registry
 
@@ -213,22 +213,24 @@ def check_attr_write(model: nn.Module, fqn: str, attr: str, value: Any, field: s
         module = model.get_submodule(fqn)
     except AttributeError as err:
         raise PlanError(f"{field}: the model has no module {fqn!r}") from err
-    if any(not p.isidentifier() or p.startswith("_") for p in attr.split(".")):
-        raise PlanError(f"{field}: {attr!r} is not a public attribute name")
+    if not ATTR_NAME.fullmatch(attr):
+        raise PlanError(f"{field}: {attr!r} is not a public attribute name (or an item of a list attribute)")
     try:
         owner, leaf = attr_path(module, attr)
     except AttributeError as err:
         raise PlanError(f"{field}: {fqn or '<root>'} has no attribute {attr!r}") from err
-    if isinstance(owner, (nn.Module, torch.Tensor)) and owner is not module:
-        raise PlanError(f"{field}: {attr!r} reaches into another module; name that module instead")
+    leaf = leaf.split("[")[0]
+    if isinstance(owner, torch.Tensor) or (isinstance(owner, nn.Module) and all(owner is not m for m in module.modules())):
+        raise PlanError(f"{field}: {attr!r} reaches outside the module; name that module instead")
     declared = getattr(type(owner), leaf, None)
     if callable(declared) or (isinstance(declared, property) and declared.fset is None):
         raise PlanError(f"{field}: {attr!r} is a method or read-only property of "
                         f"{type(owner).__name__}, not a width")
-    if not hasattr(owner, leaf):
+    try:
+        old = get_attr(module, attr)
+    except (AttributeError, IndexError, TypeError) as err:
         raise PlanError(f"{field}: {fqn or '<root>'} has no attribute {attr!r}; a plan only changes "
-                        f"widths that exist")
-    old = getattr(owner, leaf)
+                        f"widths that exist") from err
     if not _is_width(old):
         raise PlanError(f"{field}: {fqn or '<root>'}.{attr} is {old!r}, not a width (an integer); "
                         f"a plan writes only widths")

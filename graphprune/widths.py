@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from .coupling import HEAD_COUNT_ATTRS
 from .groups import Group
 
 FIELDS = {
@@ -62,13 +63,20 @@ def module_updates(model: nn.Module, groups: list[Group], removed: dict[int, int
         names = [(k, n) for k, ns in FIELDS.items() for n in ns if type(mod.__dict__.get(n)) is int]
         if not fqn or not names:
             continue
-        inside = [groups[i] for i in sorted(under.get(fqn, ()))]
+        inside = [groups[i] for i in sorted(under.get(fqn, ())) if _heads_here(groups[i], fqn)]
         changes = width_changes(inside, removed, kind_of)
         for k, name in names:
             value = new_value(mod.__dict__[name], k, changes[k])
             if value is not None and name not in skip.get(fqn, {}):
                 out.setdefault(fqn, {})[name] = value
     return out
+
+
+def _heads_here(g: Group, fqn: str) -> bool:
+    """Heads that bind a head count belong to the module binding it: another module the group
+    reaches (the residual stream a Swin-style block couples to its heads) keeps its own count."""
+    counts = [a.fqn for a in g.attrs if a.attr.rsplit(".", 1)[-1].split("[")[0] in HEAD_COUNT_ATTRS]
+    return g.unit != "head" or not counts or any(c == fqn or c.startswith(fqn + ".") for c in counts)
 
 
 def _groups_under(groups: list[Group]) -> dict[str, set[int]]:

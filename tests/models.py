@@ -202,6 +202,98 @@ class GroupNormNet(nn.Module):
         return self.c2(torch.relu(self.gn(self.c1(x))))
 
 
+def rotate_half(x):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class HandGQA(nn.Module):
+    """GQA as many codebases write it: ``view(B, T, -1, self.head_dim)``, rotate_half rotary, key and
+    value heads repeated by ``repeat_interleave`` (or ``expand`` + ``reshape``), SDPA."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, kv_heads: int = 2, repeat: str = "interleave"):
+        super().__init__()
+        self.head_dim, self.n_rep, self.repeat = dim // heads, heads // kv_heads, repeat
+        self.q_proj = nn.Linear(dim, heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * self.head_dim, dim, bias=False)
+        self.up, self.down, self.head = nn.Linear(dim, 48), nn.Linear(48, dim), nn.Linear(dim, 3)
+
+    def repeat_kv(self, t):
+        if self.repeat == "interleave":
+            return t.repeat_interleave(self.n_rep, dim=1)
+        b, h, n, d = t.shape
+        return t[:, :, None].expand(b, h, self.n_rep, n, d).reshape(b, h * self.n_rep, n, d)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        inv = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
+        freqs = torch.outer(torch.arange(T, dtype=torch.float32), inv)
+        cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        y = F.scaled_dot_product_attention(q, self.repeat_kv(k), self.repeat_kv(v), is_causal=True)
+        x = x + self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.head(x + self.down(F.gelu(self.up(x))))
+
+
+class TorchMHA(nn.Module):
+    """torch's own attention module in a pre-norm block."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.embed, self.norm = nn.Linear(6, dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        y, _ = self.attn(self.norm(h), self.norm(h), self.norm(h))
+        return self.head(h + y)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class ResNeXtSE(nn.Module):
+    """A ResNeXt bottleneck (grouped 3x3, 4 groups of 4) with squeeze-excite."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 16)
+        self.conv1, self.conv2 = cbr(16, 16, 1), cbr(16, 16, 3, groups=4)
+        self.se, self.conv3 = SqueezeExcite(16), nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.conv3(self.se(self.conv2(self.conv1(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+class ListSplit(nn.Module):
+    """``torch.split(y, self.split_sizes, dim=1)`` with unequal sizes held in a list attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.split_sizes = [12, 6, 6]
+        self.proj = cbr(3, 24, 1)
+        self.a, self.b, self.c = nn.Conv2d(12, 5, 1), nn.Conv2d(6, 5, 3, padding=1), nn.Conv2d(6, 5, 1)
+
+    def forward(self, x):
+        p, q, r = torch.split(self.proj(x), self.split_sizes, dim=1)
+        return (self.a(p) + self.b(q) + self.c(r)).mean((2, 3))
+
+
 @dataclass(frozen=True)
 class Toy:
     name: str
@@ -233,4 +325,9 @@ TOYS = [
     Toy("flatten_fc", FlattenFC, _img()),
     Toy("conv_transpose", ConvTranspose, _img()),
     Toy("group_norm", GroupNormNet, _img()),
+    Toy("hand_gqa", HandGQA, _seq(32)),
+    Toy("hand_gqa_expand", lambda: HandGQA(repeat="expand"), _seq(32)),
+    Toy("torch_mha", TorchMHA, _seq(6)),
+    Toy("resnext_se", ResNeXtSE, _img()),
+    Toy("list_split", ListSplit, _img()),
 ]

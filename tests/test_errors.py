@@ -58,7 +58,8 @@ class DataDependent(nn.Module):
 def test_untraceable_model_raises_trace_error_naming_model_and_fix() -> None:
     model = DataDependent()
     state = _state(model)
-    with pytest.raises(TraceError, match="cannot trace DataDependent.*symbolic_trace fallback failed.*ignore="):
+    with pytest.raises(TraceError, match=r"cannot trace DataDependent: torch.export failed at test_errors.py:\d+ in "
+                                         r"forward .*symbolic_trace failed too.*submodules trace: 'fc'.*submodules="):
         graphprune.shrink(model, 0.3, example_inputs=torch.ones(2, 4))
     assert _same(model, state)
 
@@ -75,14 +76,17 @@ def test_unreachable_ratio_names_largest_reachable() -> None:
 
 
 class HardCoded(nn.Module):
-    """A forward that reshapes with a constant: invisible to the graph, caught by validation."""
+    """A forward that checks a width against a constant: invisible to the graph, caught by validation."""
 
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
 
     def forward(self, x):
-        return self.b(torch.relu(self.a(x)).reshape(-1, 8))
+        y = torch.relu(self.a(x))
+        if y.shape[-1] != 8:
+            raise RuntimeError(f"expected 8 features, got {y.shape[-1]}")
+        return self.b(y)
 
 
 def test_inplace_failure_rolls_back_every_tensor_and_attribute() -> None:
@@ -120,3 +124,55 @@ def test_strict_mode_raises_on_op_without_rule() -> None:
     groups = graphprune.find_groups(CumMax(), torch.randn(2, 4))
     assert any("aten.cummax" in u for u in groups.coupling.unsupported)
     assert not any(m.fqn == "fc.weight" and m.dim == 0 for g in groups.prunable for m in g.members)
+
+
+def test_a_state_dict_is_refused_by_name() -> None:
+    with pytest.raises(TraceError, match=r"prunes an nn.Module, got an object of type OrderedDict \(a state dict\?\).*load_state_dict"):
+        graphprune.shrink(Residual().state_dict(), 0.3)
+
+
+class Tanh(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_a_failing_rule_freezes_its_node_and_is_listed(monkeypatch) -> None:
+    from graphprune.coupling import RULES
+
+    def broken(b, node):
+        raise ValueError("this rule has a bug")
+
+    monkeypatch.setitem(RULES._items, "aten.tanh", broken)
+    groups = graphprune.find_groups(Tanh(), torch.randn(2, 4))
+    (error,) = groups.coupling.rule_errors
+    assert "aten.tanh" in error and "node 'tanh'" in error and "test_errors.py:" in error and "this rule has a bug" in error
+    assert not groups.prunable and "coupling rule for aten.tanh failed" in str(groups)
+    with pytest.raises(graphprune.CouplingError, match=r"rule for aten.tanh failed at node 'tanh' in <root>, "
+                                                       r"test_errors.py:\d+: ValueError: this rule has a bug; the rule is .*broken"):
+        graphprune.find_groups(Tanh(), torch.randn(2, 4), strict=True)
+
+
+class RootReshape(nn.Module):
+    """The model's own forward checks a width against a number (torchvision ViT's _process_input
+    before it was read): the advice names what can be left out, never '<root>' in ignore=."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        y = torch.relu(self.b(h))
+        if h.shape[-1] != 8:
+            raise RuntimeError("the input width is fixed")
+        return self.c(y + h)
+
+
+def test_advice_for_the_root_names_prune_kinds_or_submodules() -> None:
+    with pytest.raises(SurgeryError) as err:
+        graphprune.shrink(RootReshape(), 0.3, example_inputs=torch.randn(2, 4), tolerance=0.3)
+    assert "'<root>' to ignore" not in str(err.value) and "prune=" in str(err.value)

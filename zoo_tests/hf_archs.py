@@ -63,6 +63,17 @@ ARCHS = [
                                     decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
                                     use_cache=False, **TEXT), ("BartForConditionalGeneration",), decoder=True),
     Arch("deit", "DeiTConfig", VISION, ("DeiTForImageClassification",), extra=dict(num_labels=10)),
+    # audio: example inputs come from the config (mel frames for Whisper's encoder, raw samples for wav2vec2)
+    Arch("whisper", "WhisperConfig", dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                          decoder_attention_heads=4, encoder_ffn_dim=160, decoder_ffn_dim=160,
+                                          num_mel_bins=16, max_source_positions=32, max_target_positions=32,
+                                          vocab_size=96, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                          decoder_start_token_id=1, use_cache=False),
+         ("WhisperForConditionalGeneration",)),
+    Arch("wav2vec2", "Wav2Vec2Config", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                            intermediate_size=160, conv_dim=(32, 32), conv_stride=(5, 2),
+                                            conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                                            num_conv_pos_embedding_groups=4, vocab_size=32), ("Wav2Vec2ForCTC",)),
 ]
 
 

@@ -64,8 +64,8 @@ def test_oracle_heads_and_mlp(arch: Arch, cls: str) -> None:
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp_min(1e-6)))
 
 
-@pytest.mark.parametrize("arch,cls", [p for p in _params("generate") if p.values[0].decoder and "Causal" in p.values[1]
-                                      or p.values[1].endswith("LMHeadModel") or "Conditional" in p.values[1]])
+@pytest.mark.parametrize("arch,cls", [p for p in _params("generate") if p.values[0].decoder and (
+    "Causal" in p.values[1] or p.values[1].endswith("LMHeadModel") or "Conditional" in p.values[1])])
 def test_generate_same_tokens_after_pruning_zeroed_units(arch: Arch, cls: str) -> None:
     model = build(arch, cls)
     groups = graphprune.find_groups(model)

@@ -39,7 +39,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "tolerance": dict(help="how far the achieved ratio may be from --ratio"),
     "prune": dict(choices=KINDS, help="kinds of groups that may shrink"),
     "uniform": dict(help="equal widths in every layer, so a stock Hugging Face config describes the result"),
-    "strict": dict(help="an op without a coupling rule is an error instead of freezing what it touches"),
+    "strict": dict(help="an op without a coupling rule, or a rule that fails, is an error instead of freezing what it touches"),
+    "read_source": dict(help="let rules read the model's code for widths it computes (graphprune.source)"),
     "scope": dict(choices=SCOPES, help="rank units across groups (global) or remove the same fraction of each (local)"),
     "max_fraction": dict(help="no group loses more than this fraction of its units"),
     "normalize": dict(choices=NORMALIZE, help="per-group score normalisation for global ranking"),
@@ -135,6 +136,8 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.default is False:
             p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, **extra)
+        elif f.default is True:  # on by default: --no-NAME turns it off
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, **extra)
         elif isinstance(f.default, tuple):
             p.add_argument(flag, nargs="+", default=argparse.SUPPRESS, **extra)
         else:

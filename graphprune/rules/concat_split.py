@@ -6,6 +6,7 @@ from itertools import accumulate
 import numpy as np
 from torch import fx
 
+from .. import source
 from ..coupling import Builder, register_rule
 
 aten = __import__("torch").ops.aten
@@ -70,7 +71,7 @@ def split(b: Builder, node: fx.Node) -> None:
     dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(xs)
     sizes, uniform = _pieces(b, node, b.size(xs[dim]))
     offsets = [0, *accumulate(sizes)][:-1]
-    attrs = None if uniform else [b.code_attrs(n) for n in sizes]
+    attrs = None if uniform else _piece_attrs(b, node, sizes)
     if attrs and all(attrs):
         _follow_attrs(b, node, xs[dim], sizes, offsets, attrs)
     elif not uniform:
@@ -88,6 +89,18 @@ def split(b: Builder, node: fx.Node) -> None:
                 b.link_offset(o, s, offsets[i], "split") if d == dim else b.link_same(s, o)
     for s in xs:
         b.touch(s)
+
+
+def _piece_attrs(b: Builder, node: fx.Node, sizes: list[int]) -> list[list[str]]:
+    """Per piece, the attributes its size is read from: one item each of a list attribute
+    (``torch.split(y, self.split_sizes, dim=1)``), else the int attributes of equal value the
+    statement names (``[self.pdim, self.dim - self.pdim]``)."""
+    _, mod = b.module()
+    if mod is not None and source.enabled():
+        name = source.list_attr_matching(mod, source.statement_source(node), sizes)
+        if name is not None:
+            return [[f"{name}[{i}]"] for i in range(len(sizes))]
+    return [b.code_attrs(n) for n in sizes]
 
 
 def _follow_attrs(b: Builder, node: fx.Node, whole, sizes: list[int], offsets: list[int],

@@ -16,7 +16,8 @@ def tensor_args(b: Builder, node: fx.Node) -> list[fx.Node]:
                aten.alias, aten.detach, aten._to_copy, aten.to, aten.type_as, aten.lift_fresh_copy,
                aten.hardswish, aten.mish, aten.zeros_like, aten.ones_like, aten.empty_like,
                aten.full_like, aten.rand_like, aten.randn_like, aten.masked_fill, aten.copy,
-               aten.__and__, aten.__or__, aten.__xor__, aten.where, aten.floor_divide)
+               aten.__and__, aten.__or__, aten.__xor__, aten.where, aten.floor_divide, aten.fill, aten.zero,
+               aten.clone)
 def pointwise(b: Builder, node: fx.Node) -> None:
     """Broadcasting: an input dim couples to the output dim it lines up with when sizes agree."""
     out = b.slots(node)

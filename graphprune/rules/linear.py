@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import fx
 
 from ..coupling import Builder, register_rule
+from .attention import HEAD_DIM_KEPT
 
 aten = __import__("torch").ops.aten
 
@@ -66,12 +67,16 @@ def matmul(b: Builder, node: fx.Node) -> None:
     # a parameter operand, maybe transposed (Falcon's ``x @ self.weight.T``): its contracted dim
     # consumes, its other dim produces, so the oracle knows what to zero
     roles = [(x, len(xs) - 1, "in"), (y, len(ys) - 2, "in"), (x, len(xs) - 2, "out"), (y, len(ys) - 1, "out")]
-    params = [(_param_slot(b, n, d), role) for n, d, role in roles]
+    params = [(b.param_slot(n, d), role) for n, d, role in roles]
     for param, role in params:
         if param is not None:
             b.role(param, role)
     if len(out) > 2 and not any(p for p, _ in params):
         b.unit(out[-3], "head")  # a batched product of two activations is per head (eager attention)
+        if len(xs) > 2 and len(ys) > 2:  # q @ k^T contracts the head size, attn @ v keeps v's: both stay, as under SDPA
+            for s in (xs[-1], ys[-1]):
+                if b.size(s) > 1:
+                    b.freeze(s, HEAD_DIM_KEPT)
 
 
 @register_rule(aten.einsum)
@@ -92,6 +97,10 @@ def einsum(b: Builder, node: fx.Node) -> None:
             else:
                 seen[letter] = s
                 b.touch(s)
+    activations = len(terms) == 2 and all(len(t) > 2 and not b.g.nodes[b.slots(o)[0]]["fqn"] for t, o in zip(terms, operands))
+    for letter in set(lhs) - {","} - (set(terms[0]) & set(terms[1]) & set(rhs)) if activations else ():
+        if b.size(seen[letter]) > 1:  # "bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd": only batch and heads prune, as under SDPA
+            b.freeze(seen[letter], HEAD_DIM_KEPT)
 
 
 # ``transformers.grouped_mm_fallback`` is transformers' CPU stand-in for ``aten._grouped_mm``, same schema
@@ -114,19 +123,7 @@ def grouped_mm(b: Builder, node: fx.Node) -> None:
     for s in b.slots(offs) if offs is not None else []:
         b.freeze(s, "experts are kept (tokens are routed to them by index)")
     for d, role in ((1, "in"), (2, "out")):
-        param = _param_slot(b, w, d)
+        param = b.param_slot(w, d)
         if param is not None:
             b.role(param, role)
 
-
-def _param_slot(b: Builder, node: fx.Node, dim: int):
-    """The parameter slot behind dim ``dim`` of ``node``, through transposes (MoE weights are
-    stored (E, N, K) and transposed in the forward; Falcon multiplies by ``weight.T``), so the
-    oracle knows which dims consume."""
-    while node.op == "call_function" and getattr(node.target, "overloadpacket", None) in (aten.transpose, aten.t, aten.numpy_T):
-        if len(node.args) < 3 and len(b.shape(node)) != 2:
-            return None  # numpy_T of more than 2 dims reverses them all
-        d0, d1 = (a % len(b.shape(node)) for a in node.args[1:3]) if len(node.args) > 2 else (0, 1)
-        dim = {d0: d1, d1: d0}.get(dim, dim)
-        node = node.args[0]
-    return (node.name, dim) if node.op == "placeholder" and b.g.nodes.get((node.name, dim), {}).get("fqn") else None

@@ -68,3 +68,18 @@ def group_norm(b: Builder, node: fx.Node) -> None:
         return
     unit = b.counted_by(node, groups, "num_groups")
     b.link_blocks(out[1], unit, "channels of a group-norm group")
+
+
+@register_rule(aten._weight_norm)
+def weight_norm(b: Builder, node: fx.Node) -> None:
+    """``w = g * v / ||v||`` with the norm over every dim but ``dim``: ``dim`` couples v, g and w
+    channel by channel; pruning any other dim changes the norm (inexact)."""
+    v, g = node.args[:2]
+    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(b.shape(v))
+    vs, gs, out = b.slots(v), b.slots(g), b.slots(node)
+    for d, (s, o) in enumerate(zip(vs, out)):
+        b.link_same(s, o)
+        if d != dim:
+            b.inexact(o, "weight norm normalises over this dim")
+    for d, s in enumerate(gs):
+        b.link_same(s, out[d]) if b.size(s) == b.size(out[d]) else b.touch(s)

@@ -8,11 +8,10 @@ makes the code cut the pruned tensor in the right place. Any other partial slice
 """
 from __future__ import annotations
 
-import re
-
 from torch import fx
 
-from ..coupling import HEAD_COUNT_ATTRS, Builder, function_source, register_rule, statement_source
+from .. import source
+from ..coupling import HEAD_COUNT_ATTRS, Builder, register_rule
 from .shape import canonical_is, match_dims
 
 aten = __import__("torch").ops.aten
@@ -83,38 +82,13 @@ def _piece_binding(b: Builder, piece: fx.Node, dim: int, last: bool) -> list[Bou
     if mod is None:
         return None
     heads = _heads_slot(b, piece, dim)
-    attr = heads and _read_attr(piece, mod, b.size(heads), HEAD_COUNT_ATTRS, config=True)
+    attr = heads and source.attr_read_at(piece, mod, b.size(heads), HEAD_COUNT_ATTRS, config=True)
     if attr:
         return [(heads, fqn, attr)]
     # a plain width: the module's own attribute only, since a config's hidden_size often equals a
     # piece's width by coincidence and is shared by every layer
-    direct = _read_attr(piece, mod, b.size(b.slots(piece)[dim]), None, config=False)
+    direct = source.attr_read_at(piece, mod, b.size(b.slots(piece)[dim]), None, config=False)
     return [(b.slots(piece)[dim], fqn, direct)] if direct else None
-
-
-def _read_attr(piece: fx.Node, mod, value: int, among: tuple[str, ...] | None, config: bool) -> str | None:
-    """An int attribute equal to ``value`` that the code reads as ``self.x`` (or ``config.x``): in
-    the slice's own statement first (Phi-3's key cut names ``self.num_key_value_heads`` even when
-    it equals the query head count), then anywhere in the function before it."""
-    if value < 2:
-        return None
-    cfg = getattr(mod, "config", None) if config else None
-    holders = [("", "self.", mod)] + ([("config.", "config.", cfg)] if hasattr(cfg, "to_dict") else [])
-    for text in (statement_source(piece), function_source(piece)):
-        names = set(re.findall(r"[A-Za-z_]\w*", text))
-        for name in among or sorted(names):
-            for prefix, access, holder in holders:
-                if name in names and re.search(rf"\b{re.escape(access + name)}\b", text) and _int(holder, name) == value:
-                    return prefix + name
-    return None
-
-
-def _int(holder, name: str) -> int | None:
-    try:
-        value = getattr(holder, name, None)
-    except Exception:  # noqa: BLE001 - a property of an arbitrary object may raise anything
-        return None
-    return value if type(value) is int else None
 
 
 def _heads_slot(b: Builder, piece: fx.Node, dim: int):

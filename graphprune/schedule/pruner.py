@@ -104,7 +104,8 @@ class Pruner:
             raise ConfigError(f"regularizer kind={kind!r} is not one of {regularize.KINDS}")
         if kind not in self._terms:
             with _eval_mode(self.model):
-                groups = find_groups(self.model, self.base.example, strict=self.config.strict)
+                groups = find_groups(self.model, self.base.example, strict=self.config.strict,
+                                     read_source=self.config.read_source)
             live = regularize.live_groups(self.model, groups, self.config)
             self._terms[kind] = regularize.terms(self.model, live, kind)
         return regularize.penalty(self.model, self._terms[kind], kind)

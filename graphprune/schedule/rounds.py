@@ -92,7 +92,7 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
     cfg = dataclasses.replace(config, ratio=local, tolerance=min(1.0, slack * original / current), steps=1)
     with _eval_mode(model):  # a model mid-training: BatchNorm must not learn from the checks' forwards
         traced = trace(model, base.example)
-        groups = find_groups(traced, strict=cfg.strict)
+        groups = find_groups(traced, strict=cfg.strict, read_source=cfg.read_source)
         stats = _calibration(model, groups, cfg, scorer, batches, loss_fn)
         scores = score(model, groups, scorer or cfg.scorer, stats, seed=cfg.seed)
         try:

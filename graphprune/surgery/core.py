@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..coupling import attr_path
+from ..attrs import attr_path, set_attr, shared_attr
 from ..errors import SurgeryError
 from ..inputs import Inputs, normalize_inputs, output_shapes, run_model
 from ..plan import Plan
@@ -226,9 +226,8 @@ def _config(model: nn.Module, plan: Plan, surgery: Surgery) -> None:
 def _set_attrs(model: nn.Module, plan: Plan) -> None:
     for fqn, attrs in plan.attrs.items():
         mod = model.get_submodule(fqn)
-        for attr, value in attrs.items():
-            owner, leaf = attr_path(mod, attr)  # "config.num_attention_heads": the module's config
-            setattr(owner, leaf, tuple(value) if isinstance(value, list) else value)
+        for attr, value in attrs.items():  # "config.num_attention_heads": the module's config
+            set_attr(mod, attr, tuple(value) if isinstance(value, list) else value)
 
 
 def _validate(model: nn.Module, plan: Plan, example_inputs: Any) -> None:
@@ -237,9 +236,12 @@ def _validate(model: nn.Module, plan: Plan, example_inputs: Any) -> None:
         shapes = output_shapes(run_model(model, inputs))
     except Exception as err:
         fqn = failing_module(model, err)
+        fix = (f"A module computes a shape from a constant; add {fqn!r} to ignore=" if fqn else
+               "The model's own forward computes a shape from a constant; leave out the kind of group it "
+               "depends on with prune= (e.g. prune=('heads', 'mlp'))")
         failure = SurgeryError(f"the pruned model's forward fails in {fqn or '<root>'!r}, so the model was "
                                f"restored: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-                               f"A module computes a shape from a constant; add it to ignore=")
+                               f"{fix}")
         failure.module = fqn
         raise failure from err
     if plan.output_shapes and [list(s) for s in shapes] != [list(s) for s in plan.output_shapes]:
@@ -309,11 +311,11 @@ class _Snapshot:
         self.configs = [(c, dict(c.__dict__)) for c in (config_objects(cfg) if cfg is not None else [])]
         # attributes of other objects the plan writes (a config-like object that is not the HF config)
         self.owned = [(owner, leaf, getattr(owner, leaf)) for fqn, attrs in plan.attrs.items() for a in attrs
-                      if "." in a for owner, leaf in [attr_path(model.get_submodule(fqn), a)]]
+                      if shared_attr(a) for owner, leaf in [attr_path(model.get_submodule(fqn), a.split("[")[0])]]
 
     @staticmethod
     def _save(mod: nn.Module) -> dict[str, Any]:
-        return {"_parameters": dict(mod._parameters), "_buffers": dict(mod._buffers),
+        return {"class": type(mod), "_parameters": dict(mod._parameters), "_buffers": dict(mod._buffers),
                 "attrs": {k: v for k, v in mod.__dict__.items() if not k.startswith("_") and not isinstance(v, (nn.Module, torch.Tensor))}}
 
     def restore(self) -> None:
@@ -326,6 +328,7 @@ class _Snapshot:
         for mod, attrs in self.inner:
             mod.__dict__.update(attrs)
         for mod, saved in self.saved:
+            mod.__class__ = saved["class"]  # a slicer may have given it a graphprune subclass
             mod._parameters.clear()
             mod._parameters.update(saved["_parameters"])
             mod._buffers.clear()

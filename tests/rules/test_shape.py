@@ -107,3 +107,82 @@ def test_a_size_read_from_the_input_shape_couples_the_dim_to_that_input() -> Non
     small = graphprune.shrink(InputWidthBlock().eval(), 0.4, example_inputs=x, tolerance=0.05)  # one head
     assert small.attn.num_heads < 4 and small(torch.randn(2, 3, 8)).shape == (2, 3, 2)
     assert_prune_matches(InputWidthBlock(), x)
+
+
+def test_common_refinement_of_an_n_to_m_reshape() -> None:
+    from graphprune.rules.shape import fine_sizes
+
+    assert fine_sizes([5, 16], [20, 4]) == [5, 4, 4]  # (L, B*H...) style: both sides merge (5, 4, 4)
+    assert fine_sizes([6, 4], [4, 6]) is None  # indices mix: frozen
+
+
+class SequenceFirstHeads(nn.Module):
+    """torch's own layout: (L, B, E) viewed as (L, B * heads, head_dim) -- an n:m reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads, self.head_dim = 4, 4
+        self.qkv, self.proj = nn.Linear(8, 48), nn.Linear(16, 3)
+
+    def forward(self, x):
+        L, B, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(L, B * self.heads, self.head_dim).transpose(0, 1) for t in (q, k, v))
+        y = torch.bmm((q @ k.transpose(1, 2)).softmax(-1), v)
+        return self.proj(y.transpose(0, 1).reshape(L, B, self.heads * self.head_dim))
+
+
+def test_an_n_to_m_reshape_of_batch_and_heads_prunes_heads() -> None:
+    x = torch.randn(5, 2, 8)
+    heads = [g for g in graphprune.find_groups(SequenceFirstHeads(), x).prunable if g.unit == "head"]
+    assert len(heads) == 1 and heads[0].width == 4
+    assert ("", "heads") in {(a.fqn, a.attr) for a in heads[0].attrs}
+    assert_prune_matches(SequenceFirstHeads(), x)
+
+
+def test_repeat_interleave_and_expand_gqa_prune_kv_groups_exactly() -> None:
+    from ..models import HandGQA
+
+    x = torch.randn(2, 6, 32)
+    for repeat in ("interleave", "expand"):
+        (heads,) = [g for g in graphprune.find_groups(HandGQA(repeat=repeat), x).prunable if g.unit == "head"]
+        q = next(m for m in heads.members if m.fqn == "q_proj.weight").indices
+        k = next(m for m in heads.members if m.fqn == "k_proj.weight").indices
+        assert heads.width == 2 and q.shape == (2, 16) and k.shape == (2, 8)  # a kv head and its 2 query heads
+        assert assert_prune_matches(HandGQA(repeat=repeat), x, kinds=("heads",)).groups_checked == 1
+        small = graphprune.shrink(HandGQA(repeat=repeat).eval(), 0.2, example_inputs=x, tolerance=0.1, prune=("heads",))
+        assert small.k_proj.out_features == 8 and small.q_proj.out_features == 16 and small(x).shape == (2, 6, 3)
+
+
+class InputWidthAttention(nn.Module):
+    """Swin and older timm: ``reshape(B, N, 3, heads, C // heads)`` with C the input's width."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_heads = 4
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return self.proj(y.reshape(B, N, -1))
+
+
+class InputWidthHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(6, 16), InputWidthAttention(), nn.Linear(16, 2)
+
+    def forward(self, x):
+        x = self.embed(x)
+        return self.head(x + self.attn(x))
+
+
+def test_a_head_size_computed_from_the_input_width_couples_heads_to_it() -> None:
+    x = torch.randn(2, 5, 6)
+    heads = [g for g in graphprune.find_groups(InputWidthHeads(), x).prunable if g.unit == "head"]
+    assert len(heads) == 1 and "embed.weight" in {m.fqn for m in heads[0].members}  # 4 channels of C per head
+    small = graphprune.shrink(InputWidthHeads().eval(), 0.3, example_inputs=x, tolerance=0.2)
+    assert small.attn.num_heads * 4 == small.embed.out_features < 16 and small(x).shape == (2, 5, 2)
+    assert_prune_matches(InputWidthHeads(), x)

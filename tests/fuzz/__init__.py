@@ -1,0 +1,1 @@
+"""Random-model fuzzer: ``generator.random_model(seed)`` and the zero-then-prune property it must pass."""

@@ -1,0 +1,45 @@
+"""Fast tier of the random-model fuzzer: fixed seeds, each a model the zero-then-prune oracle must
+find exact (or, where nothing is checkable, frozen with a reason). The slow tier (thousands of
+seeds) is ``zoo_tests/test_fuzz.py``; every bug a seed found stays here as a regression seed."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphprune
+
+from .check import EXACT, FROZEN, check
+from .generator import random_model
+
+FAST_SEEDS = list(range(24))
+# seeds whose models failed before a fix (found again by reverting each fix on the final generator)
+REGRESSIONS = {
+    42: "hand-written attention pruned the value head size, which head_dim (read in Python) also sizes",
+    122: "torch's MHA splits in_proj_weight: its input columns had no consumer role, the oracle saw a diff",
+    129: "num_heads matched torch's batch dim by value; with one width per attribute the heads froze",
+    171: "an attribute bound by value to two dims of different groups changed for both",
+    1175: "a block's num_heads followed another block's heads through the residual stream they share",
+    1527: "the same, loudly: the other block's view(B, T, self.num_heads, d) no longer fitted",
+}
+
+
+@pytest.mark.parametrize("seed", FAST_SEEDS + sorted(REGRESSIONS))
+def test_random_model_prunes_exactly_or_says_why_not(seed: int) -> None:
+    torch.set_num_threads(1)
+    outcome = check(seed)
+    assert outcome.result in (EXACT, FROZEN), f"seed {seed}: {outcome.recipe}: {outcome.result}: {outcome.detail}"
+
+
+@pytest.mark.parametrize("seed", FAST_SEEDS[:6])
+def test_random_model_shrinks_and_keeps_its_outputs(seed: int) -> None:
+    model, inputs, recipe = random_model(seed)
+    try:
+        small = graphprune.shrink(model, 0.3, example_inputs=inputs, tolerance=0.3)
+    except graphprune.PlanError as err:  # coarse toys: nothing, or too little, to prune is an honest answer
+        assert "reachable" in str(err), err
+        return
+    with torch.no_grad():
+        want, got = model(*inputs), small(*inputs)
+    shapes = lambda out: [tuple(t.shape) for t in (out if isinstance(out, tuple) else (out,))]
+    assert shapes(got) == shapes(want), recipe
+    assert graphprune.count_params(small) < graphprune.count_params(model), recipe

@@ -1,0 +1,73 @@
+"""Tests for graphprune/partial.py: pruning the submodules of a model that does not trace whole."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import graphprune
+
+from .models import cbr
+
+
+class Detector(nn.Module):
+    """A traceable backbone and a head with data-dependent control flow (as a detector's box
+    filtering): the whole model does not trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(cbr(3, 16), cbr(16, 32), cbr(32, 8))
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        scores = self.head(self.backbone(x)).amax((2, 3))
+        keep = scores[scores.sum(1) > 0]  # data-dependent size
+        return keep if keep.numel() else scores
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+def test_a_model_that_does_not_trace_names_the_line_and_the_submodules_that_do(capsys) -> None:
+    with pytest.raises(graphprune.TraceError) as err:
+        graphprune.find_groups(Detector(), X)
+    message = str(err.value)
+    assert "\n" not in message and "test_partial.py" in message and "'backbone'" in message
+    assert "submodules=('backbone',)" in message
+    assert "def forward" not in capsys.readouterr().err  # no graph dump
+
+
+def test_submodules_prunes_the_backbone_and_the_model_still_runs() -> None:
+    model = Detector().eval()
+    small, report = graphprune.shrink(model, 0.4, example_inputs=X, submodules=("backbone",),
+                                      return_report=True, tolerance=0.05)
+    before, after = graphprune.count_params(model.backbone), graphprune.count_params(small.backbone)
+    assert abs(1 - after / before - 0.4) <= 0.05
+    assert small.backbone[2][0].out_channels == 8 and small.head.weight.shape == model.head.weight.shape
+    assert small(X).shape[-1] == 4
+    assert report.params_before == graphprune.count_params(model) and any(p.startswith("backbone: ") for p in report.pruned)
+    assert graphprune.count_params(model.backbone) == before  # the original is untouched
+
+
+def test_submodules_must_name_modules_the_forward_runs() -> None:
+    with pytest.raises(graphprune.ConfigError, match="not a submodule"):
+        graphprune.shrink(Detector(), 0.3, example_inputs=X, submodules=("neck",))
+    with pytest.raises(graphprune.ConfigError, match="lies inside"):
+        graphprune.shrink(Detector(), 0.3, example_inputs=X, submodules=("backbone", "backbone.0"))
+    with pytest.raises(graphprune.ConfigError, match="calibration="):
+        graphprune.shrink(Detector(), 0.3, example_inputs=X, submodules=("backbone",), calibration=[X])
+
+
+def test_inplace_failure_restores_every_submodule() -> None:
+    class Breaks(Detector):
+        def forward(self, x):
+            y = self.backbone(x)
+            if y.shape[1] != 8 or self.backbone[1][0].out_channels != 32:
+                raise RuntimeError("the head expects the backbone's original widths")
+            return self.head(y).amax((2, 3))
+
+    model = Breaks().eval()
+    weight = model.backbone[1][0].weight
+    with pytest.raises(graphprune.SurgeryError, match="no longer runs"):
+        graphprune.shrink(model, 0.4, example_inputs=X, submodules=("backbone",), inplace=True, tolerance=0.05)
+    assert model.backbone[1][0].weight is weight and model(X).shape == (2, 4)

@@ -1,0 +1,108 @@
+"""Tests for graphprune/source.py: the source-reading heuristics, their switch, and what they read."""
+from __future__ import annotations
+
+import ast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphprune
+from graphprune import source
+from graphprune.testing import assert_prune_matches
+
+from .models import HandGQA
+
+X = torch.randn(2, 5, 16)
+
+
+class StageHeads(nn.Module):
+    """Heads read from a per-stage list: ``reshape(B, N, 3, self.heads[self.stage], -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads, self.stage = [2, 4], 1
+        self.qkv, self.proj, self.fc = nn.Linear(16, 48), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads[self.stage], -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1)
+        return self.fc(x + self.proj(y))
+
+
+class LiteralHeads(nn.Module):
+    """The head count written as a number next to a -1: removing a head would silently give four
+    heads of a smaller size, so the heads stay."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj, self.fc = nn.Linear(16, 48), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 4, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1)
+        return self.fc(x + self.proj(y))
+
+
+class Helper(nn.Module):
+    """The reshape happens in a helper method, not in forward (torchvision ViT's _process_input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden_dim = 8
+        self.conv, self.fc = nn.Conv2d(3, 8, 2, stride=2), nn.Linear(8, 3)
+
+    def _process_input(self, x):
+        n = x.shape[0]
+        return self.conv(x).reshape(n, self.hidden_dim, -1).permute(0, 2, 1)
+
+    def forward(self, x):
+        return self.fc(self._process_input(x).mean(1))
+
+
+def test_an_indexed_list_attribute_is_bound_and_followed() -> None:
+    heads = [g for g in graphprune.find_groups(StageHeads(), X).prunable if g.unit == "head"]
+    assert [(a.fqn, a.attr) for g in heads for a in g.attrs] == [("", "heads[1]")]
+    small = graphprune.shrink(StageHeads().eval(), 0.3, example_inputs=X, tolerance=0.2)
+    assert small.heads[0] == 2 and small.heads[1] < 4
+    assert_prune_matches(StageHeads(), X)
+
+
+def test_a_size_written_as_a_number_stays() -> None:
+    groups = graphprune.find_groups(LiteralHeads(), X)
+    assert not [g for g in groups.prunable if g.unit == "head"]
+    assert any("number written in the model's code" in (g.frozen or "") for g in groups)
+
+
+def test_a_helper_method_is_read_and_a_root_attribute_bound() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    groups = graphprune.find_groups(Helper(), x)
+    conv = next(g for g in groups.prunable if any(m.fqn == "conv.weight" for m in g.members))
+    assert [(a.fqn, a.attr) for a in conv.attrs] == [("", "hidden_dim")]
+    small = graphprune.shrink(Helper().eval(), 0.3, example_inputs=x, tolerance=0.2)
+    assert small.hidden_dim == small.conv.out_channels < 8
+
+
+def test_switching_source_reading_off_freezes_what_only_the_code_shows() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    off = graphprune.find_groups(Helper(), x, read_source=False)
+    assert not any(any(m.fqn == "conv.weight" for m in g.members) for g in off.prunable)
+    assert "read_source=False" in " ".join(g.frozen or "" for g in off)
+    with source.reading(False):
+        assert not source.enabled() and source.statement_source(None) == ""
+    assert source.enabled()
+    # a model whose widths no code computes prunes as before
+    mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    assert [g.width for g in graphprune.find_groups(mlp, X, read_source=False).prunable] == [32]
+
+
+def test_shape_expressions_are_read_through_names_and_starred_shapes() -> None:
+    model, x = HandGQA(), torch.randn(2, 5, 32)
+    traced = graphprune.trace(model, x)
+    view = next(n for n in traced.graph.nodes if n.name == "view")
+    exprs = source.size_exprs(view, 4)
+    assert [ast.unparse(e) for e in exprs] == ["B", "T", "-1", "self.head_dim"]
+    assert source.follows(exprs[2], "") and not source.follows(exprs[3], "")
+    assert source.attribute_paths("x.view(B, self.heads[self.i], self.cfg.dim // 2)") == ["heads[i]", "i", "cfg.dim"]
