@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
         results[name] = json.loads(lines[-1]) if lines else {"error": done.stderr[-2000:]}
+        # cases from earlier runs are kept: each says when it ran and how loaded the machine was
+        results[name]["ran_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        results[name]["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
         print(name, json.dumps(results[name]), flush=True)
     info = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": args.threads, "ratio": args.ratio, "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
