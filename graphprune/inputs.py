@@ -1,8 +1,9 @@
 """Trace stage helper: normalise user example inputs, or derive them for timm and HF models."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -182,10 +183,33 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def run_model(model: nn.Module, inputs: Inputs) -> Any:
-    """Call ``model`` on normalised inputs without autograd."""
+    """Call ``model`` on normalised inputs without autograd, in eval mode (its modes restored
+    afterwards): graphprune's own forwards (checks, counts, oracles) must never teach a model in
+    training mode, e.g. BatchNorm running statistics from example inputs."""
     args, kwargs = inputs
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         return model(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode (batch norm uses running stats, dropout is a no-op), then each
+    module's own mode back.
+
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+    >>> with eval_mode(m):
+    ...     m.training
+    False
+    >>> m.training, m[1].training
+    (True, True)
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def first_tensor(out: Any) -> torch.Tensor:

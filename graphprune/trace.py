@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_unflatten
 from .compat import export_shims, quiet_export
 from .errors import TraceError
 from .inputs import Inputs, default_inputs, hf_trace_inputs, normalize_inputs, output_shapes, run_model
+from .inputs import eval_mode as _eval_mode  # export in eval mode: batch norm on running stats, no dropout
 from .source import helper_frames
 
 
@@ -142,18 +143,6 @@ def _describe(inputs: Inputs) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else ""
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # export in eval mode so batch norm uses running stats and dropout is a no-op
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 @contextlib.contextmanager

@@ -88,3 +88,18 @@ def test_calibration_without_a_data_aware_choice_warns() -> None:
 
     with pytest.warns(UserWarning, match="read no data"):
         graphprune.shrink(Mlp(), 0.2, example_inputs=torch.randn(2, 4), calibration=Mlp.data(), tolerance=0.1)
+
+
+def test_shrink_in_training_mode_never_teaches_batch_norm() -> None:
+    """The checks' forwards run in eval mode: a model mid-training keeps its BatchNorm statistics
+    (kept channels hold exactly the values they had) and its training mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 3)).train()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+    small, report = graphprune.shrink(model, 0.4, example_inputs=torch.randn(2, 3, 8, 8), tolerance=0.05,
+                                     return_report=True)
+    kept = report.plan.keep["1.running_mean"][0]
+    assert small.training and small[1].training
+    assert torch.equal(small[1].running_mean, model[1].running_mean[kept])
+    assert int(small[1].num_batches_tracked) == 0
