@@ -49,7 +49,10 @@ def width_changes(groups: list[Group], removed: dict[int, int], kind_of) -> dict
     """(old, new) widths of every group, by kind."""
     out: dict[str, list[tuple[int, int]]] = {k: [] for k in FIELDS}
     for g in groups:
-        if g.frozen is None or any(m.roles for m in g.members):
+        # a frozen layer width pins the field that counts it; the model's own input and output
+        # widths (vocabulary, classes) are counted by other fields, even when the number is the same
+        pinned = any(m.roles for m in g.members) and not str(g.frozen).startswith(("model input", "model output"))
+        if g.frozen is None or pinned:
             out[kind_of(g)].append((g.width, g.width - removed.get(g.id, 0)))
     return out
 

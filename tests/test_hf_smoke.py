@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import warnings
 
 import pytest
 import torch
@@ -163,3 +164,32 @@ def test_gpt2_conv1d_mlp_prunes_exactly() -> None:
     mlp = next(g for g in groups.prunable if any(m.fqn.endswith("c_fc.weight") and m.dim == 1 for m in g.members))
     small = apply_plan_(copy.deepcopy(model), plan_from_units(model, [(mlp, [0, 1])], {}, groups))
     assert small.transformer.h[0].mlp.c_fc.nf == 4 * HIDDEN - 2
+
+
+@pytest.mark.parametrize("case", ["mlp_as_wide_as_vocab", "tied_embeddings"])
+def test_uniform_plans_where_config_fields_look_alike(case: str, tmp_path) -> None:
+    """A vocabulary as wide as the MLP is counted by vocab_size, not intermediate_size; a tied
+    lm_head is sliced with the embedding it shares, so the hidden size can change. The config
+    describes both and stock transformers reloads them."""
+    from zoo_tests.test_hf import _stock_load_matches
+
+    tied = case == "tied_embeddings"
+    opts = {"vocab_size": 2 * FFN, "tie_word_embeddings": True} if tied else {"vocab_size": FFN}
+    cfg = transformers.LlamaConfig(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                                   num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, use_cache=False, **opts)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a kind left out of a uniform plan is a warning
+        # round_to=4: a hidden size the 4 heads divide (transformers checks it)
+        small = graphprune.shrink(model, 0.3, uniform=True, prune=("heads", "mlp") + (("hidden",) if tied else ()),
+                                  round_to=4 if tied else 1)
+    assert small.config.vocab_size == cfg.vocab_size
+    assert small.config.intermediate_size == small.model.layers[0].mlp.down_proj.in_features < FFN
+    assert small.config.hidden_size == small.lm_head.in_features == small.model.embed_tokens.embedding_dim
+    assert (small.config.hidden_size < HIDDEN) == tied
+    ids = _ids(1, 7)
+    small.save_pretrained(tmp_path)
+    with torch.no_grad():
+        want = small(ids).logits
+    _stock_load_matches("LlamaForCausalLM", tmp_path, ((ids,), {}), want)
