@@ -110,6 +110,10 @@ def from_pretrained(path: str, model_class: Any = None, **kwargs: Any) -> nn.Mod
     config.graphprune = read_record(raw, f"{path}/config.json: graphprune")
     model = _guarded(lambda: _rebuilding(cls, path).from_pretrained(path, config=config, **kwargs), path, "the model")
     model.__class__ = cls  # the rebuilding subclass only served construction
+    if not config_mismatches(model):
+        # the config describes the widths (uniform): buffers derived from it (Gemma's embedding
+        # scale) take the pruned config's values, as shrink gave them and stock transformers does
+        sync_derived_buffers_(model)
     return model.eval()
 
 
