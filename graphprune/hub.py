@@ -19,15 +19,6 @@ from .plan import Plan
 from .record import read_record, reshape_
 
 
-def _keep_by_every_name(model: nn.Module, keep: dict[str, dict[int, list[int]]]) -> dict[str, dict[int, list[int]]]:
-    """``keep`` under every name of each tensor: a tied ``lm_head.weight`` is sliced with the
-    ``embed_tokens.weight`` the plan names."""
-    names: dict[int, list[str]] = {}
-    for k, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        names.setdefault(id(t), []).append(k)
-    return {alias: keep[k] for same in names.values() for k in same if k in keep for alias in same}
-
-
 def config_mismatches(model: nn.Module, plan: Plan | None = None) -> list[str]:
     """Tensors whose shape differs from what ``type(model)(model.config)`` builds (empty: consistent).
     With ``plan``, a dry run: the config and shapes the model would have after it (nothing changes).
@@ -55,8 +46,7 @@ def config_mismatches(model: nn.Module, plan: Plan | None = None) -> list[str]:
     except Exception as err:  # noqa: BLE001 - the model's own __init__ rejects the widths (BERT: heads | hidden)
         return [f"{type(model).__name__} cannot be built from that config: {_first_line(err)}"]
     want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    keep = _keep_by_every_name(model, plan.keep) if plan else {}
-    have = {k: _kept_shape(v, keep.get(k, {})) for k, v in model.state_dict().items()}
+    have = {k: _kept_shape(v, plan.keep.get(k, {}) if plan else {}) for k, v in model.state_dict().items()}
     return [f"{k}: config builds {want.get(k)}, weights are {have.get(k)}"
             for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k)]
 
@@ -110,10 +100,6 @@ def from_pretrained(path: str, model_class: Any = None, **kwargs: Any) -> nn.Mod
     config.graphprune = read_record(raw, f"{path}/config.json: graphprune")
     model = _guarded(lambda: _rebuilding(cls, path).from_pretrained(path, config=config, **kwargs), path, "the model")
     model.__class__ = cls  # the rebuilding subclass only served construction
-    if not config_mismatches(model):
-        # the config describes the widths (uniform): buffers derived from it (Gemma's embedding
-        # scale) take the pruned config's values, as shrink gave them and stock transformers does
-        sync_derived_buffers_(model)
     return model.eval()
 
 
