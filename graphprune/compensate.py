@@ -23,7 +23,7 @@ from .calibrate import InputStats, Stats
 from .config import COMPENSATE
 from .errors import CalibrationError
 from .groups import Groups
-from .inputs import normalize_inputs
+from .inputs import eval_mode, normalize_inputs
 from .plan import Plan
 
 METHODS = tuple(m for m in COMPENSATE if m)
@@ -224,20 +224,17 @@ def recalibrate_bn_(model: nn.Module, batches: Iterable[Any], max_batches: int |
     if first is None:
         raise CalibrationError("recalibrate_bn_ got no batches; the running statistics were left as they were")
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    modes = {m: m.training for m in model.modules()}
     saved = [(bn, bn.momentum) for bn in bns]
     try:
-        model.eval()
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative moving average: every batch counts the same
-            bn.train()
-        for batch in itertools.islice(itertools.chain([first], batches), max_batches):
-            args, kwargs = normalize_inputs(batch)
-            model(*args, **kwargs)
+        with eval_mode(model):  # every module's own mode comes back afterwards
+            for bn in bns:
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative moving average: every batch counts the same
+                bn.train()
+            for batch in itertools.islice(itertools.chain([first], batches), max_batches):
+                args, kwargs = normalize_inputs(batch)
+                model(*args, **kwargs)
     finally:
         for bn, momentum in saved:
             bn.momentum = momentum
-        for m, mode in modes.items():
-            m.training = mode
     return model

@@ -10,8 +10,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..config import _ignore_names
-from ..inputs import default_inputs, normalize_inputs
-from ..trace import _eval_mode
+from ..inputs import default_inputs, normalize_inputs, run_model
 from .layout import Layout, layout_of
 
 NORMS = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
@@ -113,8 +112,7 @@ def _run_order(model: nn.Module, weighted: list[tuple[str, nn.Module]], example:
     seen: list[str] = []
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: seen.append(n)) for n, m in weighted]
     try:
-        with torch.no_grad(), _eval_mode(model):  # eval: a BatchNorm must not learn from this run
-            model(*args, **kwargs)
+        run_model(model, (args, kwargs))  # eval mode: a BatchNorm must not learn from this run
     except Exception:  # noqa: BLE001 - inputs that do not fit: registration order, as without any
         return [n for n, _ in weighted]
     finally:
