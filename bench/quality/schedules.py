@@ -1,6 +1,8 @@
 """Quality benchmark (f): schedules. (1) Iterative (5 rounds, each re-tracing, re-calibrating and
 re-scoring the pruned model) against one-shot structured pruning at 50%, on the sentence encoder
-of (a) and the Llama of (d), no fine-tuning, for the default criterion and three data-aware recipes.
+of (a) and the Llama of (d), no fine-tuning, for the default criterion and three data-aware recipes,
+each on ``DRAWS`` calibration sets drawn apart (one-shot and iterative see the same draw), so the
+table shows the change with its spread over draws next to its mean.
 (2) On the digits CNN of (c): prune-then-fine-tune (one-shot, then every epoch on the small model)
 against pruning during fine-tuning (``graphprune.Pruner``: a slice at the end of each epoch of the
 first half, one optimizer remapped through the surgery, the second half trains the final model),
@@ -28,6 +30,7 @@ from bench.quality import common, digits_cnn, minilm, tiny_llama, trained
 NAME = "schedules"
 RATIO = 0.5
 STEPS = 5
+DRAWS = 3  # calibration draws per recipe: a change smaller than its spread over draws is noise
 RECIPES = [("l2 (default)", {}), ("taylor", dict(scorer="taylor")), ("activation", dict(scorer="activation")),
            ("fluctuation+lstsq", dict(scorer="fluctuation", compensate="lstsq"))]
 
@@ -49,30 +52,49 @@ def _pair(model: nn.Module, ratio: float, calib: list, example: Any, options: di
     return rows
 
 
+def _recipes(quick: bool, draw: int) -> list[tuple[str, dict[str, Any]]]:
+    """The recipes to run on calibration draw ``draw``: one that reads no data runs on draw 0 only."""
+    recipes = RECIPES[:1] if quick else RECIPES
+    return recipes if draw == 0 else [(label, o) for label, o in recipes if common.needs_data(o)]
+
+
 def encoder_rows(quick: bool) -> list[dict[str, Any]]:
     model, tok = minilm.load()
     evals = minilm.batches(tok, minilm.sentences("lee.cor", 48 if quick else 256), 32)
-    calib = minilm.batches(tok, minilm.sentences("lee_background.cor", 32 if quick else 128), 16)
+    size = 32 if quick else 128
+    pool = minilm.sentences("lee_background.cor", size * DRAWS)
     ref, enc = minilm.embed(model, evals), common.n_params(model, "encoder.")
     measure = lambda m: minilm.fidelity(ref, minilm.embed(m, evals))  # noqa: E731
     removed = lambda m: 1 - common.n_params(m, "encoder.") / enc  # noqa: E731
     rows = []
-    for label, options in RECIPES[:1] if quick else RECIPES:
-        rows += _pair(model, minilm.encoder_fraction(model, RATIO), calib, calib[0], {"prune": ("heads", "mlp"), **options},
-                      measure, {"model": "minilm", "method": label, "ratio": RATIO}, removed)
+    for draw in range(1 if quick else DRAWS):  # draw 0: the first sentences, as the other benches calibrate
+        calib = minilm.batches(tok, pool[draw * size:(draw + 1) * size], 16)
+        for label, options in _recipes(quick, draw):
+            rows += _pair(model, minilm.encoder_fraction(model, RATIO), calib, calib[0],
+                          {"prune": ("heads", "mlp"), **options}, measure,
+                          {"model": "minilm", "method": label, "ratio": RATIO, "draw": draw}, removed)
     return rows
 
 
 def lm_rows(quick: bool) -> tuple[list[dict[str, Any]], float]:
     cfg = tiny_llama.settings(quick)
     model, ctx, _ = trained.llama(cfg)
+    train_ids, _ = tiny_llama.load_bytes(cfg)
     measure = lambda m: {"ppl": tiny_llama.perplexity(m, ctx["windows"], cfg["eval_batch"])}  # noqa: E731
     removed = lambda m: 1 - common.n_params(m) / common.n_params(model)  # noqa: E731
     rows = []
-    for label, options in RECIPES[:1] if quick else RECIPES:
-        rows += _pair(model, RATIO, ctx["calib"], ctx["example"], {"prune": ("heads", "mlp"), **options},
-                      measure, {"model": "tiny_llama", "method": label, "ratio": RATIO}, removed)
+    for draw in range(1 if quick else DRAWS):
+        calib = ctx["calib"] if draw == 0 else _llama_calib(train_ids, cfg, draw)
+        for label, options in _recipes(quick, draw):
+            rows += _pair(model, RATIO, calib, calib[0], {"prune": ("heads", "mlp"), **options}, measure,
+                          {"model": "tiny_llama", "method": label, "ratio": RATIO, "draw": draw}, removed)
     return rows, measure(model)["ppl"]
+
+
+def _llama_calib(train_ids: torch.Tensor, cfg: dict[str, Any], draw: int) -> list[dict[str, torch.Tensor]]:
+    """Calibration windows of another draw: the same count and length as ``ctx["calib"]`` (draw 0)."""
+    gen = torch.Generator().manual_seed(cfg["seed"] + 500 + 1000 * draw)
+    return [tiny_llama.random_batch(train_ids, cfg, gen) for _ in range(cfg["calib_batches"])]
 
 
 # -- (2) the digits CNN: when to prune during fine-tuning ---------------------------------------------
@@ -159,19 +181,16 @@ def section(r: dict[str, Any]) -> list[str]:
     """Markdown for quality.md: one-shot vs iterative per model and recipe, then the digits schedules."""
     out = [f"## {r['name']}: iterative vs one-shot, and pruning during fine-tuning", "",
            f"Settings: `{json.dumps(r['settings'])}`; whole run {r['seconds']:.0f} s.", ""]
-    for model, metric in (("minilm", "cosine"), ("tiny_llama", "ppl")):
+    for model, metric, sign in (("minilm", "cosine", 1), ("tiny_llama", "ppl", -1)):
         rows = [x for x in r["rows"] if x["model"] == model]
-        out += [f"| {model} at {r['settings']['ratio']:g} | one-shot {metric} | iterative {metric} | change | "
-                f"removed (one-shot / iterative) |", "|---|---|---|---|---|"]
+        draws = len({x.get("draw", 0) for x in rows})
+        out += [f"{model} at {r['settings']['ratio']:g}, {draws} calibration draw(s): mean {metric}, and the "
+                f"change iterative minus one-shot per draw ({'higher' if sign > 0 else 'lower'} is better; a "
+                f"recipe that reads no data runs once)", "",
+                f"| recipe | one-shot {metric} | iterative {metric} | change (mean) | change (min / max) | "
+                f"iterative no worse | removed (one-shot / iterative) |", "|---|---|---|---|---|---|---|"]
         for method in dict.fromkeys(x["method"] for x in rows):
-            one, it = (next(x for x in rows if x["method"] == method and x["schedule"].startswith(s))
-                       for s in ("one-shot", "iterative"))
-            if metric not in one or metric not in it:
-                out.append(f"| {method} | {one.get('note', '-')} | {it.get('note', '-')} | - | - |")
-                continue
-            change = it[metric] - one[metric]
-            out.append(f"| {method} | {one[metric]:.3f} | {it[metric]:.3f} | {change:+.3f} | "
-                       f"{one['params_removed']:.3f} / {it['params_removed']:.3f} |")
+            out.append(_schedule_row(method, [x for x in rows if x["method"] == method], metric, sign))
         out.append("")
     rows = [x for x in r["rows"] if x["model"] == "digits_cnn"]
     ratios = sorted({x["ratio"] for x in rows if x["ratio"] > 0})
@@ -185,6 +204,21 @@ def section(r: dict[str, Any]) -> list[str]:
                  for ratio in ratios]
         out.append(f"| {method} | " + " | ".join(cells) + " |")
     return out + [""]
+
+
+def _schedule_row(method: str, rows: list[dict[str, Any]], metric: str, sign: int) -> str:
+    """One recipe's line: means over draws, and the paired change (same draw) with its range."""
+    pairs = [(one, it) for one in rows if one["schedule"] == "one-shot"
+             for it in rows if it["schedule"] != "one-shot" and it.get("draw", 0) == one.get("draw", 0)]
+    notes = [x["note"] for pair in pairs for x in pair if metric not in x]
+    if notes or not pairs:
+        return f"| {method} | {notes[0] if notes else 'no runs'} | - | - | - | - | - |"
+    mean = lambda xs: statistics.mean(xs)  # noqa: E731
+    change = [it[metric] - one[metric] for one, it in pairs]
+    wins = sum(sign * c >= 0 for c in change)
+    return (f"| {method} | {mean([o[metric] for o, _ in pairs]):.3f} | {mean([i[metric] for _, i in pairs]):.3f} | "
+            f"{mean(change):+.3f} | {min(change):+.3f} / {max(change):+.3f} | {wins} of {len(pairs)} | "
+            f"{mean([o['params_removed'] for o, _ in pairs]):.3f} / {mean([i['params_removed'] for _, i in pairs]):.3f} |")
 
 
 if __name__ == "__main__":
