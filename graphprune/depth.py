@@ -77,7 +77,8 @@ def plan_with_depth(model: nn.Module, groups: Any, config: Any, scores: Any, sta
 
     from .blocks import blocks_from_trace
     from .criteria.blocks import score_blocks
-    from .plan import plan_from_units, size_weights, widths_plan
+    from .allocate import size_weights
+    from .plan import plan_from_units, widths_plan
     from .surgery.blocks import layer_fields, removal_actions
 
     counted = layer_fields(model)
