@@ -28,10 +28,14 @@ class Registry:
         self.kind = kind
         self._items: dict[Any, Callable] = {}
 
-    def register(self, *keys: Any, override: bool = False) -> Callable[[Callable], Callable]:
-        """Decorator registering ``fn`` under every key in ``keys``."""
+    def register(self, *keys: Any, override: bool = False,
+                 needs: tuple[str, ...] | None = None) -> Callable[[Callable], Callable]:
+        """Decorator registering ``fn`` under every key in ``keys``; ``needs`` (criteria) is set on
+        ``fn`` as the calibration statistics it reads."""
 
         def deco(fn: Callable) -> Callable:
+            if needs is not None:
+                fn.needs = tuple(needs)  # type: ignore[attr-defined]
             for key in keys:
                 if key in self._items and not override:
                     raise RegistryError(

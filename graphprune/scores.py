@@ -77,10 +77,7 @@ def register_scorer(name: str, needs: tuple[str, ...] = (), override: bool = Fal
     >>> "ones" in list_scorers()
     True
     """
-    def deco(fn: Callable) -> Callable:
-        fn.needs = tuple(needs)  # type: ignore[attr-defined]
-        return SCORERS.register(name, override=override)(fn)
-    return deco
+    return SCORERS.register(name, override=override, needs=needs)
 
 
 def list_scorers() -> list[str]:

@@ -48,10 +48,7 @@ def register_block_scorer(name: str, needs: tuple[str, ...] = (), override: bool
     >>> "first_wins" in list_block_scorers()
     True
     """
-    def deco(fn: Callable) -> Callable:
-        fn.needs = tuple(needs)  # type: ignore[attr-defined]
-        return BLOCK_SCORERS.register(name, override=override)(fn)
-    return deco
+    return BLOCK_SCORERS.register(name, override=override, needs=needs)
 
 
 def list_block_scorers() -> list[str]:
