@@ -17,7 +17,7 @@ from torch import nn
 
 from .actions import PLAN_VERSION, REMAKE, Plan  # noqa: F401 - the plan value lives with its actions
 from . import widths
-from .allocate import Cost, search, tie_shared
+from .allocate import Cost, emptied, search, tie_shared
 from .attrs import get_attr
 from .config import ShrinkConfig
 from .errors import PlanError
@@ -102,7 +102,17 @@ def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scor
     scores = {g.id: normalised[g.id] for g in live}
     cost = Cost(model, live, groups, config.target, gone, sizes)
     removed = search(live, scores, cost, config, shared)
+    _warn_thin(emptied(live, removed, config))
     return _build(model, live, scores, removed, config, groups)
+
+
+def _warn_thin(thin: list[tuple[Group, int]]) -> None:
+    if thin:
+        g, kept = thin[0]
+        warnings.warn(f"graphprune: the global ranking left {len(thin)} group(s) with only the units they must "
+                      f"keep, such as {g.module or '<root>'!r} ({kept} of {g.width} {g.unit}s); a layer that thin "
+                      f"usually carries most of the error: cap removal per group with max_fraction= (e.g. 0.9), "
+                      f"or use scope='local'")
 
 
 def _inside(g: Group, gone: frozenset[str]) -> bool:

@@ -149,3 +149,25 @@ def test_auto_scope_is_local_for_weight_criteria_and_global_for_data_aware_ones(
     fake = graphprune.Scores("activation", graphprune.score(model, groups, "l2").raw, needs=("inputs",))
     aware = graphprune.make_plan(model, groups, config, scores=fake).config
     assert (aware["scope"], aware["normalize"]) == ("global", "none")
+
+
+def test_a_group_the_global_ranking_empties_is_reported(resnet) -> None:
+    """Scores that make one wide group look worthless empty it under a global ranking: a warning
+    names it and the fix; max_fraction (which caps it) and a local scope give none."""
+    import dataclasses
+    import warnings
+
+    import numpy as np
+
+    model, groups = resnet
+    victim = min((g for g in groups.prunable if g.width >= 8), key=lambda g: g.width)  # cheap: emptied first
+    scores = graphprune.Scores("x", {g.id: np.full(g.width, 1e-6 if g is victim else 1.0) + np.arange(g.width) * 1e-9
+                                     for g in groups.prunable}, needs=("inputs",))
+    config = graphprune.ShrinkConfig(ratio=0.05, scope="global")
+    with pytest.warns(UserWarning, match=rf"{victim.module}.*\(1 of {victim.width} .*max_fraction="):
+        plan = graphprune.make_plan(model, groups, config, scores=scores)
+    assert len(plan.removed[victim.id]) == victim.width - 1
+    for quiet in (dataclasses.replace(config, max_fraction=0.9), dataclasses.replace(config, scope="local")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            graphprune.make_plan(model, groups, quiet, scores=scores)
