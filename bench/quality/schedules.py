@@ -219,7 +219,7 @@ def _schedule_row(method: str, rows: list[dict[str, Any]], metric: str, sign: in
     notes = [x["note"] for pair in pairs for x in pair if metric not in x]
     if notes or not pairs:
         return f"| {method} | {notes[0] if notes else 'no runs'} | - | - | - | - | - |"
-    mean = lambda xs: statistics.mean(xs)  # noqa: E731
+    mean = statistics.mean
     change = [it[metric] - one[metric] for one, it in pairs]
     wins = sum(sign * c >= 0 for c in change)
     return (f"| {method} | {mean([o[metric] for o, _ in pairs]):.3f} | {mean([i[metric] for _, i in pairs]):.3f} | "
