@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -173,20 +173,22 @@ def _top_up(per_block: list[int], rest: np.ndarray, expand, cost: Cost, config: 
 THIN_FROM = 8  # narrower groups (a few heads) reach their floor by design: only wider ones are reported
 
 
-def emptied(live: list[Group], counts: list[int], config: ShrinkConfig) -> list[tuple[Group, int]]:
-    """(group, units kept) for the groups a global ranking took down to the least they may keep
-    (``min_keep``, ``round_to``), widest first: a layer left that thin usually carries most of the
-    pruned model's error (layer collapse). Not reported when ``max_fraction`` already caps removal.
+def emptied(groups: Iterable[Group], removed: Mapping[int, Sequence[int]],
+            config: ShrinkConfig) -> list[tuple[Group, int]]:
+    """(group, units kept) for the groups a global plan (``removed``: group id -> units) took down
+    to the least they may keep (``min_keep``, ``round_to``), widest first: a layer left that thin
+    usually carries most of the pruned model's error (layer collapse). Not reported when
+    ``max_fraction`` already caps removal.
 
     >>> from graphprune.groups import Group
     >>> g, cfg = Group(id=0, width=64, unit="channel", members=()), ShrinkConfig(ratio=0.5, scope="global")
-    >>> [(h.width, kept) for h, kept in emptied([g], [63], cfg)], emptied([g], [40], cfg)
+    >>> [(h.width, kept) for h, kept in emptied([g], {0: range(63)}, cfg)], emptied([g], {0: range(40)}, cfg)
     ([(64, 1)], [])
     """
     if config.scope != "global" or config.max_fraction < 1:
         return []
-    thin = [(g, g.width - r) for g, r in zip(live, counts)
-            if g.width >= THIN_FROM and r > 0 and r == _capped(g.width, g, config)]
+    thin = [(g, g.width - len(removed[g.id])) for g in groups
+            if g.width >= THIN_FROM and g.id in removed and len(removed[g.id]) == _capped(g.width, g, config)]
     return sorted(thin, key=lambda t: -t[0].width)
 
 

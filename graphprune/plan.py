@@ -66,8 +66,12 @@ def widths_plan(model: nn.Module, groups: Groups, config: ShrinkConfig, scores: 
                 gone: frozenset[str] = frozenset(), sizes: Any = None) -> Plan:
     """The width part of a plan (every kind but "layers"); ``gone`` and ``sizes``: see ``_plan_kinds``."""
     if config.uniform and hasattr(getattr(model, "config", None), "to_dict"):
-        return _describable_plan(model, groups, config, scores, gone, sizes)
-    return _plan_kinds(model, groups, config, scores, gone=gone, sizes=sizes)
+        plan = _describable_plan(model, groups, config, scores, gone, sizes)
+    else:
+        plan = _plan_kinds(model, groups, config, scores, gone=gone, sizes=sizes)
+    # judged on the plan returned, not on candidates the uniform planner tries and drops
+    _warn_thin(emptied(groups, plan.removed, config))
+    return plan
 
 
 def resolve_scope(config: ShrinkConfig, scores: Scores) -> ShrinkConfig:
@@ -102,7 +106,6 @@ def _plan_kinds(model: nn.Module, groups: Groups, config: ShrinkConfig, all_scor
     scores = {g.id: normalised[g.id] for g in live}
     cost = Cost(model, live, groups, config.target, gone, sizes)
     removed = search(live, scores, cost, config, shared)
-    _warn_thin(emptied(live, removed, config))
     return _build(model, live, scores, removed, config, groups)
 
 
