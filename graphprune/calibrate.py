@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
@@ -16,7 +16,9 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from .block_stats import BLOCK_NEEDS, BlockProbe
+from .drift import DriftHooks, Reference
 from .errors import CalibrationError
+from .grads import PROJECTION, Grads, loss_of, requires_grad
 from .groups import Groups, Member
 from .inputs import first_tensor, is_causal_lm, normalize_inputs
 from .trace import _describe, _eval_mode, _first_line
@@ -39,6 +41,9 @@ class InputStats:
     sum: np.ndarray
     sumsq: np.ndarray
     gram: np.ndarray | None = None  # sum of x x^T, only when "gram" was asked for
+    # against a reference model (graphprune.drift): sum of e x^T (out x in) and of e, e = y - y_reference
+    drift: np.ndarray | None = None
+    drift_sum: np.ndarray | None = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -66,6 +71,9 @@ class Stats:
     inputs: Mapping[str, InputStats]
     taylor: Mapping[int, np.ndarray] = field(default_factory=dict)
     fisher: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    # against a reference model: group id -> per unit, mean over batches of the signed sum of
+    # w * d(e . y)/dw, e the output's drift from the reference's (held fixed)
+    taylor_drift: Mapping[int, np.ndarray] = field(default_factory=dict)
     block_turn: Mapping[str, float] = field(default_factory=dict)  # block FQN -> mean 1 - cos(input, output)
     block_cost: Mapping[str, float] = field(default_factory=dict)  # block FQN -> loss increase when skipped
     batches: int = 0
@@ -128,36 +136,10 @@ class _Inputs:
             h.remove()
 
 
-class _Grads:
-    """Per batch, w * dL/dw reduced onto every member dim: |unit sums| (Taylor) and squares (Fisher)."""
-
-    def __init__(self, model: nn.Module, groups: Groups):
-        params = dict(model.named_parameters())
-        self.groups = [g for g in groups.prunable if any(m.fqn in params for m in g.members)]
-        self.names = sorted({m.fqn for g in self.groups for m in g.members if m.fqn in params})
-        self.params = [params[n] for n in self.names]
-        self.dims = {n: sorted({m.dim for g in self.groups for m in g.members if m.fqn == n}) for n in self.names}
-        self.taylor = {g.id: np.zeros(g.width) for g in self.groups}
-        self.fisher: dict[tuple[str, int], np.ndarray] = {}
-
-    def add(self, grads: tuple[torch.Tensor | None, ...]) -> None:
-        signed: dict[tuple[str, int], np.ndarray] = {}
-        for name, p, g in zip(self.names, self.params, grads):
-            wg = (p.detach() * g).double() if g is not None else torch.zeros_like(p, dtype=torch.float64)
-            for d in self.dims[name]:
-                other = [i for i in range(wg.dim()) if i != d]
-                signed[name, d] = (wg.sum(other) if other else wg).cpu().numpy()
-                sq = (wg.pow(2).sum(other) if other else wg.pow(2)).cpu().numpy()
-                self.fisher[name, d] = self.fisher.get((name, d), 0.0) + sq
-        for gr in self.groups:
-            units = sum(signed[m.fqn, m.dim][m.indices].sum(1) for m in gr.members if (m.fqn, m.dim) in signed)
-            self.taylor[gr.id] += np.abs(units)
-
-
 def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *, needs: Iterable[str] = ("inputs",),
               loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, max_batches: int | None = None,
               progress: bool | None = None, seed: int = 0, modules: Mapping[str, int] | None = None,
-              blocks: Any = None) -> Stats:
+              blocks: Any = None, reference: Reference | None = None) -> Stats:
     """Run the model's own forward (and, for "grads", a backward) over ``batches`` and return ``Stats``.
 
     A batch is a Tensor, a tuple of positional args or a dict of keyword args (a ``DataLoader`` may
@@ -170,6 +152,10 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
     ``modules`` adds leaf modules (FQN -> channel dim of their first input) whose input moments to
     collect besides the groups' consumers; with ``groups=None`` only those are read ("inputs" and
     "gram" only: gradients are reduced onto groups), which is how ``sparsify_`` gets Wanda's norms.
+
+    ``reference`` (a ``graphprune.drift.Reference``) runs another model on every batch too, and adds to
+    each consumer's ``InputStats`` how far its output has drifted from the reference module's of the
+    same name (iterative rounds pass the original model, so the pruned one is judged against it).
 
     >>> from torch import nn
     >>> from graphprune.groups import find_groups
@@ -186,27 +172,38 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
     consumers.update(modules or {})
     start, count, loss_name = time.perf_counter(), 0, ""
     hooks = _Inputs(model, consumers, "gram" in needs) if {"inputs", "gram"} & set(needs) else None
-    grads = _Grads(model, groups) if "grads" in needs else None
+    grads = Grads(model, groups) if "grads" in needs else None
     probe = _probe(model, blocks, needs, loss_fn)
+    drift = DriftHooks(model, reference, consumers if hooks else {}) if reference is not None else None
     try:
-        with _eval_mode(model), _requires_grad(grads.params if grads else []):
+        with _eval_mode(model), requires_grad(grads.params if grads else []):
             for i, batch in enumerate(_bar(batches, max_batches, progress)):
-                loss_name = _step(model, batch, i, grads, loss_fn, seed)
+                if drift is not None:
+                    drift.before(*normalize_inputs(batch))
+                loss_name = _step(model, batch, i, grads, loss_fn, seed, drift)
                 if probe is not None:
                     probe.after(batch, loss_fn)
                 count += 1
     finally:
-        for h in (hooks, probe):
+        for h in (hooks, probe, drift):
             if h is not None:
                 h.remove()
     if count == 0:
         raise CalibrationError("calibration= yielded no batches; pass an iterable (a list, a generator or a "
                                "DataLoader) of Tensors, tuples of positional args or dicts of keyword args")
-    return Stats(inputs=MappingProxyType(hooks.result() if hooks else {}),
+    return Stats(inputs=MappingProxyType(_with_drift(hooks.result(), drift) if hooks else {}),
                  taylor=MappingProxyType({k: _frozen(v / count) for k, v in grads.taylor.items()} if grads else {}),
                  fisher=MappingProxyType({k: _frozen(v / count) for k, v in grads.fisher.items()} if grads else {}),
+                 taylor_drift=MappingProxyType({k: _frozen(v / count) for k, v in grads.drift.items()} if grads else {}),
                  **_block_fields(probe), batches=count, seconds=time.perf_counter() - start, loss=loss_name,
                  needs=needs)
+
+
+def _with_drift(inputs: dict[str, InputStats], drift: DriftHooks | None) -> dict[str, InputStats]:
+    for fqn, (cross, total) in (drift.result() if drift else {}).items():
+        if fqn in inputs:
+            inputs[fqn] = replace(inputs[fqn], drift=_frozen(cross.numpy()), drift_sum=_frozen(total.numpy()))
+    return inputs
 
 
 def _probe(model: nn.Module, blocks: Any, needs: tuple[str, ...], loss_fn: Any) -> BlockProbe | None:
@@ -234,7 +231,8 @@ def _check_needs(needs: Iterable[str]) -> tuple[str, ...]:
     return needs
 
 
-def _step(model: nn.Module, batch: Any, i: int, grads: _Grads | None, loss_fn: Any, seed: int) -> str:
+def _step(model: nn.Module, batch: Any, i: int, grads: Grads | None, loss_fn: Any, seed: int,
+          drift: DriftHooks | None = None) -> str:
     try:
         args, kwargs = normalize_inputs(batch)
     except Exception as err:  # noqa: BLE001 - the trace error names the accepted forms
@@ -247,8 +245,12 @@ def _step(model: nn.Module, batch: Any, i: int, grads: _Grads | None, loss_fn: A
         kwargs = {**kwargs, "labels": kwargs["input_ids"]}
     with torch.enable_grad():
         out = _forward(model, args, kwargs, i)
-        loss, name = _loss(out, batch, loss_fn, seed + i)
-        grads.add(torch.autograd.grad(loss, grads.params, allow_unused=True))
+        loss, name = loss_of(out, batch, loss_fn, seed + i)
+        # the random projection stands for the output itself: against a reference, also how each unit
+        # moves the output's distance to the reference's (a task loss is its own judge)
+        near = drift.output_loss(first_tensor(out)) if drift is not None and name == PROJECTION else None
+        grads.add(torch.autograd.grad(loss, grads.params, allow_unused=True, retain_graph=near is not None),
+                  torch.autograd.grad(near, grads.params, allow_unused=True) if near is not None else None)
     return name
 
 
@@ -260,42 +262,6 @@ def _forward(model: nn.Module, args: tuple, kwargs: dict, i: int) -> Any:
             f"calibration batch {i} ({_describe((args, kwargs))}) does not fit {type(model).__qualname__}.forward: "
             f"{type(err).__name__}: {_first_line(err)}; pass batches the forward accepts (like example_inputs); "
             f"for (inputs, labels) pairs pass the inputs alone and a loss_fn=") from err
-
-
-def _loss(out: Any, batch: Any, loss_fn: Any, seed: int) -> tuple[torch.Tensor, str]:
-    if loss_fn is not None:
-        loss, name = loss_fn(out, batch), getattr(loss_fn, "__qualname__", "loss_fn")
-    elif _own_loss(out) is not None:
-        loss, name = _own_loss(out), "the model's own loss"
-    else:
-        y = first_tensor(out)
-        r = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device, y.dtype)
-        loss, name = (y * r).sum(), "random projection of the output"
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise CalibrationError(f"the calibration loss ({name}) gave {shape}; it must be a scalar tensor that "
-                               f"depends on the parameters (e.g. loss_fn=lambda out, batch: out.logits.mean())")
-    return loss.reshape(()), name
-
-
-def _own_loss(out: Any) -> torch.Tensor | None:
-    loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
-    return loss if isinstance(loss, torch.Tensor) else None
-
-
-class _requires_grad:
-    """Parameters need requires_grad for autograd.grad; the user's own flags come back afterwards."""
-
-    def __init__(self, params: list[torch.Tensor]):
-        self.flags = [(p, p.requires_grad) for p in params]
-
-    def __enter__(self) -> None:
-        for p, _ in self.flags:
-            p.requires_grad_(True)
-
-    def __exit__(self, *exc: Any) -> None:
-        for p, flag in self.flags:
-            p.requires_grad_(flag)
 
 
 def _bar(batches: Iterable[Any], total: int | None, progress: bool | None) -> Iterable[Any]:

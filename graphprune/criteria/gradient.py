@@ -11,8 +11,16 @@ from . import per_unit
 @register_scorer("taylor", needs=("grads",))
 def taylor(ctx: ScoreContext) -> np.ndarray:
     """Mean over batches of |sum of w * dL/dw| over a unit's slices: the first-order change of the
-    loss when the whole unit is removed. A unit whose gradient is zero scores 0."""
-    return np.asarray(ctx.stats.taylor[ctx.group.id])
+    loss when the whole unit is removed. A unit whose gradient is zero scores 0. Calibrated against
+    a reference model with the random-projection loss (iterative rounds), the change of the squared
+    distance to the reference's output instead, in the same units."""
+    t = np.asarray(ctx.stats.taylor[ctx.group.id])
+    d = ctx.stats.taylor_drift.get(ctx.group.id)
+    if d is None:
+        return t
+    # against a reference: removing unit u moves ||e||^2 by ||J w_u||^2 - 2 e.J w_u, and for a
+    # Gaussian projection E|r.J w_u| = sqrt(2/pi) ||J w_u||, so in the same units as t:
+    return np.sqrt(np.maximum(t ** 2 - 4 / np.pi * np.asarray(d), 0.0))
 
 
 @register_scorer("hessian", needs=("grads",))
