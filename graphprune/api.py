@@ -95,7 +95,7 @@ SHRINK_KEYWORDS = ("example_inputs", "inplace", "return_report", "scorer", "cali
 
 
 def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer: Any, batches: Any,
-                 loss_fn: Any, blocks: Any = None) -> Stats | None:
+                 loss_fn: Any, blocks: Any = None, reference: Any = None) -> Stats | None:
     """One calibration pass collecting what the criteria (of units and of blocks) and the
     compensation read (None: no data needed)."""
     needs = set(needs_of(scorer or config.scorer))
@@ -113,7 +113,7 @@ def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer:
                       f"data; pass scorer='activation' (or 'taylor', 'fluctuation', ...) to use it")
         return None
     return calibrate(model, groups, batches, needs=tuple(needs), loss_fn=loss_fn, max_batches=config.max_batches,
-                     seed=config.seed, blocks=blocks)
+                     seed=config.seed, blocks=blocks, reference=reference)
 
 
 MAX_RETRIES = 16

@@ -7,13 +7,14 @@ from typing import Any
 
 from .errors import ConfigError
 
-VERSION = 5  # 5: read_source; 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
+VERSION = 6  # 6: round_reference; 5: read_source; 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
 TARGETS = ("params", "macs")
 KINDS = ("heads", "mlp", "hidden", "layers")
 WIDTHS = ("heads", "mlp", "hidden")  # what prune= takes by default: depth is asked for by name
 SCOPES = ("auto", "global", "local")
 NORMALIZE = ("auto", "mean", "max", "sum", "none")
 COMPENSATE = (None, "mean", "lstsq")
+ROUND_REFERENCES = ("original", "current")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class ShrinkConfig:
     ``read_source``: let rules read the model's code for widths it computes (``graphprune.source``).
     ``steps``: rounds the budget is removed in (re-tracing, re-scoring and re-calibrating between
     them); round k reaches ``ratio * k / steps`` of the original model.
+    ``round_reference``: with ``steps > 1`` and calibration data, what rounds after the first judge
+    units against: "original" (what removing a unit does to the pruned model's error against the
+    original model's outputs; ``activation``, ``fluctuation`` and projection ``taylor`` read it) or
+    "current" (the partly pruned model's own outputs, as a fresh one-shot run would).
 
     >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
     0.5
@@ -83,6 +88,7 @@ class ShrinkConfig:
     steps: int = 1
     layers: int | None = None
     block_scorer: str = "auto"
+    round_reference: str = "original"
     version: int = field(default=VERSION)
 
     def __post_init__(self) -> None:
@@ -99,7 +105,8 @@ class ShrinkConfig:
             raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 1]")
         if not isinstance(self.cost_power, (int, float)) or not 0 <= self.cost_power <= 2:
             raise ConfigError(f"cost_power={self.cost_power!r} must be a number in [0, 2]")
-        for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("compensate", COMPENSATE)):
+        for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("compensate", COMPENSATE),
+                              ("round_reference", ROUND_REFERENCES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
         if isinstance(self.max_fraction, bool) or not isinstance(self.max_fraction, (int, float)) \

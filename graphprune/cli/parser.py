@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 from typing import Any, NoReturn
 
-from ..config import COMPENSATE, KINDS, NORMALIZE, SCOPES, TARGETS, ShrinkConfig
+from ..config import COMPENSATE, KINDS, NORMALIZE, ROUND_REFERENCES, SCOPES, TARGETS, ShrinkConfig
 
 EXAMPLES = """\
 examples:
@@ -49,6 +49,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "max_batches": dict(help="calibration batches read at most"),
     "layers": dict(help="remove exactly N whole blocks (with --prune layers ...)"),
     "block_scorer": dict(help="what ranks blocks: angular, bypass (need --calibration), branch_norm, auto"),
+    "round_reference": dict(choices=ROUND_REFERENCES, help="with --steps > 1: judge later rounds against the "
+                            "original model's outputs or the partly pruned model's own"),
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from ..config import ShrinkConfig
+from ..drift import Reference, reference_to
 from ..report import Report, make_report
 from .rounds import Done, Round, baseline, compose, prune_round_, restore_, reusable
 
@@ -36,7 +37,8 @@ def shrink_steps(model: nn.Module, config: ShrinkConfig, *, example_inputs: Any 
     done: list[Done] = []
     try:
         for step in range(1, config.steps + 1):
-            this = prune_round_(target, base, config, step, scorer, batches, loss_fn)
+            this = prune_round_(target, base, config, step, scorer, batches, loss_fn,
+                                _reference(saved if saved is not None else model, target, done, batches, config))
             if this is not None:
                 done.append(this)
                 # later rounds keep leaving out what an earlier one found breaks when pruned
@@ -49,6 +51,16 @@ def shrink_steps(model: nn.Module, config: ShrinkConfig, *, example_inputs: Any 
     if not return_report:
         return target
     return target, _report(saved if saved is not None else model, target, config, done, rounds, user_ignore)
+
+
+def _reference(original: nn.Module, target: nn.Module, done: list[Done], batches: Any,
+               config: ShrinkConfig) -> Reference | None:
+    """After a first round with data, later rounds calibrate against the original model (unless
+    ``round_reference="current"``): data-aware criteria then judge units by the error against its
+    outputs, and what earlier rounds moved is not taken as the truth."""
+    if not done or batches is None or config.round_reference != "original":
+        return None
+    return reference_to(original, target, compose(original, [d.plan for d in done]).keep)
 
 
 def _report(before: nn.Module, after: nn.Module, config: ShrinkConfig, done: list[Done], rounds: list[Round],

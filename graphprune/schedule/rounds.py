@@ -13,6 +13,7 @@ from torch import nn
 from ..calibrate import Stats
 from ..compensate import Compensation
 from ..config import ShrinkConfig
+from ..drift import Reference
 from ..errors import PlanError
 from ..groups import Groups, find_groups
 from ..inputs import Inputs, default_inputs, normalize_inputs
@@ -75,7 +76,7 @@ def goal(ratio: float, step: int, steps: int) -> float:
 
 
 def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: int, scorer: Any,
-                 batches: Any, loss_fn: Callable | None) -> Done | None:
+                 batches: Any, loss_fn: Callable | None, reference: Reference | None = None) -> Done | None:
     """Prune ``model`` in place to round ``step``'s goal; None when it is there already. Surgery
     restores the model if this round fails. Intermediate rounds may land half a round from their
     goal (coarse units such as heads); one that cannot is skipped with a warning (the next round
@@ -92,7 +93,7 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
     with _eval_mode(model):  # a model mid-training: BatchNorm must not learn from the checks' forwards
         traced = trace(model, base.example)
         groups = find_groups(traced, strict=cfg.strict, read_source=cfg.read_source)
-        stats = _calibration(model, groups, cfg, scorer, batches, loss_fn)
+        stats = _calibration(model, groups, cfg, scorer, batches, loss_fn, reference=reference)
         scores = score(model, groups, scorer or cfg.scorer, stats, seed=cfg.seed)
         try:
             plan, comp = _plan_and_apply_(model, model, groups, cfg, scores, traced.inputs, stats)

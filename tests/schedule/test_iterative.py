@@ -60,6 +60,45 @@ def test_rounds_rescore_and_recalibrate_on_the_pruned_model() -> None:
     assert len({len(p.keep["body.2.weight"][0]) for p in rounds if "body.2.weight" in p.keep}) > 1
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_later_rounds_calibrate_against_the_original_model(monkeypatch, inplace: bool) -> None:
+    """Round 1 needs no reference (the model is the original); later ones get the original (a copy
+    of it when pruning in place), with fc outputs lined up through the rounds' kept indices."""
+    import graphprune.api as api
+
+    seen, calibrate = [], api.calibrate
+
+    def spy(model, groups, batches, **kw):
+        widths = {n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        seen.append((model, kw.get("reference"), widths))
+        return calibrate(model, groups, batches, **kw)
+
+    monkeypatch.setattr(api, "calibrate", spy)
+    model = Deep()
+    before = copy.deepcopy(model)
+    small = graphprune.shrink(model, 0.4, steps=3, example_inputs=X, scorer="activation", calibration=_data(),
+                              inplace=inplace)
+    assert len(seen) == 3 and seen[0][1] is None
+    for current, ref, widths in seen[1:]:
+        assert current is small and ref.model is not small
+        assert all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), before.state_dict().values()))
+        for fqn, rows in ref.rows.items():  # the original's output rows each module then still wrote
+            assert len(rows) == widths[fqn]
+    assert any(len(rows) < before.get_submodule(f).out_features for f, rows in seen[2][1].rows.items())
+
+
+def test_round_reference_current_judges_rounds_on_the_pruned_model_alone(monkeypatch) -> None:
+    import graphprune.api as api
+
+    seen, calibrate = [], api.calibrate
+    monkeypatch.setattr(api, "calibrate", lambda *a, **kw: seen.append(kw.get("reference")) or calibrate(*a, **kw))
+    graphprune.shrink(Deep(), 0.4, steps=3, example_inputs=X, scorer="activation", calibration=_data(),
+                      round_reference="current")
+    assert seen == [None, None, None]
+    with pytest.raises(ConfigError, match="round_reference='first' is not one of"):
+        graphprune.shrink(Deep(), 0.4, steps=3, example_inputs=X, round_reference="first")
+
+
 def test_composed_plan_rebuilds_the_same_model_from_the_original() -> None:
     model = Deep()
     small, report = graphprune.shrink(model, 0.5, steps=3, example_inputs=X, return_report=True)
