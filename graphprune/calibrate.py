@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from .block_stats import BLOCK_NEEDS, BlockProbe
-from .drift import DriftHooks, Reference
+from .drift import DriftHooks, Reference, rows_of
 from .errors import CalibrationError
 from .grads import PROJECTION, Grads, loss_of, requires_grad
 from .groups import Groups, Member
@@ -118,7 +118,7 @@ class _Inputs:
             x = next((a for a in args if isinstance(a, torch.Tensor)), None)
             if x is None or not x.is_floating_point() or x.dim() < 2:
                 return
-            rows = x.detach().movedim(self.dims[fqn], -1).reshape(-1, x.shape[self.dims[fqn]]).double().cpu()
+            rows = rows_of(x, self.dims[fqn])
             acc = self.acc.setdefault(fqn, [0, 0.0, 0.0, 0.0])
             acc[0] += rows.shape[0]
             acc[1] = acc[1] + rows.sum(0)
