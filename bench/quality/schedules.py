@@ -1,7 +1,7 @@
 """Quality benchmark (f): schedules. (1) Iterative (5 rounds, each re-tracing, re-calibrating and
-re-scoring the pruned model) against one-shot structured pruning at 50% and 70%, on the sentence encoder
-of (a) and the Llama of (d), no fine-tuning, for the default criterion and three data-aware recipes,
-each on ``DRAWS`` calibration sets drawn apart (one-shot and iterative see the same draw), so the
+re-scoring the pruned model, judged against the original's outputs) against one-shot structured
+pruning at 50% and 70%, on the sentence encoder of (a) and the Llama of (d), no fine-tuning, for
+the default criterion and three data-aware recipes, each on ``DRAWS`` calibration sets drawn apart (one-shot and iterative see the same draw), so the
 table shows the change with its spread over draws next to its mean.
 (2) On the digits CNN of (c): prune-then-fine-tune (one-shot, then every epoch on the small model)
 against pruning during fine-tuning (``graphprune.Pruner``: a slice at the end of each epoch of the
