@@ -1,7 +1,7 @@
 """Stage 3b helper, drift: how far what each consuming module writes has moved from what a reference
 model's module of the same name writes on the same batch. Iterative rounds calibrate the pruned
-model against the ORIGINAL one, so criteria and compensation judge a unit by what removing it does
-to the remaining error, not to an output that is already off.
+model against the ORIGINAL one, so data-aware criteria judge a unit by what removing it does to
+the remaining error, not to an output that is already off.
 
 For a consumer ``y = W x + b`` whose reference output is ``y0``, the drift ``e = y - y0`` is kept as
 two running sums over rows: ``cross = sum e x^T`` (out x in) and ``total = sum e``. Removing input
@@ -42,6 +42,7 @@ class DriftHooks:
         self.dims = {f: d for f, d in consumers.items() if f in ref_mods and reference.rows.get(f) != ()}
         self.reference, self.seen, self.bad = reference, {f: [] for f in self.dims}, set()
         self.acc: dict[str, list[torch.Tensor]] = {}
+        self.output: torch.Tensor | None = None  # the reference's own output on the current batch
         self.handles = [ref_mods[f].register_forward_hook(self._record(f)) for f in self.dims]
         self.handles += [model.get_submodule(f).register_forward_hook(self._add(f)) for f in self.dims]
 
@@ -54,10 +55,9 @@ class DriftHooks:
     def output_loss(self, y: torch.Tensor) -> torch.Tensor | None:
         """``e . y`` with the output's drift ``e = y - y_reference`` held fixed: its gradient gives,
         per unit, the first-order change of ``||e||^2 / 2`` (None where the outputs differ in shape)."""
-        y0 = getattr(self, "output", None)
-        if y0 is None or y0.shape != y.shape:
+        if self.output is None or self.output.shape != y.shape:
             return None
-        return ((y - y0.to(y.device, y.dtype)).detach() * y).sum()
+        return ((y - self.output.to(y.device, y.dtype)).detach() * y).sum()
 
     def _record(self, fqn: str) -> Callable:
         def hook(module: nn.Module, args: tuple, out: Any) -> None:
