@@ -20,7 +20,7 @@ from .options import checked
 from .plan import Plan, kind, make_plan, plan_from_units
 from .progress import stages
 from .report import Report, count_macs, make_report
-from .scores import Scores, needs_of, score
+from .scores import Scores, needs_of, reads_drift, score
 from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
 from .trace import check_module, trace
@@ -112,6 +112,8 @@ def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer:
         warnings.warn(f"graphprune: calibration= was given but scorer={config.scorer!r} and compensate=None read no "
                       f"data; pass scorer='activation' (or 'taylor', 'fluctuation', ...) to use it")
         return None
+    # measuring drift runs the reference on every batch: only for a criterion that reads it
+    reference = reference if reads_drift(scorer or config.scorer) else None
     return calibrate(model, groups, batches, needs=tuple(needs), loss_fn=loss_fn, max_batches=config.max_batches,
                      seed=config.seed, blocks=blocks, reference=reference)
 

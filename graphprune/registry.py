@@ -28,14 +28,13 @@ class Registry:
         self.kind = kind
         self._items: dict[Any, Callable] = {}
 
-    def register(self, *keys: Any, override: bool = False,
-                 needs: tuple[str, ...] | None = None) -> Callable[[Callable], Callable]:
-        """Decorator registering ``fn`` under every key in ``keys``; ``needs`` (criteria) is set on
-        ``fn`` as the calibration statistics it reads."""
+    def register(self, *keys: Any, override: bool = False, **attrs: Any) -> Callable[[Callable], Callable]:
+        """Decorator registering ``fn`` under every key in ``keys``; ``attrs`` are set on ``fn`` (a
+        criterion's ``needs``: the calibration statistics it reads)."""
 
         def deco(fn: Callable) -> Callable:
-            if needs is not None:
-                fn.needs = tuple(needs)  # type: ignore[attr-defined]
+            for attr, value in attrs.items():
+                setattr(fn, attr, value)
             for key in keys:
                 if key in self._items and not override:
                     raise RegistryError(

@@ -68,16 +68,18 @@ class Scores:
         return out
 
 
-def register_scorer(name: str, needs: tuple[str, ...] = (), override: bool = False) -> Callable:
+def register_scorer(name: str, needs: tuple[str, ...] = (), override: bool = False, drift: bool = False) -> Callable:
     """Register ``fn(ctx) -> scores`` (or the older ``fn(group, tensors)``) under ``name``; ``needs``
-    names the statistics ``graphprune.calibrate`` must collect for it.
+    names the statistics ``graphprune.calibrate`` must collect for it; ``drift``: it reads what
+    calibration against a reference measures (``InputStats.drift``, ``Stats.taylor_drift``), so
+    iterative rounds run the original model beside the pruned one for it (and only for such).
 
     >>> @register_scorer("ones", override=True)
     ... def ones(ctx): return np.ones(ctx.group.width)
     >>> "ones" in list_scorers()
     True
     """
-    return SCORERS.register(name, override=override, needs=needs)
+    return SCORERS.register(name, override=override, needs=tuple(needs), drift=drift)
 
 
 def list_scorers() -> list[str]:
@@ -94,6 +96,15 @@ def needs_of(scorer: Any) -> tuple[str, ...]:
     (('inputs',), ())
     """
     return tuple(getattr(resolve_scorer(scorer), "needs", ()))
+
+
+def reads_drift(scorer: Any) -> bool:
+    """Whether a criterion judges units against a reference model when calibration measured one.
+
+    >>> reads_drift("activation"), reads_drift("hessian")
+    (True, False)
+    """
+    return bool(getattr(resolve_scorer(scorer), "drift", False))
 
 
 def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | None = None,

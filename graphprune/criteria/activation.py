@@ -43,7 +43,7 @@ def _drift_dots(ctx: ScoreContext, m, seen: InputStats) -> tuple[np.ndarray, np.
     return (cols * seen.drift).sum(0), cols.T @ seen.drift_sum
 
 
-@register_scorer("activation", needs=("inputs",))
+@register_scorer("activation", needs=("inputs",), drift=True)
 def activation(ctx: ScoreContext) -> np.ndarray | None:
     """Structured Wanda: for each input channel j of every consumer, ||X_j|| * ||W[:, j]||, the size
     of what removing j takes from that consumer's output. A unit that is always zero scores 0."""
@@ -52,7 +52,7 @@ def activation(ctx: ScoreContext) -> np.ndarray | None:
     return _consumers(ctx, term)
 
 
-@register_scorer("fluctuation", needs=("inputs",))
+@register_scorer("fluctuation", needs=("inputs",), drift=True)
 def fluctuation(ctx: ScoreContext) -> np.ndarray | None:
     """FLAP: Var(X_j) * ||W[:, j]||^2. The mean part of a removed channel can be put back as a bias
     (``compensate="mean"``), so only its fluctuation is lost; a constant channel scores 0."""

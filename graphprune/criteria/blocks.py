@@ -48,7 +48,7 @@ def register_block_scorer(name: str, needs: tuple[str, ...] = (), override: bool
     >>> "first_wins" in list_block_scorers()
     True
     """
-    return BLOCK_SCORERS.register(name, override=override, needs=needs)
+    return BLOCK_SCORERS.register(name, override=override, needs=tuple(needs))
 
 
 def list_block_scorers() -> list[str]:

@@ -8,7 +8,7 @@ from ..scores import ScoreContext, register_scorer
 from . import per_unit
 
 
-@register_scorer("taylor", needs=("grads",))
+@register_scorer("taylor", needs=("grads",), drift=True)
 def taylor(ctx: ScoreContext) -> np.ndarray:
     """Mean over batches of |sum of w * dL/dw| over a unit's slices: the first-order change of the
     loss when the whole unit is removed. A unit whose gradient is zero scores 0. Calibrated against

@@ -87,14 +87,20 @@ def test_later_rounds_calibrate_against_the_original_model(monkeypatch, inplace:
     assert any(len(rows) < before.get_submodule(f).out_features for f, rows in seen[2][1].rows.items())
 
 
-def test_round_reference_current_judges_rounds_on_the_pruned_model_alone(monkeypatch) -> None:
+@pytest.mark.parametrize("options", [dict(scorer="activation", round_reference="current"),
+                                     dict(scorer="hessian"), dict(scorer="l2", compensate="lstsq")])
+def test_no_reference_where_nothing_reads_it(monkeypatch, options) -> None:
+    """round_reference='current', or a criterion that reads no drift (compensation does not either):
+    the original model is not run beside the pruned one."""
     import graphprune.api as api
 
     seen, calibrate = [], api.calibrate
     monkeypatch.setattr(api, "calibrate", lambda *a, **kw: seen.append(kw.get("reference")) or calibrate(*a, **kw))
-    graphprune.shrink(Deep(), 0.4, steps=3, example_inputs=X, scorer="activation", calibration=_data(),
-                      round_reference="current")
+    graphprune.shrink(Deep(), 0.4, steps=3, example_inputs=X, calibration=_data(), **options)
     assert seen == [None, None, None]
+
+
+def test_a_bad_round_reference_is_refused() -> None:
     with pytest.raises(ConfigError, match="round_reference='first' is not one of"):
         graphprune.shrink(Deep(), 0.4, steps=3, example_inputs=X, round_reference="first")
 
