@@ -7,7 +7,8 @@
 """
 from .api import shrink
 from .calibrate import InputStats, Stats, calibrate
-from .compensate import Compensation, compensate_, recalibrate_bn_
+from .compensate import Compensation, compensate_
+from .recalibrate import recalibrate_bn_
 from .config import ShrinkConfig
 from .coupling import RULES, register_rule
 from .errors import (CalibrationError, ConfigError, CouplingError, GraphPruneError, LoadError, OptimizerError, PlanError,

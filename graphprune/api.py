@@ -19,6 +19,7 @@ from .errors import CalibrationError, PlanError, SurgeryError
 from .options import checked
 from .plan import Plan, kind, make_plan, plan_from_units
 from .progress import stages
+from .recalibrate import check_recalibration, recalibrate_pruned_
 from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, reads_drift, score
 from .sparsity.masks import check_no_masks
@@ -60,10 +61,14 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     if calibration is None and needs_of(scorer or config.scorer):  # needs_of also refuses unknown names
         raise CalibrationError(f"scorer={getattr(scorer, '__qualname__', scorer or config.scorer)!r} reads "
                                f"calibration data; pass calibration= (an iterable of input batches)")
+    check_recalibration(config, calibration)
     if config.steps > 1 and config.ratio > 0:
         from .schedule import shrink_steps
         return shrink_steps(model, config, example_inputs=example_inputs, inplace=inplace, return_report=return_report,
                             scorer=scorer, calibration=calibration, loss_fn=loss_fn)
+    if config.recalibrate_bn:  # read twice: by calibration and after surgery
+        from .schedule.rounds import reusable
+        calibration = reusable(calibration, config.max_batches)
     with stages("shrink", ["trace", "groups", "calibrate", "score", "plan and surgery", "report"]) as step:
         step("trace")
         traced = trace(model, example_inputs)
@@ -82,13 +87,14 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         macs_before = count_macs(model, traced.inputs) if return_report else 0  # before an in-place model changes
         plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats, shared, depth)
         unshare_(target, shared)
+        bn_note = recalibrate_pruned_(target, config, calibration) if config.recalibrate_bn else None
         if not return_report:
             return target
         step("report")
         left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
         report: Report = make_report(model, target, plan, groups, left_out, scores=scores, stats=stats,
                                      compensation=comp, macs_before=macs_before)
-    return target, report
+    return target, (dataclasses.replace(report, notes=(*report.notes, bn_note)) if bn_note else report)
 
 
 SHRINK_KEYWORDS = ("example_inputs", "inplace", "return_report", "scorer", "calibration", "loss_fn")
@@ -109,6 +115,8 @@ def _calibration(model: nn.Module, groups: Groups, config: ShrinkConfig, scorer:
                                    f"(an iterable of input batches, e.g. a few hundred samples of your data)")
         return None  # a data-aware scorer says what to pass when score() runs
     if not needs:
+        if config.recalibrate_bn:
+            return None  # the data is for the BatchNorm statistics after surgery
         warnings.warn(f"graphprune: calibration= was given but scorer={config.scorer!r} and compensate=None read no "
                       f"data; pass scorer='activation' (or 'taylor', 'fluctuation', ...) to use it")
         return None

@@ -1,5 +1,6 @@
 """Stage 6a, compensate: fold what removed units fed their consumers into what stays, from the
-calibration statistics, before surgery slices them away; and re-estimate BatchNorm statistics.
+calibration statistics, before surgery slices them away (BatchNorm statistics are re-estimated
+after surgery: ``graphprune.recalibrate``).
 
 For a consumer ``y = W x + b`` losing input channels R: "mean" adds ``W[:, R] E[x_R]`` to ``b`` (exact
 when those inputs are constant on the data); "lstsq" refits the kept columns and the bias to minimise
@@ -8,10 +9,9 @@ Layers are solved one at a time, each from the unpruned model's inputs.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from .calibrate import InputStats, Stats
 from .config import COMPENSATE
 from .errors import CalibrationError
 from .groups import Groups
-from .inputs import eval_mode, normalize_inputs
 from .plan import Plan
 
 METHODS = tuple(m for m in COMPENSATE if m)
@@ -207,34 +206,3 @@ def compensate_(model: nn.Module, plan: Plan, stats: Stats, groups: Groups, meth
     comp = compensation(model, plan, groups, stats, method, ridge)
     comp.apply_(model)
     return comp
-
-
-@torch.no_grad()
-def recalibrate_bn_(model: nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics on ``batches`` (a cumulative average, as if
-    trained on them), the rest of the model in eval mode. Returns ``model``.
-
-    >>> m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
-    >>> _ = recalibrate_bn_(m, [torch.randn(8, 3, 5, 5) + 2])
-    >>> bool(m[1].running_mean.abs().sum() > 0), m[1].training
-    (True, True)
-    """
-    batches = iter(batches)
-    first = next(batches, None)
-    if first is None:
-        raise CalibrationError("recalibrate_bn_ got no batches; the running statistics were left as they were")
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    saved = [(bn, bn.momentum) for bn in bns]
-    try:
-        with eval_mode(model):  # every module's own mode comes back afterwards
-            for bn in bns:
-                bn.reset_running_stats()
-                bn.momentum = None  # cumulative moving average: every batch counts the same
-                bn.train()
-            for batch in itertools.islice(itertools.chain([first], batches), max_batches):
-                args, kwargs = normalize_inputs(batch)
-                model(*args, **kwargs)
-    finally:
-        for bn, momentum in saved:
-            bn.momentum = momentum
-    return model

@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-VERSION = 6  # 6: round_reference; 5: read_source; 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
+VERSION = 7  # 7: recalibrate_bn; 6: round_reference; 5: read_source; 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
 TARGETS = ("params", "macs")
 KINDS = ("heads", "mlp", "hidden", "layers")
 WIDTHS = ("heads", "mlp", "hidden")  # what prune= takes by default: depth is asked for by name
@@ -62,6 +62,9 @@ class ShrinkConfig:
     units against: "original" (what removing a unit does to the pruned model's error against the
     original model's outputs; ``activation``, ``fluctuation`` and projection ``taylor`` read it) or
     "current" (the partly pruned model's own outputs, as a fresh one-shot run would).
+    ``recalibrate_bn``: after pruning (after every round with ``steps > 1``), re-estimate every
+    BatchNorm's running statistics on the calibration batches: removing channels moves what the
+    next layers compute, and statistics measured before no longer match (needs ``calibration=``).
 
     >>> ShrinkConfig(ratio=0.5, ignore=("head",)).to_dict()["ratio"]
     0.5
@@ -89,6 +92,7 @@ class ShrinkConfig:
     layers: int | None = None
     block_scorer: str = "auto"
     round_reference: str = "original"
+    recalibrate_bn: bool = False
     version: int = field(default=VERSION)
 
     def __post_init__(self) -> None:
@@ -115,8 +119,9 @@ class ShrinkConfig:
                               f"one group's units that may go")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
-        if not isinstance(self.read_source, bool):
-            raise ConfigError(f"read_source={self.read_source!r} must be True or False")
+        for name in ("read_source", "recalibrate_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps={self.steps!r} must be an integer >= 1: the number of rounds the ratio is "
                               f"removed in (1: all at once)")

@@ -1,5 +1,5 @@
 """Tests for graphprune/compensate.py: the zero-then-prune oracle generalised to constant units,
-the least-squares refit against torch.linalg.lstsq, norms and biases, BN recalibration."""
+the least-squares refit against torch.linalg.lstsq, norms and biases."""
 from __future__ import annotations
 
 import copy
@@ -110,17 +110,6 @@ def test_failed_surgery_rolls_the_compensation_back() -> None:
     with pytest.raises(graphprune.SurgeryError):
         graphprune.apply_plan_(target, bad, groups.traced.inputs, compensation=comp)
     assert torch.equal(target.fc2.bias, model.fc2.bias) and target.fc2.weight.shape == (3, 10)
-
-
-def test_recalibrate_bn_matches_the_batch_statistics() -> None:
-    model = ConvBn().eval()
-    data = [torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)) + 1 for i in range(3)]
-    graphprune.recalibrate_bn_(model, data)
-    feats = torch.cat([model.c1(x) for x in data])
-    torch.testing.assert_close(model.bn.running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
-    assert not model.training and model.bn.momentum == 0.1
-    with pytest.raises(graphprune.CalibrationError, match="no batches"):
-        graphprune.recalibrate_bn_(model, [])
 
 
 def test_shrink_needs_data_for_compensation() -> None:

@@ -51,6 +51,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "block_scorer": dict(help="what ranks blocks: angular, bypass (need --calibration), branch_norm, auto"),
     "round_reference": dict(choices=ROUND_REFERENCES, help="with --steps > 1: judge later rounds against the "
                             "original model's outputs or the partly pruned model's own"),
+    "recalibrate_bn": dict(help="re-estimate BatchNorm running statistics on --calibration after pruning "
+                           "(after every round with --steps > 1)"),
 }
 
 

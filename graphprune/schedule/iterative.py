@@ -88,5 +88,5 @@ def _notes(d: Done) -> list[str]:
     by_id = {g.id: g for g in d.groups}
     notes = [f"{d.scores.criterion} cannot judge {by_id[i].module or '<root>'}; ranked by l2 there"
              for i in d.scores.fallback]
-    return notes + list(d.compensation.notes if d.compensation else ())
+    return notes + list(d.compensation.notes if d.compensation else ()) + ([d.bn_note] if d.bn_note else [])
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import ShrinkConfig
+from ..recalibrate import check_recalibration
 from ..errors import ConfigError, PlanError
 from ..groups import find_groups
 from ..plan import Plan, count_params
@@ -58,6 +59,7 @@ class Pruner:
         self.config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", steps=steps,
                                    **options)
         check_no_masks(model)
+        check_recalibration(self.config, calibration)
         if optimizer is not None:
             check_optimizer(optimizer, model)
         self.model, self.optimizer, self.scorer, self.loss_fn = model, optimizer, scorer, loss_fn

@@ -18,6 +18,7 @@ from ..errors import PlanError
 from ..groups import Groups, find_groups
 from ..inputs import Inputs, default_inputs, normalize_inputs
 from ..plan import Plan, count_params
+from ..recalibrate import recalibrate_pruned_
 from ..report import count_macs
 from ..scores import Scores, score
 from ..trace import _eval_mode, trace
@@ -58,6 +59,7 @@ class Done:
     scores: Scores
     stats: Stats | None
     compensation: Compensation | None
+    bn_note: str | None = None  # what re-estimating BatchNorm statistics after the round did
 
 
 def baseline(model: nn.Module, example_inputs: Any) -> Baseline:
@@ -102,7 +104,9 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
                 raise
             warnings.warn(f"graphprune: round {step} of {config.steps} skipped: {err}; the next round catches up")
             return None
-    return Done(plan, groups, scores, stats, comp)
+        # the next round scores (and the user gets) a model whose statistics fit what it now computes
+        bn_note = recalibrate_pruned_(model, cfg, batches) if cfg.recalibrate_bn else None
+    return Done(plan, groups, scores, stats, comp, bn_note)
 
 
 def reusable(batches: Iterable[Any] | None, max_batches: int | None) -> Any:
