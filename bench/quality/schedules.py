@@ -3,7 +3,10 @@ re-scoring the pruned model, judged against the original's outputs) against one-
 pruning at 50% and 70%, on the sentence encoder of (a) and the Llama of (d), no fine-tuning, for
 the default criterion and three data-aware recipes, each on ``DRAWS`` calibration sets drawn apart (one-shot and iterative see the same draw), so the
 table shows the change with its spread over draws next to its mean.
-(2) On the digits CNN of (c): prune-then-fine-tune (one-shot, then every epoch on the small model)
+(2) On the digits CNN of (c), accuracy right after pruning (no fine-tuning), one-shot and iterative,
+each without and with BatchNorm statistics re-estimated on the calibration batches
+(``recalibrate_bn=True``: after the surgery, and after every round), on ``DRAWS`` calibration draws.
+(3) On the same CNN: prune-then-fine-tune (one-shot, then every epoch on the small model)
 against pruning during fine-tuning (``graphprune.Pruner``: a slice at the end of each epoch of the
 first half, one optimizer remapped through the surgery, the second half trains the final model),
 with and without its group-sparsity penalty, at the same total epochs, learning rate and batch
@@ -148,6 +151,35 @@ def digits_methods(cfg: dict[str, Any]) -> list[tuple[str, Callable]]:
             ("Pruner + BN-L1 (bn_scale, network slimming)", during("bn_scale", cfg["reg"]))]
 
 
+# the data-aware recipes; on a CNN activation gets the mean compensation its removed channels need
+CNN_RECIPES = [("taylor", dict(scorer="taylor")), ("activation+mean", dict(scorer="activation", compensate="mean")),
+               ("fluctuation+lstsq", dict(scorer="fluctuation", compensate="lstsq"))]
+
+
+def cnn_bn_rows(quick: bool) -> list[dict[str, Any]]:
+    """(2): one-shot and iterative, each as pruned and with ``recalibrate_bn=True``, per draw."""
+    cfg = digits_cnn.settings(quick)
+    model, ctx, _ = digits_cnn.setup(cfg)
+    xtr, ytr, xte, yte = ctx["data"]
+    rows = []
+    for draw, ratio, (label, options) in itertools.product(range(1 if quick else DRAWS), _ratios(quick), CNN_RECIPES):
+        calib = [x for x, _ in digits_cnn.batches(xtr, ytr, cfg["batch_size"],
+                                                  seed=cfg["seed"] + 500 + draw)[: cfg["calib_batches"]]]
+        for (schedule, steps), bn in itertools.product((("one-shot", 1), (f"iterative {STEPS}", STEPS)), (False, True)):
+            row = {"model": "digits_cnn_pruned", "method": label, "ratio": ratio, "draw": draw, "schedule": schedule,
+                   "bn": bn}
+            try:
+                small = graphprune.shrink(model, ratio, example_inputs=ctx["example"], calibration=calib, steps=steps,
+                                          recalibrate_bn=bn, **options)
+                row.update(acc=digits_cnn.accuracy(small, xte, yte),
+                           params_removed=1 - common.n_params(small) / common.n_params(model))
+            except Exception as err:  # noqa: BLE001 - a failing recipe is a result
+                row["note"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
 def digits_rows(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     cfg = digits_settings(quick)
     torch.manual_seed(cfg["seed"])
@@ -176,8 +208,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)
     lm, dense_ppl = lm_rows(quick)
     enc = encoder_rows(quick)
+    cnn = cnn_bn_rows(quick)
     digits, dcfg = digits_rows(quick)
-    return {"name": NAME, "render": NAME, "rows": enc + lm + digits, "seconds": time.perf_counter() - t0,
+    return {"name": NAME, "render": NAME, "rows": enc + lm + cnn + digits, "seconds": time.perf_counter() - t0,
             "settings": {"ratios": list(RATIOS), "iterative_steps": STEPS, "llama_dense_ppl": dense_ppl, "digits": dcfg,
                          "threads": 1, "torch": torch.__version__}}
 
@@ -198,6 +231,7 @@ def section(r: dict[str, Any]) -> list[str]:
         for method in dict.fromkeys(x["method"] for x in rows):
             out.append(_schedule_row(method, [x for x in rows if x["method"] == method], metric, sign))
         out.append("")
+    out += _cnn_bn_section([x for x in r["rows"] if x["model"] == "digits_cnn_pruned"])
     rows = [x for x in r["rows"] if x["model"] == "digits_cnn"]
     ratios = sorted({x["ratio"] for x in rows if x["ratio"] > 0})
     d = r["settings"]["digits"]
@@ -210,6 +244,35 @@ def section(r: dict[str, Any]) -> list[str]:
                  for ratio in ratios]
         out.append(f"| {method} | " + " | ".join(cells) + " |")
     return out + [""]
+
+
+def _cnn_bn_section(rows: list[dict[str, Any]]) -> list[str]:
+    """(2): per ratio and recipe, mean accuracy of the four variants over draws, and iterative minus
+    one-shot when both re-estimate BatchNorm (paired by draw)."""
+    if not rows:
+        return []
+    out = []
+    for ratio in sorted({x["ratio"] for x in rows}):
+        at = [x for x in rows if x["ratio"] == ratio]
+        out += [f"digits CNN at {ratio:g}, test accuracy right after pruning, {len({x['draw'] for x in at})} "
+                f"calibration draw(s) (mean); + BN: recalibrate_bn=True", "",
+                "| recipe | one-shot | one-shot + BN | iterative | iterative + BN | iterative + BN minus one-shot + BN "
+                "(mean; min / max) |", "|---|---|---|---|---|---|"]
+        for method in dict.fromkeys(x["method"] for x in at):
+            out.append(_cnn_bn_row(method, [x for x in at if x["method"] == method]))
+        out.append("")
+    return out
+
+
+def _cnn_bn_row(method: str, rows: list[dict[str, Any]]) -> str:
+    notes = [x["note"] for x in rows if "acc" not in x]
+    if notes:
+        return f"| {method} | {notes[0]} | - | - | - | - |"
+    cell = lambda it, bn: statistics.mean(x["acc"] for x in rows if (x["schedule"] != "one-shot") == it and x["bn"] == bn)  # noqa: E731
+    one = {x["draw"]: x["acc"] for x in rows if x["schedule"] == "one-shot" and x["bn"]}
+    change = [x["acc"] - one[x["draw"]] for x in rows if x["schedule"] != "one-shot" and x["bn"]]
+    return (f"| {method} | {cell(False, False):.3f} | {cell(False, True):.3f} | {cell(True, False):.3f} | "
+            f"{cell(True, True):.3f} | {statistics.mean(change):+.3f}; {min(change):+.3f} / {max(change):+.3f} |")
 
 
 def _schedule_row(method: str, rows: list[dict[str, Any]], metric: str, sign: int) -> str:
