@@ -43,6 +43,10 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
                           "whole model's inputs; prune with a data-free scorer, or call shrink on the "
                           "submodule with batches of its own inputs")
     config = checked(model, ShrinkConfig(ratio=ratio, **options))  # validate once, before anything runs
+    if config.recalibrate_bn:
+        raise ConfigError("recalibrate_bn=True with submodules= is not supported (it reads calibration data, "
+                          "which submodules= does not take); call graphprune.recalibrate_bn_(small, batches) "
+                          "on the pruned model instead")
     options = {**options, "ignore": config.ignore}
     inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
     target = model if inplace else copy.deepcopy(model)

@@ -56,6 +56,8 @@ def test_submodules_must_name_modules_the_forward_runs() -> None:
         graphprune.shrink(Detector(), 0.3, example_inputs=X, submodules=("backbone", "backbone.0"))
     with pytest.raises(graphprune.ConfigError, match="calibration="):
         graphprune.shrink(Detector(), 0.3, example_inputs=X, submodules=("backbone",), calibration=[X])
+    with pytest.raises(graphprune.ConfigError, match=r"recalibrate_bn=True with submodules=.*recalibrate_bn_\(small"):
+        graphprune.shrink(Detector(), 0.3, example_inputs=X, submodules=("backbone",), recalibrate_bn=True)
 
 
 def test_inplace_failure_restores_every_submodule() -> None:
