@@ -15,6 +15,7 @@ from .depth import resolve_block_scorer
 from .compensate import Compensation, compensation
 from .config import ShrinkConfig, check_options
 from .groups import Groups, find_groups
+from .inputs import reusable
 from .errors import CalibrationError, PlanError, SurgeryError
 from .options import checked
 from .plan import Plan, kind, make_plan, plan_from_units
@@ -67,7 +68,6 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         return shrink_steps(model, config, example_inputs=example_inputs, inplace=inplace, return_report=return_report,
                             scorer=scorer, calibration=calibration, loss_fn=loss_fn)
     if config.recalibrate_bn:  # read twice: by calibration and after surgery
-        from .schedule.rounds import reusable
         calibration = reusable(calibration, config.max_batches)
     with stages("shrink", ["trace", "groups", "calibrate", "score", "plan and surgery", "report"]) as step:
         step("trace")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -236,3 +237,12 @@ def output_shapes(out: Any) -> list[tuple[int, ...]]:
     if isinstance(out, (tuple, list)):
         return [s for v in out for s in output_shapes(v)]
     return []
+
+
+def reusable(batches: Iterable[Any] | None, max_batches: int | None) -> Any:
+    """Batches that can be read more than once (by every round, or by calibration and then the
+    BatchNorm re-estimation): a one-shot iterator (a generator) is kept as a list of the batches it
+    yields (at most ``max_batches``); lists and DataLoaders are re-iterated."""
+    if batches is None or iter(batches) is not batches:
+        return batches
+    return list(itertools.islice(batches, max_batches))

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..config import ShrinkConfig
 from ..drift import Reference, reference_to
+from ..inputs import reusable
 from ..report import Report, make_report
-from .rounds import Done, Round, baseline, compose, prune_round_, restore_, reusable
+from .rounds import Done, Round, baseline, compose, prune_round_, restore_
 
 
 def shrink_steps(model: nn.Module, config: ShrinkConfig, *, example_inputs: Any = None, inplace: bool = False,

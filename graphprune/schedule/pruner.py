@@ -9,15 +9,16 @@ import torch
 from torch import nn
 
 from ..config import ShrinkConfig
-from ..recalibrate import check_recalibration
 from ..errors import ConfigError, PlanError
 from ..groups import find_groups
+from ..inputs import reusable
 from ..plan import Plan, count_params
+from ..recalibrate import check_recalibration
 from ..sparsity.masks import check_no_masks
 from ..trace import _eval_mode
 from . import regularize
 from .optim import ParamMap, check_optimizer, param_map, remap_optimizer_, snapshot
-from .rounds import Round, baseline, prune_round_, reusable
+from .rounds import Round, baseline, prune_round_
 
 
 @dataclass(frozen=True, eq=False)

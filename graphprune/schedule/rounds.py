@@ -3,10 +3,9 @@ of the ORIGINAL model's parameters (or MACs), re-tracing, re-calibrating and re-
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from torch import nn
 
@@ -107,14 +106,6 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
         # the next round scores (and the user gets) a model whose statistics fit what it now computes
         bn_note = recalibrate_pruned_(model, cfg, batches) if cfg.recalibrate_bn else None
     return Done(plan, groups, scores, stats, comp, bn_note)
-
-
-def reusable(batches: Iterable[Any] | None, max_batches: int | None) -> Any:
-    """Batches every round can read again: a one-shot iterator (a generator) is kept as a list of
-    the batches it yields (at most ``max_batches``); lists and DataLoaders are re-iterated."""
-    if batches is None or iter(batches) is not batches:
-        return batches
-    return list(itertools.islice(batches, max_batches))
 
 
 def compose(model: nn.Module, plans: list[Plan]) -> Plan:
