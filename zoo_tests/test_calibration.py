@@ -2,6 +2,8 @@
 both compensations, on timm and HF zoo models that pass the plain zoo today (smoke: run in CI)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -60,3 +62,22 @@ def test_hf_with_calibration(arch: str, cls: str, scorer: str, compensate) -> No
     _check(model, small, report, scorer, compensate)
     if scorer == "taylor" and "Causal" in cls:
         assert report.plan.config["calibration"]["loss"] == "the model's own loss"
+
+
+@pytest.mark.smoke
+@pytest.mark.timm
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", TIMM[:2])
+def test_timm_recalibrates_batch_norm_every_round(name: str) -> None:
+    """recalibrate_bn=True on real BatchNorm CNNs, in 2 rounds: every BatchNorm ends with the
+    statistics the pruned model gives on the batches, and the report counts them all."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    batches = _batches(model)
+    small, report = graphprune.shrink(model, 0.3, calibration=batches, scorer="activation", steps=2,
+                                      recalibrate_bn=True, return_report=True, tolerance=0.05)
+    bns = [m for m in small.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    again = graphprune.recalibrate_bn_(copy.deepcopy(small), batches)
+    fitted = [m for m in again.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(torch.allclose(a.running_var, b.running_var) for a, b in zip(bns, fitted))
+    assert f"BatchNorm running statistics of {len(bns)} layers re-estimated" in "\n".join(report.notes)
