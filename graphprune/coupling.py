@@ -65,7 +65,7 @@ def is_pointwise(target: Any) -> bool:
 
 def build_coupling(traced: Traced, strict: bool = False, read_source: bool = True) -> Coupling:
     """Run the registered rule of every node; unknown ops freeze what they touch (or raise if
-    strict). ``read_source=False`` keeps the rules from reading the model's code (``source.py``).
+    strict). ``read_source=False`` keeps the rules from reading the model's code (``graphprune/source/``).
 
     >>> import timm
     >>> from graphprune.trace import trace

@@ -1,4 +1,4 @@
-"""Tests for graphprune/source.py: the source-reading heuristics, their switch, and what they read."""
+"""Tests for graphprune/source/: the source-reading heuristics, their switch, and what they read."""
 from __future__ import annotations
 
 import ast
