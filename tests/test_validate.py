@@ -1,4 +1,4 @@
-"""Tests for graphprune/validate.py: a bad plan is refused before the model changes, naming the field."""
+"""Tests for graphprune/validate/: a bad plan is refused before the model changes, naming the field."""
 from __future__ import annotations
 
 import copy
