@@ -1,4 +1,5 @@
-"""Tests for graphprune/surgery/core.py: memory-releasing slicing, exact rollback, copies that share."""
+"""Tests for graphprune/surgery/core.py and the mechanics it runs (tensors.py, snapshot.py): memory-releasing
+slicing, exact rollback, copies that share."""
 from __future__ import annotations
 
 import pytest
