@@ -1,4 +1,5 @@
-"""Rules for view-like ops: reshape (split/merge of dims), permute, transpose, expand, select."""
+"""Rules for reshapes (view, reshape, flatten, unflatten, squeeze...): dims split and merged, and the
+sizes the model's code writes for them (``layout`` has the ops that only reorder or repeat dims)."""
 from __future__ import annotations
 
 import ast
@@ -9,6 +10,7 @@ from torch import fx
 
 from .. import source
 from ..coupling import HEAD_COUNT_ATTRS, Builder, register_rule
+from .layout import canonical_is, link_template
 
 aten = __import__("torch").ops.aten
 
@@ -75,7 +77,7 @@ def reshape(b: Builder, node: fx.Node) -> None:
         elif ra and rb:
             refine(b, node, [ins[i] for i in ra], [outs[j] for j in rb], [exprs[j] for j in rb])
     if canonical_is(node, aten.view_as) or canonical_is(node, aten.reshape_as):
-        _link_template(b, node)
+        link_template(b, node)
     elif written:
         _follow_input_sizes(b, node, exprs)
         _freeze_fixed_sizes(b, node, outs, exprs, frozenset(bd.attr for bd in b.c.bindings[first_binding:]))
@@ -210,12 +212,6 @@ def _position_of(exprs: list, divisor: ast.expr, skip: int) -> int | None:
     return found[0] if len(found) == 1 else None
 
 
-def _link_template(b: Builder, node: fx.Node) -> None:
-    """``x.view_as(other)`` / ``x.expand_as(other)``: the output has ``other``'s shape, dim by dim."""
-    for s, o in zip(b.slots(node.args[1]), b.slots(node)):
-        b.link_same(s, o)
-
-
 # Attributes a module's forward reads to reshape into heads, by the position they describe in a
 # (..., heads, head_dim) factorisation. Matching by position as well as value keeps a module with
 # 4 heads of size 4 from binding head_dim to the heads dim.
@@ -239,112 +235,3 @@ def _bind_sizes(b: Builder, whole, parts: list, written: dict | None = None) -> 
                     and (written.get(s) is None or name in source.names_in(written[s]))]
             if len(fits) == 1:  # (batch, heads) of equal sizes: no way to tell which one it counts
                 b.bind(fits[0], fqn, name)
-
-
-def _link_perm(b: Builder, node: fx.Node, perm: list[int]) -> None:
-    ins, outs = b.slots(node.args[0]), b.slots(node)
-    for j, i in enumerate(perm):
-        b.link_same(ins[i % len(ins)], outs[j])
-
-
-@register_rule(aten.permute)
-def permute(b: Builder, node: fx.Node) -> None:
-    _link_perm(b, node, list(node.args[1]))
-
-
-@register_rule(aten.transpose, aten.swapaxes, aten.swapdims)
-def transpose(b: Builder, node: fx.Node) -> None:
-    n = len(b.shape(node))
-    perm = list(range(n))
-    d0, d1 = node.args[1] % n, node.args[2] % n
-    perm[d0], perm[d1] = d1, d0
-    _link_perm(b, node, perm)
-
-
-@register_rule(aten.t, aten.numpy_T)
-def t(b: Builder, node: fx.Node) -> None:
-    _link_perm(b, node, list(range(len(b.shape(node))))[::-1])
-
-
-@register_rule(aten.expand, aten.expand_as, aten.repeat)
-def expand(b: Builder, node: fx.Node) -> None:
-    """Dims that keep their size couple; dims grown from 1 (or repeated) are new and stay frozen."""
-    src = node.args[0]
-    ins, outs = b.slots(src), b.slots(node)
-    shape, out_shape = b.shape(src), b.shape(node)
-    shift = len(outs) - len(ins)
-    reps = list(node.args[1]) if canonical_is(node, aten.repeat) else [1] * len(outs)
-    for i, s in enumerate(ins):
-        if shape[i] == out_shape[i + shift] and reps[i + shift] == 1:
-            b.link_same(s, outs[i + shift])
-        elif shape[i] == 1:
-            b.touch(s)
-    if canonical_is(node, aten.expand_as):
-        _link_template(b, node)
-
-
-@register_rule(aten.repeat_interleave)
-def repeat_interleave(b: Builder, node: fx.Node) -> None:
-    """``x.repeat_interleave(n, dim)``: output index i along ``dim`` is input index i // n (key and
-    value heads repeated for the query heads that read them); other dims pass. A tensor of
-    repeats or no ``dim`` (the flattened form) leaves every dim to the automatic freeze."""
-    x = node.args[0]
-    reps = node.args[1] if len(node.args) > 1 else node.kwargs.get("repeats")
-    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
-    if not isinstance(reps, int) or dim is None or b.shape(x) is None:
-        return
-    xs, out = b.slots(x), b.slots(node)
-    dim %= len(xs)
-    for i, (s, o) in enumerate(zip(xs, out)):
-        if i != dim:
-            b.link_same(s, o)
-        else:
-            b.link_blocks(o, s, "each index repeated in a row (repeat_interleave)")
-
-
-@register_rule(aten.outer, aten.ger)
-def outer(b: Builder, node: fx.Node) -> None:
-    """``outer(a, b)[i, j] = a[i] * b[j]``."""
-    out = b.slots(node)
-    for k, vec in enumerate(node.args[:2]):
-        (s,) = b.slots(vec)
-        b.link_same(s, out[k])
-
-
-def canonical_is(node: fx.Node, packet) -> bool:
-    return getattr(node.target, "overloadpacket", None) is packet
-
-
-@register_rule(aten.select)
-def select(b: Builder, node: fx.Node) -> None:
-    """Picking one index of a dim fixes that dim; the others shift down by one."""
-    ins, outs = b.slots(node.args[0]), b.slots(node)
-    dim = node.args[1] % len(ins)
-    b.freeze(ins[dim], "select picks a fixed index of this dim")
-    for i, s in enumerate(ins):
-        if i != dim:
-            b.link_same(s, outs[i - (i > dim)])
-
-
-@register_rule(aten.roll, aten.flip, aten.cumsum, aten.constant_pad_nd, aten.pad, aten.diff)
-def along_dims(b: Builder, node: fx.Node) -> None:
-    """Ops acting along some dims: same-size dims couple; the dims they act on are fixed."""
-    ins, outs = b.slots(node.args[0]), b.slots(node)
-    acted = _acted_dims(b, node, len(ins))
-    for i, (s, o) in enumerate(zip(ins, outs)):
-        if i not in acted and b.size(s) == b.size(o):
-            b.link_same(s, o)
-
-
-def _acted_dims(b: Builder, node: fx.Node, ndim: int) -> set[int]:
-    key = node.target.overloadpacket
-    if key in (aten.constant_pad_nd, aten.pad):
-        pads = list(node.args[1])
-        return {ndim - 1 - k // 2 for k, p in enumerate(pads) if p}
-    if key is aten.diff:  # diff(x, n=1, dim=-1, prepend, append)
-        return {(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", -1)) % ndim}
-    dims = node.args[2] if key is aten.roll else node.args[1]
-    if key is aten.roll and len(node.args) < 3:
-        return set(range(ndim))  # roll without dims works on the flattened tensor
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    return {d % ndim for d in dims}

@@ -12,7 +12,8 @@ from torch import fx
 
 from .. import source
 from ..coupling import HEAD_COUNT_ATTRS, Builder, register_rule
-from .shape import canonical_is, match_dims
+from .layout import canonical_is
+from .shape import match_dims
 
 aten = __import__("torch").ops.aten
 
