@@ -110,6 +110,8 @@ def test_hf_folder_end_to_end(tmp_path, capsys) -> None:
      "ignore='stem.cnv' matches no module"),
     (["shrink", "timm:test_resnet", "--ratio", "0.3", "--scorer", "taylor", "--out", "{t}/OUT"], "--calibration"),
     (["shrink", "timm:test_resnet", "--ratio", "0.3", "--scorer", "l3", "--out", "{t}/OUT"], "scorer='l3'"),
+    (["shrink", "timm:test_resnet", "--ratio", "0.3", "--recalibrate-bn", "--out", "{t}/OUT"],
+     "--recalibrate-bn re-estimates BatchNorm statistics on calibration data; pass --calibration FILE"),
     (["inspect", "timm:test_resnet", "--input-shape", "1,3,x"], "--input-shape '1,3,x' must be positive"),
     (["inspect", "timm:test_resnet", "--input-shape", "1,5"], "does not run on the example inputs"),
     (["inspect", "{t}/NOTES"], "is a file; a model is timm:NAME"),
@@ -146,3 +148,13 @@ def test_graphprune_warnings_are_one_line(tmp_path, capsys) -> None:
     assert code == 0
     assert err.splitlines() == [line for line in err.splitlines() if line.startswith("graphprune: warning: ")]
     assert "calibration= was given but scorer='l2'" in err
+
+
+def test_recalibrate_bn_flag_re_estimates_on_the_calibration_file(tmp_path, capsys) -> None:
+    save_file({"0": torch.randn(16, 3, 32, 32)}, tmp_path / "calib.safetensors")  # two batches of 8
+    code, _, err = _run(capsys, "shrink", "timm:test_resnet", "--ratio", "0.2", "--calibration",
+                        str(tmp_path / "calib.safetensors"), "--recalibrate-bn", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert "calibration= was given" not in err  # the file is read, for the statistics
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("BatchNorm running statistics of" in n for n in report["notes"]), report["notes"]

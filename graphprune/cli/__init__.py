@@ -103,6 +103,8 @@ def _shrink(args: argparse.Namespace) -> int:
     config = ShrinkConfig(ratio=args.ratio, **options)  # every option checked before the model is built
     if needs_of(config.scorer) and not args.calibration:
         raise ConfigError(f"--scorer {config.scorer} reads calibration data; pass --calibration FILE")
+    if config.recalibrate_bn and not args.calibration:
+        raise ConfigError("--recalibrate-bn re-estimates BatchNorm statistics on calibration data; pass --calibration FILE")
     batches = c.calibration_batches(args.calibration, args.batch_size) if args.calibration else None
     model = _load(spec, args)
     small, report = shrink(model, args.ratio, example_inputs=c.example_inputs(args, model), calibration=batches,
