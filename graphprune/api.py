@@ -20,7 +20,7 @@ from .errors import CalibrationError, PlanError, SurgeryError
 from .options import checked
 from .plan import Plan, kind, make_plan, plan_from_units
 from .progress import stages
-from .recalibrate import check_recalibration, recalibrate_pruned_
+from .recalibrate import batch_norm_after_, check_recalibration
 from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, reads_drift, score
 from .sparsity.masks import check_no_masks
@@ -87,7 +87,7 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         macs_before = count_macs(model, traced.inputs) if return_report else 0  # before an in-place model changes
         plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats, shared, depth)
         unshare_(target, shared)
-        bn_note = recalibrate_pruned_(target, config, calibration) if config.recalibrate_bn else None
+        bn_note = batch_norm_after_(target, config, calibration)
         if not return_report:
             return target
         step("report")

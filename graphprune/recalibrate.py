@@ -63,6 +63,17 @@ def check_recalibration(config: ShrinkConfig, calibration: Any) -> None:
                                "calibration= (an iterable of input batches, e.g. a few hundred samples of your data)")
 
 
+def batch_norm_after_(model: nn.Module, config: ShrinkConfig, batches: Iterable[Any] | None) -> str | None:
+    """What ``shrink`` does about BatchNorm statistics after a surgery, as the report's note:
+    re-estimates them with ``recalibrate_bn=True``; otherwise, where data was given and the model
+    has BatchNorms, points at the option; None where there is nothing to say."""
+    if config.recalibrate_bn:
+        return recalibrate_pruned_(model, config, batches)
+    n = len(batch_norms(model)) if batches is not None else 0
+    return (f"{n} BatchNorm layers keep the statistics the unpruned model had; recalibrate_bn=True re-estimates "
+            f"them on the calibration data") if n else None
+
+
 def recalibrate_pruned_(model: nn.Module, config: ShrinkConfig, batches: Iterable[Any]) -> str:
     """``recalibrate_bn_`` for a model ``shrink`` has just pruned; returns the report's note. If it
     fails, the BatchNorm statistics are put back as they were and ``CalibrationError`` says so."""

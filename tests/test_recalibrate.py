@@ -64,19 +64,33 @@ def test_every_round_recalibrates(monkeypatch: pytest.MonkeyPatch) -> None:
     """With steps=3 the statistics are re-estimated after each round, so round 2 scores a model
     whose BatchNorms fit it; the last re-estimation is the final model's."""
     seen: list[list[torch.Tensor]] = []
-    real = rounds.recalibrate_pruned_
+    real = rounds.batch_norm_after_
 
     def spy(model, config, batches):
         note = real(model, config, batches)
         seen.append([t.clone() for t in bn_buffers(model)])
         return note
-    monkeypatch.setattr(rounds, "recalibrate_pruned_", spy)
+    monkeypatch.setattr(rounds, "batch_norm_after_", spy)
     small, report = graphprune.shrink(two_bn(), 0.5, steps=3, scorer="activation", calibration=DATA,
                                       recalibrate_bn=True, return_report=True, **OPTS)
     assert len(seen) == len([r for r in report.rounds if r.plan is not None]) == 3
     by_hand = graphprune.recalibrate_bn_(copy.deepcopy(small), DATA)
     for mine, theirs in zip(seen[-1], bn_buffers(by_hand)):
         torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_without_the_option_the_report_points_at_it(steps: int) -> None:
+    """Data given, BatchNorms present, recalibrate_bn left off: the statistics stay, and a note says
+    what the option would do; without data there is nothing to point at."""
+    model = two_bn()
+    small, report = graphprune.shrink(model, 0.5, scorer="activation", calibration=DATA, steps=steps,
+                                      return_report=True, **OPTS)
+    assert any("2 BatchNorm layers keep the statistics" in n for n in report.notes), report.notes
+    # sliced, not re-estimated: every value is one the unpruned BatchNorm held
+    assert set(small[4].running_var.tolist()) <= set(model[4].running_var.tolist())
+    _, plain = graphprune.shrink(model, 0.5, return_report=True, **OPTS)
+    assert not any("BatchNorm" in n for n in plain.notes)
 
 
 def test_recalibrating_needs_data() -> None:

@@ -17,7 +17,7 @@ from ..errors import PlanError
 from ..groups import Groups, find_groups
 from ..inputs import Inputs, default_inputs, normalize_inputs
 from ..plan import Plan, count_params
-from ..recalibrate import recalibrate_pruned_
+from ..recalibrate import batch_norm_after_
 from ..report import count_macs
 from ..scores import Scores, score
 from ..trace import _eval_mode, trace
@@ -104,7 +104,7 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
             warnings.warn(f"graphprune: round {step} of {config.steps} skipped: {err}; the next round catches up")
             return None
         # the next round scores (and the user gets) a model whose statistics fit what it now computes
-        bn_note = recalibrate_pruned_(model, cfg, batches) if cfg.recalibrate_bn else None
+        bn_note = batch_norm_after_(model, cfg, batches)
     return Done(plan, groups, scores, stats, comp, bn_note)
 
 
