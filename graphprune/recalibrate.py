@@ -80,12 +80,14 @@ def recalibrate_pruned_(model: nn.Module, config: ShrinkConfig, batches: Iterabl
     bns = batch_norms(model)
     if not bns:
         return "recalibrate_bn=True: the model has no BatchNorm with running statistics; nothing re-estimated"
-    saved = [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns]
+    # recalibrate_bn_ resets and refills these tensors in place, so copying the values back restores them
+    saved = [(t, t.clone()) for bn in bns for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+             if t is not None]
     try:
         recalibrate_bn_(model, batches, config.max_batches)
     except Exception as err:
-        for bn, mean, var, tracked in saved:
-            bn.running_mean.copy_(mean), bn.running_var.copy_(var), bn.num_batches_tracked.copy_(tracked)
+        for t, value in saved:
+            t.copy_(value)
         raise CalibrationError(f"re-estimating BatchNorm statistics on the calibration batches failed "
                                f"({type(err).__name__}: {err}); the model is pruned and its BatchNorm statistics "
                                f"are as they were; pass recalibrate_bn=False or batches its forward takes") from err

@@ -58,7 +58,7 @@ class Done:
     scores: Scores
     stats: Stats | None
     compensation: Compensation | None
-    bn_note: str | None = None  # what re-estimating BatchNorm statistics after the round did
+    bn_note: str | None = None  # the report's note on BatchNorm statistics after the round
 
 
 def baseline(model: nn.Module, example_inputs: Any) -> Baseline:
