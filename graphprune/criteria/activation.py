@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..calibrate import InputStats, consumer_of
+from ..drift import rows_of
 from ..scores import ScoreContext, register_scorer
 from . import member_mass, per_unit
 
@@ -36,8 +37,7 @@ def _drift_dots(ctx: ScoreContext, m, seen: InputStats) -> tuple[np.ndarray, np.
     where the weight is no (out, in) matrix of the consumer (a spatial kernel)."""
     if seen.drift is None:
         return None
-    w = ctx.tensors[m.fqn].detach()
-    cols = w.movedim(m.dim, -1).reshape(-1, w.shape[m.dim]).double().cpu().numpy()
+    cols = rows_of(ctx.tensors[m.fqn], m.dim).numpy()  # (out, in) for a consumer's weight
     if cols.shape != seen.drift.shape:
         return None
     return (cols * seen.drift).sum(0), cols.T @ seen.drift_sum
