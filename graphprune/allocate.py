@@ -129,7 +129,7 @@ def search(live: list[Group], scores: dict[int, np.ndarray], cost: Cost, config:
     topped = _top_up(np.bincount(order[:start], minlength=len(blocks)).tolist(), order[start:], expand, cost, config)
     if topped is not None:
         return topped
-    raise PlanError(f"ratio={config.ratio} cannot be met within +-{config.tolerance}: the units are "
+    raise PlanError(f"ratio={config.ratio:.4g} cannot be met within +-{config.tolerance:.4g}: the units are "
                     f"coarse here and the nearest reachable ratios are {frac(start):.4f} and "
                     f"{frac(lo):.4f}; ask for one of those or pass a larger tolerance=")
 

@@ -58,7 +58,7 @@ def choose_blocks(blocks: Blocks, scores: dict[str, float], costs: dict[str, flo
         if len(ranked) == 0:
             raise PlanError("no block of this model is removable (find_blocks(model) says why); prune widths instead")
         above = fractions[k + 1] if k + 1 < len(fractions) else None
-        raise PlanError(f"ratio={share} cannot be met by removing whole blocks: the nearest reachable ratios are "
+        raise PlanError(f"ratio={share:.4g} cannot be met by removing whole blocks: the nearest reachable ratios are "
                         f"{fractions[k]:.4f}" + (f" and {above:.4f}" if above is not None else " (every removable "
                         f"block)") + "; ask for one of those, pass layers=N, or add a width kind to prune=")
     return _choice(ranked[:k], scores, costs, total)

@@ -93,6 +93,17 @@ def test_without_the_option_the_report_points_at_it(steps: int) -> None:
     assert not any("BatchNorm" in n for n in plain.notes)
 
 
+@pytest.mark.parametrize("recalibrate", [False, True])
+def test_a_pruner_step_carries_the_batch_norm_note(recalibrate: bool) -> None:
+    """Each ``Pruner.step()`` says what its report would: re-estimated, or kept from the unpruned model."""
+    pruner = graphprune.Pruner(two_bn(), 0.5, steps=2, scorer="activation", calibration=DATA,
+                               recalibrate_bn=recalibrate, **OPTS)
+    wanted = "re-estimated" if recalibrate else "keep the statistics"
+    for _ in range(2):
+        step = pruner.step()
+        assert step.plan is not None and any(wanted in n for n in step.notes), step.notes
+
+
 def test_recalibrating_needs_data() -> None:
     with pytest.raises(graphprune.CalibrationError, match="recalibrate_bn=True .* pass calibration="):
         graphprune.shrink(two_bn(), 0.5, recalibrate_bn=True, **OPTS)

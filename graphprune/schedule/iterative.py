@@ -12,7 +12,7 @@ from ..config import ShrinkConfig
 from ..drift import Reference, reference_to
 from ..inputs import reusable
 from ..report import Report, make_report
-from .rounds import Done, Round, baseline, compose, prune_round_, restore_
+from .rounds import Done, Round, baseline, compose, notes_of, prune_round_, restore_
 
 
 def shrink_steps(model: nn.Module, config: ShrinkConfig, *, example_inputs: Any = None, inplace: bool = False,
@@ -72,7 +72,7 @@ def _report(before: nn.Module, after: nn.Module, config: ShrinkConfig, done: lis
     report = make_report(before, after, plan, last.groups, scores=last.scores, stats=last.stats,
                          compensation=last.compensation)
     pruned = tuple(f"round {k}: {line}" for k, d in enumerate(done, 1) for line in _pruned_lines(d))
-    notes = tuple(dict.fromkeys(n for d in done for n in _notes(d)))
+    notes = tuple(dict.fromkeys(n for d in done for n in notes_of(d)))
     left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in user_ignore)
     return dataclasses.replace(report, pruned=pruned, notes=notes, rounds=tuple(rounds), left_out=left_out,
                                calibration_batches=sum(d.stats.batches for d in done if d.stats),
@@ -83,11 +83,3 @@ def _pruned_lines(d: Done) -> list[str]:
     by_id = {g.id: g for g in d.groups}
     return [f"{by_id[i].module or '<root>'}: {by_id[i].width} -> {by_id[i].width - len(u)} {by_id[i].unit}s"
             for i, u in sorted(d.plan.removed.items())]
-
-
-def _notes(d: Done) -> list[str]:
-    by_id = {g.id: g for g in d.groups}
-    notes = [f"{d.scores.criterion} cannot judge {by_id[i].module or '<root>'}; ranked by l2 there"
-             for i in d.scores.fallback]
-    return notes + list(d.compensation.notes if d.compensation else ()) + ([d.bn_note] if d.bn_note else [])
-

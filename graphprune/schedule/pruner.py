@@ -18,19 +18,21 @@ from ..sparsity.masks import check_no_masks
 from ..trace import _eval_mode
 from . import regularize
 from .optim import ParamMap, check_optimizer, param_map, remap_optimizer_, snapshot
-from .rounds import Round, baseline, prune_round_
+from .rounds import Round, baseline, notes_of, prune_round_
 
 
 @dataclass(frozen=True, eq=False)
 class PruneStep:
     """What one ``Pruner.step()`` did: where it left the model (fractions of the original) and how the
-    parameters changed (``params``, what ``remap_optimizer_`` reads)."""
+    parameters changed (``params``, what ``remap_optimizer_`` reads). ``notes`` are what a report
+    would say about the step, e.g. that BatchNorm statistics still describe the unpruned model."""
 
     step: int
     params_ratio: float
     macs_ratio: float
     plan: Plan | None
     params: ParamMap
+    notes: tuple[str, ...] = ()
 
 
 class Pruner:
@@ -94,8 +96,9 @@ class Pruner:
             remap_optimizer_(optimizer, params)
         self.history.append(Round(k, *self.base.fractions(self.model), done.plan if done else None))
         self._terms = {}
+        notes = tuple(notes_of(done)) if done else ()
         return PruneStep(k, self.history[-1].params_ratio, self.history[-1].macs_ratio,
-                         done.plan if done else None, params)
+                         done.plan if done else None, params, notes)
 
     def regularizer(self, kind: str | None = None) -> torch.Tensor:
         """A penalty to add (scaled) to the loss: ``"group_lasso"`` (the default; every unit's L2

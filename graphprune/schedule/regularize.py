@@ -43,7 +43,8 @@ def terms(model: nn.Module, groups: list[Group], how: str) -> list[Term]:
                     m.fqn.endswith(".weight") and isinstance(model.get_submodule(owner), NORMS))):
                 continue
             unit = torch.arange(g.width).repeat_interleave(m.indices.shape[1])
-            out.append(Term(m.fqn, m.dim, torch.as_tensor(m.indices.reshape(-1)), unit, g.width, g.id))
+            # groups hold read-only index arrays (frozen values); the tensor gets its own copy
+            out.append(Term(m.fqn, m.dim, torch.tensor(m.indices.reshape(-1)), unit, g.width, g.id))
     return out
 
 

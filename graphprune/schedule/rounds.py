@@ -108,6 +108,14 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
     return Done(plan, groups, scores, stats, comp, bn_note)
 
 
+def notes_of(d: Done) -> list[str]:
+    """What a report says about one round: criterion fallbacks, compensation notes, BatchNorm."""
+    by_id = {g.id: g for g in d.groups}
+    notes = [f"{d.scores.criterion} cannot judge {by_id[i].module or '<root>'}; ranked by l2 there"
+             for i in d.scores.fallback]
+    return notes + list(d.compensation.notes if d.compensation else ()) + ([d.bn_note] if d.bn_note else [])
+
+
 def compose(model: nn.Module, plans: list[Plan]) -> Plan:
     """One plan that takes the ORIGINAL ``model`` where the rounds took it: kept indices composed
     round after round, attributes and config fields as the last round set them. It re-applies the

@@ -179,8 +179,11 @@ def test_iterative_hf_model_reloads_with_its_per_layer_widths(tmp_path) -> None:
 
 def test_a_round_coarse_units_cannot_reach_is_skipped_and_the_next_catches_up() -> None:
     toy = next(t for t in TOYS if t.name == "gqa")  # two key/value heads: ~0 or ~0.48 of it goes at once
-    with pytest.warns(UserWarning, match="round 2 of 3 skipped"):
+    with pytest.warns(UserWarning) as seen:
         _, report = graphprune.shrink(toy.build().eval(), 0.45, steps=3, example_inputs=toy.inputs(),
                                       tolerance=0.05, return_report=True)
+    skipped = [str(w.message) for w in seen if "skipped" in str(w.message)]
+    assert [m.split(" skipped")[0] for m in skipped] == ["graphprune: round 1 of 3", "graphprune: round 2 of 3"]
+    assert "ratio=0.15 cannot be met within +-0.075" in skipped[0], skipped[0]
     ratios = [r.params_ratio for r in report.rounds]
-    assert ratios[1] == ratios[0] and abs(ratios[2] - 0.45) <= 0.05
+    assert ratios[0] == ratios[1] == 0 and abs(ratios[2] - 0.45) <= 0.05
