@@ -13,50 +13,18 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
 
 from .block_stats import BLOCK_NEEDS, BlockProbe
-from .drift import DriftHooks, Reference, rows_of
+from .drift import DriftHooks, Reference
 from .errors import CalibrationError
 from .grads import PROJECTION, Grads, loss_of, requires_grad
-from .groups import Groups, Member
+from .groups import Groups
 from .inputs import first_tensor, is_causal_lm, normalize_inputs
+from .moments import InputHooks, InputStats, consumer_of, readonly
 from .trace import _describe, _eval_mode, _first_line
 
 # channel moments; full second moments (lstsq); gradients; per block: turn and cost of skipping it
 NEEDS = ("inputs", "gram", "grads", *BLOCK_NEEDS)
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    a.flags.writeable = False
-    return a
-
-
-@dataclass(frozen=True, eq=False)
-class InputStats:
-    """Moments of the channels one module reads, over every sample and position (``count`` rows)."""
-
-    count: int
-    sum: np.ndarray
-    sumsq: np.ndarray
-    gram: np.ndarray | None = None  # sum of x x^T, only when "gram" was asked for
-    # against a reference model (graphprune.drift): sum of e x^T (out x in) and of e, e = y - y_reference
-    drift: np.ndarray | None = None
-    drift_sum: np.ndarray | None = None
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.sum / max(self.count, 1)
-
-    @property
-    def var(self) -> np.ndarray:
-        return np.maximum(self.sumsq / max(self.count, 1) - self.mean ** 2, 0.0)
-
-    @property
-    def norm(self) -> np.ndarray:
-        """L2 norm of each channel over all rows (Wanda's ||X_j||)."""
-        return np.sqrt(self.sumsq)
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,56 +52,6 @@ class Stats:
     def __repr__(self) -> str:
         return (f"Stats(batches={self.batches}, needs={self.needs}, modules={len(self.inputs)}, "
                 f"loss={self.loss!r}, seconds={self.seconds:.2f})")
-
-
-def consumer_of(model: nn.Module, member: Member) -> tuple[str, int] | None:
-    """(module FQN, channel dim of its input) when ``member`` is the input side of a leaf module that
-    multiplies its first input by that weight (Linear, GPT-2's Conv1D, an ungrouped conv), so input
-    channel j meets index j of ``member.dim``; None where no such module runs (bare parameters)."""
-    if "in" not in member.roles or not member.fqn.endswith(".weight"):
-        return None
-    fqn = member.fqn[: -len(".weight")]
-    try:
-        mod = model.get_submodule(fqn)
-    except AttributeError:
-        return None
-    if next(mod.children(), None) is not None:
-        return None
-    if isinstance(mod, _ConvNd):
-        return (fqn, 1) if mod.groups == 1 and not mod.transposed and member.dim == 1 else None
-    weight = getattr(mod, "weight", None)
-    return (fqn, -1) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
-
-
-class _Inputs:
-    """Forward pre-hooks that add each consumer's input to running sums (float64, on the CPU)."""
-
-    def __init__(self, model: nn.Module, consumers: dict[str, int], gram: bool):
-        self.dims, self.gram = consumers, gram
-        self.acc: dict[str, list] = {}
-        self.handles = [model.get_submodule(f).register_forward_pre_hook(self._hook(f)) for f in consumers]
-
-    def _hook(self, fqn: str) -> Callable:
-        def hook(module: nn.Module, args: tuple) -> None:
-            x = next((a for a in args if isinstance(a, torch.Tensor)), None)
-            if x is None or not x.is_floating_point() or x.dim() < 2:
-                return
-            rows = rows_of(x, self.dims[fqn])
-            acc = self.acc.setdefault(fqn, [0, 0.0, 0.0, 0.0])
-            acc[0] += rows.shape[0]
-            acc[1] = acc[1] + rows.sum(0)
-            acc[2] = acc[2] + rows.pow(2).sum(0)
-            if self.gram:
-                acc[3] = acc[3] + rows.T @ rows
-        return hook
-
-    def result(self) -> dict[str, InputStats]:
-        return {f: InputStats(n, _frozen(s.numpy()), _frozen(q.numpy()), _frozen(g.numpy()) if self.gram else None)
-                for f, (n, s, q, g) in sorted(self.acc.items())}
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *, needs: Iterable[str] = ("inputs",),
@@ -171,7 +89,7 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
                  if (c := consumer_of(model, m))}
     consumers.update(modules or {})
     start, count, loss_name = time.perf_counter(), 0, ""
-    hooks = _Inputs(model, consumers, "gram" in needs) if {"inputs", "gram"} & set(needs) else None
+    hooks = InputHooks(model, consumers, "gram" in needs) if {"inputs", "gram"} & set(needs) else None
     grads = Grads(model, groups) if "grads" in needs else None
     probe = _probe(model, blocks, needs, loss_fn)
     drift = DriftHooks(model, reference, consumers if hooks else {}) if reference is not None else None
@@ -192,9 +110,9 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
         raise CalibrationError("calibration= yielded no batches; pass an iterable (a list, a generator or a "
                                "DataLoader) of Tensors, tuples of positional args or dicts of keyword args")
     return Stats(inputs=MappingProxyType(_with_drift(hooks.result(), drift) if hooks else {}),
-                 taylor=MappingProxyType({k: _frozen(v / count) for k, v in grads.taylor.items()} if grads else {}),
-                 fisher=MappingProxyType({k: _frozen(v / count) for k, v in grads.fisher.items()} if grads else {}),
-                 taylor_drift=MappingProxyType({k: _frozen(v / count) for k, v in grads.drift.items()} if grads else {}),
+                 taylor=MappingProxyType({k: readonly(v / count) for k, v in grads.taylor.items()} if grads else {}),
+                 fisher=MappingProxyType({k: readonly(v / count) for k, v in grads.fisher.items()} if grads else {}),
+                 taylor_drift=MappingProxyType({k: readonly(v / count) for k, v in grads.drift.items()} if grads else {}),
                  **_block_fields(probe), batches=count, seconds=time.perf_counter() - start, loss=loss_name,
                  needs=needs)
 
@@ -202,7 +120,7 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
 def _with_drift(inputs: dict[str, InputStats], drift: DriftHooks | None) -> dict[str, InputStats]:
     for fqn, (cross, total) in (drift.result() if drift else {}).items():
         if fqn in inputs:
-            inputs[fqn] = replace(inputs[fqn], drift=_frozen(cross.numpy()), drift_sum=_frozen(total.numpy()))
+            inputs[fqn] = replace(inputs[fqn], drift=readonly(cross.numpy()), drift_sum=readonly(total.numpy()))
     return inputs
 
 

@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from .calibrate import InputStats, Stats
+from .calibrate import Stats
+from .moments import InputStats
 from .config import COMPENSATE
 from .errors import CalibrationError
 from .groups import Groups

@@ -1,4 +1,4 @@
-"""Tests for graphprune/calibrate.py: the statistics it collects, and bad input leaving the model as it was."""
+"""Tests for graphprune/calibrate.py and moments.py: the statistics it collects, and bad input leaving the model as it was."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ import transformers
 from torch.utils.data import DataLoader, TensorDataset
 
 import graphprune
-from graphprune.calibrate import consumer_of
+from graphprune.moments import consumer_of
 
 from .calib_models import Mlp
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..calibrate import InputStats, consumer_of
+from ..moments import InputStats, consumer_of
 from ..drift import rows_of
 from ..scores import ScoreContext, register_scorer
 from . import member_mass, per_unit

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..calibrate import InputStats
+from ..moments import InputStats
 from ..errors import ConfigError
 from ..registry import Registry
 from .layout import Layout
