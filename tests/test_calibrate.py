@@ -1,4 +1,5 @@
-"""Tests for graphprune/calibrate.py and moments.py: the statistics it collects, and bad input leaving the model as it was."""
+"""Tests for graphprune/calibrate.py and moments.py: the statistics they collect, and bad input
+leaving the model as it was."""
 from __future__ import annotations
 
 import copy
