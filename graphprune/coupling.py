@@ -5,7 +5,7 @@ slots too. Edges carry index mappings between slots (``None`` for the identity, 
 so no per-channel array is stored for it). Reshapes that split or merge a dim produce
 *factor* records that the groups stage resolves. Every dim a rule does not mention is frozen, so a
 rule can only ever be too strict, never silently wrong. The slot vocabulary and the ``Builder``
-the rules write into live in ``builder.py``.
+the rules write into live in ``slots.py`` and ``builder.py``.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import torch
 from torch import fx
 
 from . import source
-# rules and later stages import the vocabulary from here; builder.py defines it
-from .builder import HEAD_COUNT_ATTRS, Binding, Builder, Coupling, Factor, Rule, Slot  # noqa: F401
+# rules and later stages import the vocabulary from here; slots.py and builder.py define it
+from .builder import Builder  # noqa: F401
+from .slots import HEAD_COUNT_ATTRS, Binding, Coupling, Factor, Rule, Slot  # noqa: F401
 from .errors import GraphPruneError, RuleError, UnsupportedOpError
 from .registry import Registry, where_defined
 from .trace import Traced
