@@ -67,10 +67,10 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
             reports.append((n, rep))
         with _eval_mode(target):
             run_model(target, inputs)
-    except Exception as err:
+    except BaseException as err:  # Ctrl-C too: no submodule is left pruned while another is not
         for n, state in saved.items():
             _restore(target.get_submodule(n), state)
-        if isinstance(err, SurgeryError) or not reports or len(reports) < len(names):
+        if isinstance(err, SurgeryError) or not isinstance(err, Exception) or not reports or len(reports) < len(names):
             raise
         raise SurgeryError(f"the model no longer runs after pruning {', '.join(names)} "
                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "

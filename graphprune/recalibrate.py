@@ -85,9 +85,11 @@ def recalibrate_pruned_(model: nn.Module, config: ShrinkConfig, batches: Iterabl
              if t is not None]
     try:
         recalibrate_bn_(model, batches, config.max_batches)
-    except Exception as err:
+    except BaseException as err:  # Ctrl-C too: no BatchNorm is left half re-estimated
         for t, value in saved:
             t.copy_(value)
+        if not isinstance(err, Exception):
+            raise
         raise CalibrationError(f"re-estimating BatchNorm statistics on the calibration batches failed "
                                f"({type(err).__name__}: {err}); the model is pruned and its BatchNorm statistics "
                                f"are as they were; pass recalibrate_bn=False or batches its forward takes") from err

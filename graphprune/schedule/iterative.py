@@ -45,7 +45,7 @@ def shrink_steps(model: nn.Module, config: ShrinkConfig, *, example_inputs: Any 
                 # later rounds keep leaving out what an earlier one found breaks when pruned
                 config = dataclasses.replace(config, ignore=tuple(this.plan.config.get("ignore", config.ignore)))
             rounds.append(Round(step, *base.fractions(target), this.plan if this else None))
-    except Exception:
+    except BaseException:  # Ctrl-C between rounds too: the user's model goes back as it was
         if saved is not None:
             restore_(model, saved)
         raise

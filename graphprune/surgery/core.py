@@ -54,8 +54,9 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
     and gives the shapes it gave before. The plan is checked first (``graphprune.validate``: the
     model it was made for, its version, every index, coupled widths, attribute writes); a plan
     that does not fit raises ``PlanError`` with the model untouched. ``compensation``
-    (``graphprune.compensate.compensation``) is written first, from the columns about to go. On any failure the model is restored (the
-    compensation too) and SurgeryError raised.
+    (``graphprune.compensate.compensation``) is written first, from the columns about to go. On any
+    failure the model is restored (the compensation too) and SurgeryError raised; an interrupt
+    (Ctrl-C, ``SystemExit``) restores it too and propagates as itself.
 
     Memory stays at about the model's size: each sliced tensor is replaced by a new one holding the
     kept indices and the old one's storage is released at once (its ``Parameter`` object is left
@@ -98,9 +99,9 @@ def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, com
             check_forward(model, plan, example_inputs)
         if plan.config.get("uniform") and hf_config(model) is not None:
             check_config(model)
-    except Exception as err:
+    except BaseException as err:  # Ctrl-C mid-surgery too: never hand back a half-sliced model
         snapshot.restore()
-        if isinstance(err, SurgeryError):
+        if isinstance(err, SurgeryError) or not isinstance(err, Exception):
             raise
         raise SurgeryError(f"surgery failed and the model was restored: {type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}") from err

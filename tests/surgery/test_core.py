@@ -84,3 +84,34 @@ def test_a_shared_copy_in_train_mode_leaves_the_original_statistics():
     apply_plan_shared_(target, plan, ((toy.inputs(),), {}), None, shared)
     assert target.a[1].num_features == 6 and target.stem[1].running_mean is not model.stem[1].running_mean
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _interrupted_mlp(interrupt: type[BaseException]) -> nn.Module:
+    """An MLP whose last layer raises ``interrupt`` once it sees a pruned width: Ctrl-C (or
+    ``sys.exit``) arriving while the pruned model's first forward runs."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    def hook(mod: nn.Module, args: tuple) -> None:
+        if args[0].shape[-1] != 16:
+            raise interrupt()
+    m[4].register_forward_pre_hook(hook)
+    return m
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("how", ["one-shot", "steps", "pruner"])
+def test_an_interrupt_mid_surgery_restores_the_model(interrupt: type[BaseException], how: str) -> None:
+    m = _interrupted_mlp(interrupt)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(4, 8)
+    with pytest.raises(interrupt):
+        if how == "pruner":
+            graphprune.Pruner(m, 0.3, steps=2, tolerance=0.1, example_inputs=x).step()
+        else:
+            graphprune.shrink(m, 0.3, tolerance=0.1, example_inputs=x, inplace=True, steps=2 if how == "steps" else 1)
+    after = m.state_dict()
+    assert list(after) == list(before)
+    for k, v in before.items():
+        torch.testing.assert_close(after[k], v, rtol=0, atol=0)
+    assert [l.out_features for l in (m[0], m[2])] == [16, 16]
