@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import GraphPruneError, PlanError
+from .errors import GraphPruneError, LoadError, PlanError
 from .plan import Plan
 from .progress import bar
 
@@ -31,12 +31,29 @@ def weight_files(folder: str | Path) -> dict[str, str]:
     sharded one, or the keys of a single ``model.safetensors``."""
     folder = Path(folder)
     if (folder / INDEX).is_file():
-        return dict(json.loads((folder / INDEX).read_text())["weight_map"])
+        return _checked_index(folder / INDEX)
     if (folder / SINGLE).is_file():
         with safe_open(folder / SINGLE, "pt") as fh:
             return {name: SINGLE for name in fh.keys()}
     raise GraphPruneError(f"{str(folder)!r} holds no {SINGLE} or {INDEX}; pass a folder written by "
                           f"save_pretrained(..., safe_serialization=True)")
+
+
+def _checked_index(path: Path) -> dict[str, str]:
+    """The index's weight map, refusing shard names that are not plain ``*.safetensors`` file names
+    in the folder: a tampered ``"../x"`` or absolute path would be read, then written, elsewhere."""
+    try:
+        names = json.loads(path.read_text())["weight_map"]
+        names = {str(k): v for k, v in dict(names).items()}
+    except (ValueError, KeyError, TypeError) as err:
+        raise LoadError(f"{str(path)!r} is not a safetensors index (a JSON object with a 'weight_map' of tensor "
+                        f"name -> shard file): {type(err).__name__}: {err}") from err
+    for name, shard in names.items():
+        if not (isinstance(shard, str) and shard.endswith(".safetensors") and Path(shard).name == shard
+                and "\\" not in shard):
+            raise LoadError(f"{str(path)!r} maps tensor {name!r} to shard {shard!r}, which is not a plain "
+                            f"*.safetensors file name inside the folder; fix the index")
+    return names
 
 
 class CheckpointTensors(Mapping):
@@ -210,8 +227,10 @@ def meta_model(folder: str | Path, model_class: Any = None) -> nn.Module:
     import transformers
     from accelerate import init_empty_weights
 
+    from .hub import _architecture
+
     config = transformers.AutoConfig.from_pretrained(folder)
-    cls = model_class or (getattr(transformers, config.architectures[0]) if config.architectures else None)
+    cls = model_class or (_architecture(config, str(folder), needed=False) if config.architectures else None)
     with init_empty_weights():
         if cls is None:  # no architectures recorded: the base model of the config's type
             model = transformers.AutoModel.from_config(config)

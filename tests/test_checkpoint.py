@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -92,3 +93,29 @@ def test_report_of_a_meta_model_counts_as_for_the_loaded_one(folder):
     assert (got.params_after, got.macs_before, got.macs_after) == (want.params_after, want.macs_before, want.macs_after)
     assert got.macs_after < got.macs_before and got.pruned == want.pruned
     assert all(p.is_meta for p in meta.parameters())  # the meta model itself is not pruned
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/x.safetensors",
+                                   "config.json", 7])
+def test_an_index_naming_a_shard_outside_the_folder_is_refused(folder, tmp_path, shard):
+    """A tampered index would make prune_checkpoint read, then write, wherever it points."""
+    path, real = folder
+    src = tmp_path / "src"
+    shutil.copytree(path, src)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    plan = graphprune.make_plan(real, graphprune.find_groups(real), graphprune.ShrinkConfig(ratio=0.3))
+    with pytest.raises(graphprune.LoadError, match=f"maps tensor '{first}' to shard .*plain"):
+        graphprune.prune_checkpoint(src, plan, tmp_path / "dst")
+    assert not (tmp_path / "dst").exists() and not (tmp_path / "outside.safetensors").exists()
+
+
+def test_meta_model_refuses_an_architecture_that_is_no_model_class(folder, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(folder[0], src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "architectures": ["AutoTokenizer"]}))
+    with pytest.raises(graphprune.LoadError, match="'AutoTokenizer', which is not a model class"):
+        graphprune.meta_model(src)
