@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -111,7 +111,25 @@ def _torchvision(spec: ModelSpec, allow_import: bool) -> nn.Module:
 
 @BUILDERS.register("class")
 def _class(spec: ModelSpec, allow_import: bool) -> nn.Module:
-    return resolve_class(spec.name, allow_import)(*spec.args, **spec.kwargs)
+    cls = resolve_class(spec.name, allow_import)
+    if "trust_remote_code" in spec.kwargs:
+        raise LoadError(f"{spec} with trust_remote_code: graphprune never runs code a model folder names while "
+                        f"building a model")
+    words = sorted(set(_strings([spec.args, spec.kwargs])))
+    if words and not allow_import:
+        # a string from a file can be a path or hub id the constructor loads (and runs code from)
+        raise LoadError(f"{spec} is built with text arguments {words[:3]} taken from a file; a constructor may "
+                        f"read a path or run code they name. If you trust the folder, pass allow_import=True")
+    return cls(*spec.args, **spec.kwargs)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string value inside a JSON value (argument names are not values)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (dict, list, tuple)):
+        for v in value.values() if isinstance(value, dict) else value:
+            yield from _strings(v)
 
 
 def resolve_class(path: str, allow_import: bool = False) -> type:

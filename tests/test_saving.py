@@ -87,6 +87,13 @@ def _saved(tmp_path, saved_once) -> tuple[str, dict]:
     (lambda r: r["base"].update(name="resnet_nope"), LoadError, r"unknown timm model 'resnet_nope'"),
     (lambda r: r["base"].update(source="class", name="os:system", args=["touch x"]), LoadError, r"not an nn.Module class"),
     (lambda r: r["base"].update(source="class", name="some_unimported_pkg:Net"), LoadError, r"is not imported"),
+    # a constructor may load (and run code from) a path or hub id a string names
+    (lambda r: r["base"].update(source="class", name="torch.nn:Identity", args=["/some/folder"]), LoadError,
+     r"class:torch.nn:Identity is built with text arguments \['/some/folder'\] taken from a file.*allow_import=True"),
+    (lambda r: r["base"].update(source="class", name="torch.nn:Identity", kwargs={"opts": {"x": ["../f"]}}), LoadError,
+     r"text arguments \['../f'\]"),
+    (lambda r: r["base"].update(source="class", name="torch.nn:Identity", kwargs={"trust_remote_code": True}),
+     LoadError, r"trust_remote_code: graphprune never runs code"),
     (lambda r: r.update(fingerprint="0000000000000000"), PlanError, r"is not the one the weights were pruned from"),
 ])
 def test_a_tampered_record_is_refused_naming_the_field(tmp_path, saved_once, edit, error, match) -> None:
@@ -95,6 +102,14 @@ def test_a_tampered_record_is_refused_naming_the_field(tmp_path, saved_once, edi
     (tmp_path / "graphprune.json").write_text(json.dumps(record))
     with pytest.raises(error, match=match):
         graphprune.load_pretrained(folder)
+
+
+def test_text_arguments_build_once_the_folder_is_trusted() -> None:
+    spec = graphprune.ModelSpec("class", "torch.nn:Identity", args=("gelu",), kwargs={"n": 3})
+    with pytest.raises(LoadError, match="text arguments"):
+        spec.build()
+    assert isinstance(spec.build(allow_import=True), torch.nn.Identity)
+    assert isinstance(graphprune.ModelSpec("class", "torch.nn:Identity", kwargs={"n": 3}).build(), torch.nn.Identity)
 
 
 def test_weights_that_do_not_fit_the_record_are_refused(tmp_path, saved_once) -> None:
