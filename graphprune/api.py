@@ -13,7 +13,7 @@ from .calibrate import Stats, calibrate
 from .criteria.blocks import block_needs, score_blocks
 from .depth import resolve_block_scorer
 from .compensate import Compensation, compensation
-from .config import ShrinkConfig, check_options
+from .config import ShrinkConfig, check_flags, check_options
 from .groups import Groups, find_groups
 from .inputs import reusable
 from .errors import CalibrationError, PlanError, SurgeryError
@@ -50,6 +50,7 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     'ResNet'
     """
     check_module(model)
+    check_flags(inplace=inplace, return_report=return_report)
     check_options(options, also=SHRINK_KEYWORDS)
     if submodules is not None:
         from .partial import shrink_submodules

@@ -17,6 +17,26 @@ COMPENSATE = (None, "mean", "lstsq")
 ROUND_REFERENCES = ("original", "current")
 
 
+def check_flags(**flags: Any) -> None:
+    """Refuse a flag that is not a bool: ``inplace="no"`` is truthy and would prune in place.
+
+    >>> check_flags(inplace="no")
+    Traceback (most recent call last):
+    ...
+    graphprune.errors.ConfigError: inplace='no' must be True or False
+    """
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be True or False")
+
+
+def check_number(name: str, value: Any) -> None:
+    """Refuse a value that is not a real number (a string, a bool, None, NaN) before any range check."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        got = "NaN" if isinstance(value, float) else type(value).__name__
+        raise ConfigError(f"{name}={value!r} must be a number (an int or float), got {got}")
+
+
 @dataclass(frozen=True)
 class ShrinkConfig:
     """What to prune and how much.
@@ -96,14 +116,15 @@ class ShrinkConfig:
     version: int = field(default=VERSION)
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:
+        check_number("ratio", self.ratio)
+        if not 0 <= self.ratio < 1:
             raise ConfigError(f"ratio={self.ratio!r} is outside [0, 1): it is the fraction of the "
                               f"model's {self.target} to remove, e.g. ratio=0.5 halves them")
         if self.target not in TARGETS:
             raise ConfigError(f"target={self.target!r} is not one of {TARGETS}")
         for name in ("round_to", "min_keep"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be an integer >= 1")
         if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance <= 1:
             raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 1]")
@@ -119,9 +140,8 @@ class ShrinkConfig:
                               f"one group's units that may go")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
-        for name in ("read_source", "recalibrate_bn"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
+        check_flags(read_source=self.read_source, recalibrate_bn=self.recalibrate_bn, uniform=self.uniform,
+                    strict=self.strict)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps={self.steps!r} must be an integer >= 1: the number of rounds the ratio is "
                               f"removed in (1: all at once)")

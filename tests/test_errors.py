@@ -31,6 +31,22 @@ def test_ratio_outside_range_names_value(ratio) -> None:
     assert _same(model, state)
 
 
+@pytest.mark.parametrize("ratio, says", [("0.5", "got str"), (None, "got NoneType"), (float("nan"), "got NaN")])
+def test_a_ratio_that_is_no_number_says_so(ratio, says) -> None:
+    with pytest.raises(ConfigError, match=f"must be a number .*{says}"):
+        graphprune.shrink(Residual(), ratio, example_inputs=torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("flag", ["inplace", "return_report", "strict", "uniform", "read_source"])
+def test_a_flag_that_is_no_bool_is_refused_before_anything_changes(flag) -> None:
+    """``inplace="no"`` is truthy: taken as it is, it would prune the user's model in place."""
+    model = Residual()
+    state = _state(model)
+    with pytest.raises(ConfigError, match=f"{flag}='no' must be True or False"):
+        graphprune.shrink(model, 0.3, example_inputs=torch.randn(1, 3, 8, 8), **{flag: "no"})
+    assert _same(model, state)
+
+
 def test_wrong_example_inputs_raise_trace_error_and_keep_model() -> None:
     model = Residual()
     state = _state(model)

@@ -52,6 +52,9 @@ def _sibling(params: dict[str, nn.Parameter], name: str) -> nn.Parameter | None:
 def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     """Every parameter the optimizer updates must be one of ``model``'s, and its state either a scalar
     or shaped like the parameter (the only layout that can be sliced with it)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise OptimizerError(f"optimizer={optimizer!r} is not a torch.optim.Optimizer; pass the one your training "
+                             f"loop steps, e.g. torch.optim.AdamW(model.parameters())")
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     for i, group in enumerate(optimizer.param_groups):
         for p in group["params"]:

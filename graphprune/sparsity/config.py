@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from ..config import _ignore_names
+from ..config import _ignore_names, check_flags, check_number
 from ..errors import ConfigError
 from .pattern import Pattern, parse_pattern
 
@@ -38,6 +38,7 @@ class SparsityConfig:
 
     def __post_init__(self) -> None:
         pat = self.parsed
+        check_flags(head=self.head)
         if self.scope not in SCOPES:
             raise ConfigError(f"scope={self.scope!r} is not one of {SCOPES}")
         if pat.structured:
@@ -48,10 +49,11 @@ class SparsityConfig:
                 raise ConfigError(f"scope={self.scope!r} has no meaning for pattern={self.pattern!r}: N:M picks "
                                   f"within every group of {pat.m} inputs; use scope='layer'")
             object.__setattr__(self, "ratio", pat.ratio)
-        elif self.ratio is None or isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
-                or not 0 <= self.ratio < 1:
-            raise ConfigError(f"ratio={self.ratio!r} is outside [0, 1): it is the fraction of every masked layer's "
-                              f"weights to zero, e.g. ratio=0.5")
+        else:
+            check_number("ratio", self.ratio)
+            if not 0 <= self.ratio < 1:
+                raise ConfigError(f"ratio={self.ratio!r} is outside [0, 1): it is the fraction of every masked "
+                                  f"layer's weights to zero, e.g. ratio=0.5")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
         object.__setattr__(self, "ignore", _ignore_names(self.ignore))

@@ -11,7 +11,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..calibrate import Stats, calibrate
+from ..config import check_flags
 from ..errors import CalibrationError, ConfigError, SparsityError
+from ..options import resolve_ignore
 from . import pattern as patterns
 from .config import SparsityConfig
 from .layers import Candidate, choose_layers
@@ -88,7 +90,9 @@ def sparsify_(model: nn.Module, ratio: float | None = None, *, calibration: Iter
     >>> [layer.sparsity for layer in report.masked], bool((m[0].weight == 0).sum() == 64)
     ([0.5, 0.5], True)
     """
+    check_flags(return_report=return_report)
     config = SparsityConfig(ratio=ratio, **options)
+    resolve_ignore(model, config.ignore)  # a typo in ignore= is an error, as in shrink, not a dense layer missed
     pat, fn = config.parsed, resolve_mask_scorer(config.scorer)
     chosen, dense = choose_layers(model, config.ignore, config.head, _first_batch(calibration, example_inputs))
     if not chosen:

@@ -120,6 +120,8 @@ def test_ratio_and_steps_errors() -> None:
         graphprune.Pruner(Net(), 1.2, example_inputs=EXAMPLE)
     with pytest.raises(graphprune.ConfigError, match="steps=0"):
         graphprune.Pruner(Net(), 0.3, steps=0, example_inputs=EXAMPLE)
+    with pytest.raises(graphprune.OptimizerError, match="optimizer='adam' is not a torch.optim.Optimizer"):
+        graphprune.Pruner(Net(), 0.3, example_inputs=EXAMPLE, optimizer="adam")
 
 
 def test_group_lasso_is_the_sum_of_unit_norms() -> None:

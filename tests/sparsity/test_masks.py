@@ -132,6 +132,10 @@ def test_errors_name_the_value_and_leave_the_model_as_it_was() -> None:
         (dict(ratio=0.5, scorer="wanda"), CalibrationError, "calibration="),
         (dict(ratio=0.5, scorer="nope"), ConfigError, "magnitude"),
         (dict(pattern="3:16", head=True), SparsityError, "fc (8 inputs)"),
+        (dict(ratio="0.5"), ConfigError, "ratio='0.5' must be a number"),
+        (dict(ratio=0.5, head="yes"), ConfigError, "head='yes' must be True or False"),
+        (dict(ratio=0.5, return_report="no"), ConfigError, "return_report='no' must be True or False"),
+        (dict(ratio=0.5, ignore=("fcc",)), ConfigError, "ignore='fcc' matches no module"),
     ]:
         with pytest.raises(error, match=None) as info:
             graphprune.sparsify_(model, **kwargs)
