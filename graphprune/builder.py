@@ -34,6 +34,7 @@ class Builder:
         self._inputs: dict[str, list[fx.Node]] = {}
         self._by_path: dict[str, list[fx.Node]] = {}
         self._shapes: dict[fx.Node, tuple[int, ...] | None] = {}
+        self._data: set[fx.Node] | None = None
 
     # -- slots -------------------------------------------------------------
     def shape(self, node: Any) -> tuple[int, ...] | None:
@@ -207,6 +208,18 @@ class Builder:
         self.c.pinned.setdefault((fqn, attr), f"{fqn}.{attr} is also read where {why} ({self.where()})")
 
     # -- helpers for rules -------------------------------------------------
+    def from_data(self, node: Any) -> bool:
+        """Whether ``node`` depends on the model's inputs, rather than on parameters, buffers and
+        constants alone: a product with a weight-like operand is a linear map of the activation,
+        a product of two activations is not."""
+        if self._data is None:
+            self._data = set()
+            for n in self.traced.graph.nodes:  # topological order: inputs come first
+                if (n.op == "placeholder" and n.name not in self.traced.tensor_fqn) or \
+                        any(a in self._data for a in n.all_input_nodes):
+                    self._data.add(n)
+        return node in self._data
+
     def where(self) -> str:
         return self.traced.where(self.node) if self.node is not None else "<graph>"
 

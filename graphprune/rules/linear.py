@@ -7,6 +7,9 @@ from ..coupling import Builder, register_rule
 from .attention import HEAD_DIM_KEPT
 
 aten = __import__("torch").ops.aten
+# no weight multiplies these channels: dropping one drops its whole product term (a Gram matrix,
+# a bilinear similarity), which no zeroed parameter reproduces, as for a sum over them
+ACTIVATION_PRODUCT = "contracted with another activation (no weight to zero)"
 
 
 @register_rule(aten.linear)
@@ -71,6 +74,8 @@ def matmul(b: Builder, node: fx.Node) -> None:
     for param, role in params:
         if param is not None:
             b.role(param, role)
+    if not any(p for p, _ in params) and b.from_data(x) and b.from_data(y) and b.size(xs[-1]) > 1:
+        b.inexact(xs[-1], ACTIVATION_PRODUCT)
     if len(out) > 2 and not any(p for p, _ in params):
         b.unit(out[-3], "head")  # a batched product of two activations is per head (eager attention)
         if len(xs) > 2 and len(ys) > 2:  # q @ k^T contracts the head size, attn @ v keeps v's: both stay, as under SDPA
@@ -97,6 +102,10 @@ def einsum(b: Builder, node: fx.Node) -> None:
             else:
                 seen[letter] = s
                 b.touch(s)
+    for letter in set(lhs) - {","} - set(rhs):  # summed over
+        readers = [o for t, o in zip(terms, operands) if letter in t]
+        if all(b.from_data(o) for o in readers) and b.size(seen[letter]) > 1:
+            b.inexact(seen[letter], ACTIVATION_PRODUCT if len(readers) > 1 else "summed over by einsum")
     activations = len(terms) == 2 and all(len(t) > 2 and not b.g.nodes[b.slots(o)[0]]["fqn"] for t, o in zip(terms, operands))
     for letter in set(lhs) - {","} - (set(terms[0]) & set(terms[1]) & set(rhs)) if activations else ():
         if b.size(seen[letter]) > 1:  # "bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd": only batch and heads prune, as under SDPA

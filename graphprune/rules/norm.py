@@ -73,9 +73,11 @@ def group_norm(b: Builder, node: fx.Node) -> None:
 @register_rule(aten._weight_norm)
 def weight_norm(b: Builder, node: fx.Node) -> None:
     """``w = g * v / ||v||`` with the norm over every dim but ``dim``: ``dim`` couples v, g and w
-    channel by channel; pruning any other dim changes the norm (inexact)."""
+    channel by channel; pruning any other dim changes the norm (inexact). ``dim=-1`` is torch's code
+    for no dim at all (``weight_norm(m, dim=None)``): one norm over the whole of v, so every dim is inexact."""
     v, g = node.args[:2]
-    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(b.shape(v))
+    raw = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    dim = None if raw == -1 else raw % len(b.shape(v))
     vs, gs, out = b.slots(v), b.slots(g), b.slots(node)
     for d, (s, o) in enumerate(zip(vs, out)):
         b.link_same(s, o)

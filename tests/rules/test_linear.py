@@ -1,6 +1,7 @@
 """Tests for graphprune/rules/linear.py: linear, matmul with a bare weight, einsum, grouped_mm (MoE)."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,3 +76,45 @@ def test_pruned_experts_compute_what_the_zeroed_ones_did() -> None:
     # a quarter of 32 keeps 24 neurons: grouped_mm kernels want rows of 16 bytes
     result = assert_prune_matches(FusedExperts(), TOKENS, fraction=0.25)
     assert result.groups_checked == 1 and result.params_removed > 0
+
+
+class ActivationProducts(nn.Module):
+    """Hidden units read by a weight (``b``) and by a product with another activation: a Gram
+    matrix (``h @ h.T``), a bilinear similarity (einsum), or a scale computed from a parameter
+    alone (``h @ (w * s).T``, weight-like: still a linear map of ``h``)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.how, self.a, self.b = how, nn.Linear(8, 16), nn.Linear(16, 4)
+        self.w, self.s = nn.Parameter(torch.randn(4, 16)), nn.Parameter(torch.rand(16) + 0.5)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)) + 0.1  # a removed unit is 0.1, not 0: its product term stays
+        if self.how == "gram":
+            return self.b(h) + (h @ h.T).diagonal().unsqueeze(1)
+        if self.how == "einsum":
+            return self.b(h) + torch.einsum("bi,bi->b", h, h).unsqueeze(1)
+        return self.b(h) + h @ (self.w * self.s).T
+
+
+@pytest.mark.parametrize("how", ["gram", "einsum"])
+def test_a_product_of_two_activations_over_units_is_inexact(how: str) -> None:
+    """Dropping a unit drops its term of the sum, which no zeroed weight reproduces."""
+    (group,) = graphprune.find_groups(ActivationProducts(how), torch.randn(4, 8)).prunable
+    assert group.width == 16 and "contracted with another activation" in (group.inexact or "")
+
+
+def test_a_product_with_a_weight_built_from_parameters_stays_exact() -> None:
+    model = ActivationProducts("weight-like")
+    (group,) = graphprune.find_groups(model, torch.randn(4, 8)).prunable
+    assert group.width == 16 and group.inexact is None
+    x = torch.randn(4, 8)
+    small = graphprune.shrink(model, 0.3, example_inputs=x, tolerance=0.2)
+    kept = [int((model.a.weight == row).all(1).nonzero()) for row in small.a.weight]
+    gone = sorted(set(range(16)) - set(kept))
+    with torch.no_grad():  # the removed units' terms, zeroed through both weights that read them
+        model.b.weight[:, gone] = 0
+        model.w[:, gone] = 0
+    assert 0 < len(gone) < 16
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)

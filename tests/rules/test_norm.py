@@ -1,6 +1,9 @@
 """Tests for graphprune/rules/norm.py: batch norm exact, layer norm inexact, group norm by groups."""
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 from torch import nn
 
@@ -33,3 +36,20 @@ def test_group_norm_removes_whole_groups() -> None:
     small = graphprune.shrink(GroupNormNet(), 0.3, example_inputs=x, tolerance=0.2)
     assert small.gn.num_groups * 4 == small.gn.num_channels == small.c1.out_channels
     assert_prune_matches(GroupNormNet(), x)
+
+
+@pytest.mark.parametrize("dim, inexact", [(0, False), (None, True)])
+def test_weight_norm_over_the_whole_weight_is_inexact_for_its_inputs(dim, inexact) -> None:
+    """``weight_norm(m, dim=None)`` normalises all of v at once (torch passes dim=-1 for that), so
+    dropping input columns rescales the kept ones; per output row (dim=0) it is inexact too, since
+    each row's norm runs over the inputs. Only the output side of dim=0 is exact."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old API, which HiFi-GAN-style code still uses
+        reader = torch.nn.utils.weight_norm(nn.Linear(16, 4), dim=dim)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), reader).eval()
+    (group,) = graphprune.find_groups(model, torch.randn(3, 8)).prunable
+    assert group.width == 16 and "weight norm normalises over this dim" in group.inexact
+    writer = torch.nn.utils.weight_norm(nn.Linear(8, 16), dim=dim)
+    model = nn.Sequential(writer, nn.ReLU(), nn.Linear(16, 4)).eval()
+    (group,) = graphprune.find_groups(model, torch.randn(3, 8)).prunable
+    assert (group.inexact is not None) is inexact, group.inexact
