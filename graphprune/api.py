@@ -25,6 +25,7 @@ from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, reads_drift, score
 from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
+from .surgery.verify import checkable, misread_group, zeroed_outputs
 from .trace import check_module, trace
 
 
@@ -143,10 +144,15 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
         if stats is not None:
             plan = dataclasses.replace(plan, config={**plan.config, "calibration": {
                 "batches": stats.batches, "loss": stats.loss, "needs": list(stats.needs)}})
+        chosen = checkable(plan, groups, comp)
+        expected = zeroed_outputs(model, chosen, inputs) if chosen else None
         try:
-            apply_plan_shared_(target, plan, inputs, comp, shared)
+            apply_plan_shared_(target, plan, inputs, comp, shared, expected)
             return plan, comp
         except SurgeryError as err:
+            if getattr(err, "values", None) is not None:
+                config = _without_misread(model, groups, chosen, inputs, config, err)
+                continue
             if getattr(err, "module", None) == "":
                 raise SurgeryError(f"{err} {_root_advice(model, groups, plan, inputs, config)}") from err
             culprits = _same_type(model, getattr(err, "module", None))
@@ -156,6 +162,21 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             left_out.append(type(model.get_submodule(culprits[0])).__qualname__)
             config = dataclasses.replace(config, ignore=(*config.ignore, *culprits))
     raise SurgeryError(f"the pruned forward still fails after leaving {MAX_RETRIES} module types unpruned")
+
+
+def _without_misread(model: nn.Module, groups: Any, chosen: list, inputs: Any, config: ShrinkConfig,
+                     err: SurgeryError) -> ShrinkConfig:
+    """``config`` leaving out the module of the group whose pruning the code misreads (found by
+    halving the plan on copies), with a warning; ``err`` when no single group or module explains it."""
+    group = misread_group(model, groups, chosen, inputs)
+    fqn = group.members[0].fqn.rpartition(".")[0] if group is not None else ""
+    if not fqn or fqn in config.ignore:
+        raise SurgeryError(f"{err}. Find the group with graphprune.testing.assert_prune_matches(model) and leave "
+                           f"its module out with ignore=, or compute the value from the tensor itself") from err
+    warnings.warn(f"graphprune: the forward reads the width of {group.module or '<root>'} ({group.width} "
+                  f"{group.unit}s) as a number: pruning it changes what the code computes, not just which units "
+                  f"run; leaving {fqn!r} unpruned")
+    return dataclasses.replace(config, ignore=(*config.ignore, fqn))
 
 
 def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores, left_out: list[str],

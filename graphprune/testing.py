@@ -19,6 +19,7 @@ from .groups import Group, Groups, find_groups
 from .inputs import first_tensor, run_model
 from .plan import plan_from_units
 from .surgery import apply_plan_
+from .surgery.verify import max_difference
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,7 @@ def assert_prune_matches(model: nn.Module, example_inputs: Any = None, fraction:
     groups = groups or find_groups(model, example_inputs)
     zeroed, pruned, used = zero_and_prune(model, groups, fraction, seed, kinds)
     inputs = groups.traced.inputs
-    expected = first_tensor(run_model(zeroed, inputs))
-    got = first_tensor(run_model(pruned, inputs))
-    scale = expected.abs().max().clamp_min(1e-12)
-    rel = float((got - expected).abs().max() / scale)
+    rel = max_difference(run_model(zeroed, inputs), run_model(pruned, inputs))
     assert rel <= tol, f"pruned output differs by {rel:.3g} of the output scale (> {tol}) after removing zeroed units"
     removed = sum(p.numel() for p in zeroed.parameters()) - sum(p.numel() for p in pruned.parameters())
     return OracleResult(used, removed, rel)

@@ -13,8 +13,12 @@ from ..inputs import Inputs, normalize_inputs, output_shapes, run_model
 from ..plan import Plan
 
 
+def as_inputs(example_inputs: Any) -> Inputs:
+    return example_inputs if _is_inputs(example_inputs) else normalize_inputs(example_inputs)
+
+
 def check_forward(model: nn.Module, plan: Plan, example_inputs: Any) -> None:
-    inputs: Inputs = example_inputs if _is_inputs(example_inputs) else normalize_inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     try:
         shapes = output_shapes(run_model(model, inputs))
     except Exception as err:

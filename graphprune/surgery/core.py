@@ -13,10 +13,11 @@ from ..errors import SurgeryError
 from ..plan import Plan
 from ..registry import Registry
 from ..validate import check_plan
-from .checks import check_config, check_forward
+from .checks import as_inputs, check_config, check_forward
 from .config import hf_config, start_record_, sync_config_
 from .snapshot import Snapshot
 from .tensors import held_elsewhere, owner_of, slice_tensors, unshare_
+from .verify import check_values
 
 SLICERS = Registry("slicer")
 SURGEONS = Registry("surgeon")
@@ -72,17 +73,18 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
 
 
 def apply_plan_shared_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None,
-                       shared: frozenset[int] = frozenset()) -> nn.Module:
+                       shared: frozenset[int] = frozenset(), expected: Any = None) -> nn.Module:
     """``apply_plan_`` for a model whose tensors with ids in ``shared`` belong to another model too
     (``shared_copy``): those are read, never released; every other sliced tensor is released as
     soon as its kept part exists, and only its removed part is kept for a rollback, so memory
-    stays at about one model's size (plus one tensor) instead of two."""
+    stays at about one model's size (plus one tensor) instead of two. ``expected``: the original's
+    outputs with the removed units zeroed (``verify.zeroed_outputs``), which the pruned ones must equal."""
     check_plan(model, plan)  # before anything changes: a plan may come from a file
-    return apply_checked_(model, plan, example_inputs, compensation, shared)
+    return apply_checked_(model, plan, example_inputs, compensation, shared, expected)
 
 
 def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None,
-                   shared: frozenset[int] = frozenset()) -> nn.Module:
+                   shared: frozenset[int] = frozenset(), expected: Any = None) -> nn.Module:
     """``apply_plan_shared_`` for a plan already checked against ``model`` (``graphprune.record``
     checks the shape plans it builds from a saved record with ``check_record``)."""
     extra = _compensated_modules(compensation)
@@ -97,6 +99,8 @@ def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, com
         unshare_(model, shared)  # before any forward: a train-mode forward writes BN statistics in place
         if example_inputs is not None:
             check_forward(model, plan, example_inputs)
+            if expected is not None:
+                check_values(model, as_inputs(example_inputs), expected)
         if plan.config.get("uniform") and hf_config(model) is not None:
             check_config(model)
     except BaseException as err:  # Ctrl-C mid-surgery too: never hand back a half-sliced model

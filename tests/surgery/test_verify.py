@@ -1,0 +1,91 @@
+"""Tests for graphprune/surgery/verify.py: a width the code reads as a number is caught by the value
+check after surgery, its group left out, and a plan it cannot judge is not checked."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import graphprune
+from graphprune.surgery.verify import checkable
+
+X = torch.randn(4, 8)
+
+
+class ReadsWidth(nn.Module):
+    """Two hidden groups; the forward reads the first one's width as a number, as
+    ``torch.export`` sees only the constant 16 (scale, attribute, branch)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        self.a, self.b, self.c, self.d = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(8, 12), nn.Linear(12, 4)
+
+    def forward(self, x):
+        h, k = torch.relu(self.a(x)), torch.relu(self.c(x))
+        out = self.b(h)
+        if self.how == "scale":
+            out = out / math.sqrt(h.shape[-1])
+        elif self.how == "attribute":
+            out = out / math.sqrt(self.a.out_features)
+        elif self.how == "branch" and h.shape[1] == 16:
+            out = out * 2
+        return out + self.d(k)
+
+
+@pytest.mark.parametrize("how", ["scale", "attribute", "branch"])
+def test_a_width_read_as_a_number_leaves_its_group_unpruned(how: str) -> None:
+    model = ReadsWidth(how).eval()
+    with pytest.warns(UserWarning, match="reads the width of a .* as a number.*leaving 'a' unpruned"):
+        small, report = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2, return_report=True)
+    assert small.a.out_features == 16 and small.c.out_features < 12
+    zeroed = copy.deepcopy(model)
+    kept = [int((model.c.weight == row).all(1).nonzero()) for row in small.c.weight]
+    with torch.no_grad():
+        zeroed.d.weight[:, sorted(set(range(12)) - set(kept))] = 0
+    torch.testing.assert_close(small(X), zeroed(X), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_that_reads_widths_it_does_not_use_is_pruned_without_a_word() -> None:
+    model = ReadsWidth("none").eval()
+    small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2)
+    assert small.a.out_features < 16 and small.c.out_features < 12
+
+
+class RootReads(nn.Module):
+    """The misread group belongs to the root module, which cannot be left out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w1, self.w2 = nn.Parameter(torch.randn(8, 16)), nn.Parameter(torch.randn(16, 4))
+
+    def forward(self, x):
+        h = torch.relu(x @ self.w1)
+        return h @ self.w2 / h.shape[-1]
+
+
+def test_a_misread_the_root_holds_is_an_error_and_the_model_is_restored() -> None:
+    model = RootReads().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(graphprune.SurgeryError, match="differs by .* of its scale .* reads a pruned width as a "
+                                                      "number.*assert_prune_matches"):
+        graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2, inplace=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_only_exact_plans_without_compensation_are_checked() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    groups = graphprune.find_groups(model, X)
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3, tolerance=0.2))
+    assert [len(u) for _, u in checkable(plan, groups, None)] == [len(plan.removed[next(iter(plan.removed))])]
+    assert checkable(plan, groups, compensation=object()) is None
+    norm = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    groups = graphprune.find_groups(norm, X)
+    assert checkable(graphprune.make_plan(norm, groups, graphprune.ShrinkConfig(ratio=0.3, tolerance=0.2)),
+                     groups, None) is None
