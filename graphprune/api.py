@@ -1,7 +1,6 @@
 """The one-call entry point: trace -> coupling -> groups -> scores -> plan -> surgery -> report."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from typing import Any, Callable, Iterable
@@ -27,6 +26,7 @@ from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
 from .surgery.verify import checkable, misread_group, zeroed_outputs
 from .trace import check_module, trace
+from .surgery.tensors import copy_model
 
 
 def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplace: bool = False,
@@ -201,7 +201,7 @@ def _root_advice(model: nn.Module, groups: Any, plan: Plan, inputs: Any, config:
         part = plan_from_units(model, [(by_id[i], u) for i, u in plan.removed.items() if kind(by_id[i]) == k],
                                plan.config, groups)
         try:
-            apply_plan_(copy.deepcopy(model), part, inputs)
+            apply_plan_(copy_model(model), part, inputs)
         except SurgeryError:
             breaking.append(k)
     fine = tuple(k for k in kinds if k not in breaking)

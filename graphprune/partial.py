@@ -8,7 +8,6 @@ the model still fits), and checks the whole model still runs.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from torch import nn
@@ -21,6 +20,7 @@ from .report import Report, count_macs
 from .plan import count_params
 from .trace import _eval_mode
 from .untraceable import submodule_inputs
+from .surgery.tensors import copy_model
 
 
 def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, example_inputs: Any = None,
@@ -49,7 +49,7 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
                           "on the pruned model instead")
     options = {**options, "ignore": config.ignore}
     inputs = default_inputs(model) if example_inputs is None else normalize_inputs(example_inputs)
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else copy_model(model)
     with _eval_mode(target):
         seen = submodule_inputs(target, inputs)
     missing = [n for n in names if n not in seen]

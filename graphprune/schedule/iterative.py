@@ -2,7 +2,6 @@
 re-tracing the pruned model and re-scoring (re-calibrating when data is given) before it cuts."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any, Callable, Iterable
 
@@ -13,6 +12,7 @@ from ..drift import Reference, reference_to
 from ..inputs import reusable
 from ..report import Report, make_report
 from .rounds import Done, Round, baseline, compose, notes_of, prune_round_, restore_
+from ..surgery.tensors import copy_model
 
 
 def shrink_steps(model: nn.Module, config: ShrinkConfig, *, example_inputs: Any = None, inplace: bool = False,
@@ -30,8 +30,8 @@ def shrink_steps(model: nn.Module, config: ShrinkConfig, *, example_inputs: Any 
     ([0.2, 0.4], 38)
     """
     user_ignore = config.ignore
-    saved = copy.deepcopy(model) if inplace else None  # for the rollback, and the report's "before"
-    target = model if inplace else copy.deepcopy(model)
+    saved = copy_model(model) if inplace else None  # for the rollback, and the report's "before"
+    target = model if inplace else copy_model(model)
     base = baseline(model, example_inputs)
     batches = reusable(calibration, config.max_batches)
     rounds: list[Round] = []

@@ -4,6 +4,7 @@ slice, so pruning a copy needs no second full model."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,25 @@ def shared_copy(model: nn.Module, fqns: set[str]) -> tuple[nn.Module, frozenset[
     left whole. Returns the copy and the ids of the shared tensors."""
     named = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
     memo = {id(named[f]): named[f] for f in fqns if f in named}
-    return copy.deepcopy(model, memo), frozenset(memo)
+    return copy_model(model, memo), frozenset(memo)
+
+
+def copy_model(model: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
+    """``copy.deepcopy(model, memo)`` that also copies a tensor a forward left on a module as a plain
+    attribute with its autograd history (old ``torch.nn.utils.weight_norm`` keeps ``weight`` so until
+    a no-grad forward), which deepcopy refuses: the copy holds it detached, and the hook that wrote
+    it recomputes it on the next forward anyway.
+
+    >>> lin = torch.nn.utils.weight_norm(nn.Linear(2, 3))
+    >>> copy_model(lin).weight.grad_fn is None
+    True
+    """
+    memo = dict(memo or {})
+    for mod in model.modules():
+        for value in vars(mod).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None and id(value) not in memo:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def unshare_(model: nn.Module, shared: frozenset[int]) -> None:

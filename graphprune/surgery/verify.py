@@ -5,7 +5,6 @@ oracle, run on the real plan). A width the code reads as a number (``h / math.sq
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -89,10 +88,11 @@ def misread_group(model: nn.Module, groups: Any, chosen: list[tuple[Any, list[in
 def _misread(model: nn.Module, groups: Any, part: list[tuple[Any, list[int]]], inputs: Inputs) -> bool:
     from ..plan import plan_from_units  # the plan stage imports surgery
     from .core import apply_checked_
+    from .tensors import copy_model
 
     plan = plan_from_units(model, part, {}, groups)
     try:
-        apply_checked_(copy.deepcopy(model), plan, inputs, expected=zeroed_outputs(model, part, inputs))
+        apply_checked_(copy_model(model), plan, inputs, expected=zeroed_outputs(model, part, inputs))
     except SurgeryError as err:
         return getattr(err, "values", None) is not None
     return False

@@ -53,3 +53,19 @@ def test_weight_norm_over_the_whole_weight_is_inexact_for_its_inputs(dim, inexac
     model = nn.Sequential(writer, nn.ReLU(), nn.Linear(16, 4)).eval()
     (group,) = graphprune.find_groups(model, torch.randn(3, 8)).prunable
     assert (group.inexact is not None) is inexact, group.inexact
+
+
+def test_an_old_weight_norm_model_prunes_before_any_forward() -> None:
+    """A freshly built old-API weight_norm module holds ``weight`` with autograd history, which
+    ``copy.deepcopy`` refuses; the copy graphprune prunes holds it detached instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.manual_seed(0)
+        model = nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(8, 16)), nn.ReLU(), nn.Linear(16, 4)).eval()
+    assert model[0].weight.grad_fn is not None
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # export's note on the attribute the hook assigns
+        small = graphprune.shrink(model, 0.3, example_inputs=x, tolerance=0.2)
+    assert small[0].weight_v.shape[0] == small[0].weight_g.shape[0] == small[2].in_features < 16
+    assert model[0].weight_v.shape[0] == 16 and small(x).shape == (4, 4)
