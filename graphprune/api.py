@@ -25,7 +25,7 @@ from .scores import Scores, needs_of, reads_drift, score
 from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
 from .surgery.verify import checkable, misread_group, zeroed_outputs
-from .trace import check_module, trace
+from .trace import check_module, check_runs, is_meta, trace
 from .surgery.tensors import copy_model
 
 
@@ -145,7 +145,7 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             plan = dataclasses.replace(plan, config={**plan.config, "calibration": {
                 "batches": stats.batches, "loss": stats.loss, "needs": list(stats.needs)}})
         chosen = checkable(plan, groups, comp)
-        expected = zeroed_outputs(model, chosen, inputs) if chosen else None
+        expected = _zeroed_reference(model, chosen, inputs) if chosen else None
         try:
             apply_plan_shared_(target, plan, inputs, comp, shared, expected)
             return plan, comp
@@ -153,6 +153,8 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             if getattr(err, "values", None) is not None:
                 config = _without_misread(model, groups, chosen, inputs, config, err)
                 continue
+            if hasattr(err, "module") and not left_out:
+                check_runs(model, inputs)  # wrong example inputs fail the unpruned model too: say that
             if getattr(err, "module", None) == "":
                 raise SurgeryError(f"{err} {_root_advice(model, groups, plan, inputs, config)}") from err
             culprits = _same_type(model, getattr(err, "module", None))
@@ -162,6 +164,18 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             left_out.append(type(model.get_submodule(culprits[0])).__qualname__)
             config = dataclasses.replace(config, ignore=(*config.ignore, *culprits))
     raise SurgeryError(f"the pruned forward still fails after leaving {MAX_RETRIES} module types unpruned")
+
+
+def _zeroed_reference(model: nn.Module, chosen: list, inputs: Any) -> Any:
+    """What the pruned model must output (``verify.zeroed_outputs``); None on the meta device, where
+    nothing runs. Inputs the unpruned model rejects (a wrong dtype passes export) are a TraceError."""
+    if is_meta(model):
+        return None
+    try:
+        return zeroed_outputs(model, chosen, inputs)
+    except Exception:  # noqa: BLE001 - the unpruned model decides whether the inputs are at fault
+        check_runs(model, inputs)
+        return None  # the model runs, only not through functional_call: nothing to check against
 
 
 def _without_misread(model: nn.Module, groups: Any, chosen: list, inputs: Any, config: ShrinkConfig,

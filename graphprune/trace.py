@@ -89,7 +89,7 @@ def trace(model: nn.Module, example_inputs: Any = None) -> Traced:
         except Exception as err:  # noqa: BLE001 - every export failure is retried via symbolic_trace
             first = err
         if not is_meta(model):
-            _reference_output(model, inputs)  # a model that does not run at all is told so plainly
+            check_runs(model, inputs)  # a model that does not run at all is told so plainly
         try:
             gm = fx.symbolic_trace(model)
             return _from_export(model, gm, inputs, "symbolic_trace+export", notes)
@@ -124,7 +124,9 @@ def is_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-def _reference_output(model: nn.Module, inputs: Inputs) -> None:
+def check_runs(model: nn.Module, inputs: Inputs) -> None:
+    """``TraceError`` when the unpruned model itself fails on the inputs (export runs on fake tensors,
+    so a wrong dtype passes it), instead of blaming what pruning did."""
     try:
         run_model(model, inputs)
     except Exception as err:  # noqa: BLE001
@@ -136,7 +138,8 @@ def _reference_output(model: nn.Module, inputs: Inputs) -> None:
 
 def _describe(inputs: Inputs) -> str:
     args, kwargs = inputs
-    fmt = lambda v: f"Tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+    fmt = lambda v: (f"Tensor{tuple(v.shape)}" + ("" if v.dtype == torch.float32 else f" {str(v.dtype)[6:]}")
+                     if isinstance(v, torch.Tensor) else type(v).__name__)
     return ", ".join([fmt(a) for a in args] + [f"{k}={fmt(v)}" for k, v in kwargs.items()])
 
 

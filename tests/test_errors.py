@@ -47,6 +47,14 @@ def test_a_flag_that_is_no_bool_is_refused_before_anything_changes(flag) -> None
     assert _same(model, state)
 
 
+@pytest.mark.parametrize("dtype", [torch.long, torch.float16])
+def test_inputs_of_a_wrong_dtype_are_blamed_on_the_inputs_not_on_pruning(dtype) -> None:
+    """Export runs on fake tensors and takes them; the unpruned model's own forward then says no."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(TraceError, match=f"does not run on the example inputs \\(Tensor\\(2, 8\\) {str(dtype)[6:]}\\)"):
+        graphprune.shrink(model, 0.3, example_inputs=torch.ones(2, 8, dtype=dtype), tolerance=0.2)
+
+
 def test_wrong_example_inputs_raise_trace_error_and_keep_model() -> None:
     model = Residual()
     state = _state(model)
