@@ -17,6 +17,17 @@ COMPENSATE = (None, "mean", "lstsq")
 ROUND_REFERENCES = ("original", "current")
 
 
+def _check_block_scorer(name: Any) -> None:
+    """A misspelt block scorer is an error even when prune= has no "layers" to use it on."""
+    from .criteria.blocks import list_block_scorers  # criteria import this module
+
+    known = ["auto", *list_block_scorers()]
+    if isinstance(name, str) and name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"block_scorer={name!r} is not one of {known}{hint}")
+
+
 def check_flags(**flags: Any) -> None:
     """Refuse a flag that is not a bool: ``inplace="no"`` is truthy and would prune in place.
 
@@ -157,6 +168,7 @@ class ShrinkConfig:
                               f"remove them first (prune=('layers',)), then prune widths in rounds")
         if not isinstance(self.block_scorer, str) and not callable(self.block_scorer):
             raise ConfigError(f"block_scorer={self.block_scorer!r} must be a registered name or fn(ctx) -> float")
+        _check_block_scorer(self.block_scorer)
         object.__setattr__(self, "prune", prune)
         object.__setattr__(self, "ignore", _ignore_names(self.ignore))
 

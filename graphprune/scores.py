@@ -179,6 +179,11 @@ def _checked(values: Any, g: Group, scorer: Any) -> np.ndarray:
         raise ConfigError(f"scorer {_name(scorer)!r} returned shape {raw.shape} for group {g.id} "
                           f"({g.module}); it must return one score per unit, shape ({g.width},)")
     if not np.isfinite(raw).all():
+        if getattr(resolve_scorer(scorer), "needs", ()):  # read from data: the batches are the likely cause
+            raise CalibrationError(f"scorer {_name(scorer)!r} returned non-finite scores for group {g.id} "
+                                   f"({g.module}): the calibration statistics hold NaN or inf; check that every "
+                                   f"batch is finite (torch.isfinite(x).all()) and that the model does not "
+                                   f"overflow on them (float16)")
         raise ConfigError(f"scorer {_name(scorer)!r} returned non-finite scores for group {g.id} ({g.module})")
     return raw
 

@@ -114,3 +114,12 @@ def test_consumers_are_leaf_modules_that_multiply_their_input(mlp) -> None:
     (g,) = [g for g in groups.prunable if g.width == 10]
     where = {m.fqn: consumer_of(model, m) for m in g.members}
     assert where == {"fc1.weight": None, "fc1.bias": None, "fc2.weight": ("fc2", -1)}
+
+
+def test_non_finite_batches_are_named_as_the_cause() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    bad = torch.randn(4, 8)
+    bad[0, 0] = float("nan")
+    with pytest.raises(graphprune.CalibrationError, match="calibration statistics hold NaN or inf.*isfinite"):
+        graphprune.shrink(model, 0.3, example_inputs=torch.randn(4, 8), calibration=[bad], scorer="activation",
+                          tolerance=0.2)

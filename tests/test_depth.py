@@ -187,3 +187,8 @@ def test_hf_depth_and_per_layer_widths_reload_through_graphprune(tmp_path) -> No
     again = graphprune.from_pretrained(str(tmp_path))
     ids = torch.tensor([[5, 6, 7, 8]])
     assert torch.equal(again(ids).logits, small(ids).logits)
+
+
+def test_a_misspelt_block_scorer_is_refused_even_without_layers() -> None:
+    with pytest.raises(graphprune.ConfigError, match="block_scorer='angualr' is not one of .*did you mean 'angular'"):
+        graphprune.shrink(Stack([Res, Res]), 0.3, block_scorer="angualr", example_inputs=X)
