@@ -63,9 +63,10 @@ def test_timm_shrink_apply_and_inspect_end_to_end(tmp_path, capsys) -> None:
     assert code == 0 and f"-> {report['params_after']:,}" in text, err
     assert graphprune.count_params(graphprune.load_pretrained(str(again))) == report["params_after"]
     code, text, err = _run(capsys, "inspect", str(out), "--html", str(tmp_path / "g.html"), "--dot",
-                           str(tmp_path / "g.dot"), "--json", str(tmp_path / "g.json"))
+                           str(tmp_path / "new" / "g.dot"), "--json", str(tmp_path / "g.json"))
     assert code == 0 and "prunable groups" in text, err
     assert (tmp_path / "g.html").read_text().startswith("<!DOCTYPE html>")
+    assert (tmp_path / "new" / "g.dot").read_text().startswith("digraph")  # its folder was made for it
 
 
 def test_torchvision_with_an_input_shape_end_to_end(tmp_path, capsys) -> None:
@@ -124,6 +125,7 @@ def test_hf_folder_end_to_end(tmp_path, capsys) -> None:
     (["apply", "timm:test_resnet", "{t}/NOTES", "--out", "{t}/OUT"], "is not valid JSON"),
     (["apply", "timm:test_resnet", "{t}/PLAN", "--out", "{t}/OUT"], "the plan was made for another model"),
     (["inspect", "class:no_such_module:Net"], "cannot find the model class"),
+    (["inspect", "class:torch.nn:Linear"], "cannot build class:torch.nn:Linear: Linear.__init__() missing 2 required"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, match) -> None:
     (tmp_path / "NOTES").write_text("not a model")

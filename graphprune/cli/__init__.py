@@ -87,6 +87,7 @@ def _inspect(args: argparse.Namespace) -> int:
     print(groups_table(groups, limit=args.limit))
     for path, write in ((args.json, groups.to_json), (args.html, groups.to_html), (args.dot, groups.to_dot)):
         if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # as check_out_file promised
             write(path)
             print(f"wrote {path}")
     return 0
@@ -138,7 +139,13 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _load(spec: ModelSpec, args: argparse.Namespace) -> nn.Module:
     c.import_modules(args.imports)
-    return spec.build(allow_import=spec.source == "class").eval()  # class:...: typed by the user
+    try:
+        return spec.build(allow_import=spec.source == "class").eval()  # class:...: typed by the user
+    except TypeError as err:  # the constructor wants arguments the command line cannot give
+        if spec.source != "class":
+            raise
+        raise ConfigError(f"cannot build {spec}: {err}; the command line builds a class without arguments: give "
+                          f"the class defaults, or build the model in Python and call graphprune.shrink") from err
 
 
 def _save(model: nn.Module, spec: ModelSpec, args: argparse.Namespace, plan: object) -> None:
