@@ -102,6 +102,12 @@ def einsum(b: Builder, node: fx.Node) -> None:
             else:
                 seen[letter] = s
                 b.touch(s)
+    for i, (term, operand) in enumerate(zip(terms, operands)):  # a weight's letters: read (summed) or written
+        others = "".join(t for j, t in enumerate(terms) if j != i)
+        for d, letter in enumerate(term):
+            param = b.param_slot(operand, d) if letter in others or letter in rhs else None
+            if param is not None:
+                b.role(param, "out" if letter in rhs else "in")
     for letter in set(lhs) - {","} - set(rhs):  # summed over
         readers = [o for t, o in zip(terms, operands) if letter in t]
         if all(b.from_data(o) for o in readers) and b.size(seen[letter]) > 1:

@@ -34,18 +34,39 @@ def checkable(plan: Any, groups: Any, compensation: Any) -> list[tuple[Any, list
 
 
 def zeroed_outputs(model: nn.Module, chosen: list[tuple[Any, list[int]]], inputs: Inputs) -> Any:
-    """The model's outputs with the chosen units' input weights zeroed: only those tensors are
-    copied (``functional_call``), so the check costs one forward, not a second model."""
-    own = dict(model.named_parameters())
-    zeroed: dict[str, torch.Tensor] = {}
+    """The model's outputs with the chosen units' input weights zeroed, or None when that zeroing
+    does not cut the units off: scrambling the weights that produce them must then change nothing,
+    and where it does (a weight used through an op no role reaches, such as ``w * s``) there is no
+    reference to check against. Only the touched tensors are copied (``functional_call``)."""
+    zeroed = _with_units(model, chosen, "in", lambda t, d, ix: t.index_fill_(d, ix, 0))
+    if not zeroed or not _with_units(model, chosen, "out", lambda *_: None):
+        return None  # nothing to zero, or no weight producing the units: nothing proves they are cut off
+    scrambled = _with_units(model, chosen, "out", _scramble_, zeroed)
+    expected = _call(model, zeroed, inputs)
+    return expected if max_difference(expected, _call(model, scrambled, inputs)) <= DEFAULT_TOLERANCE else None
+
+
+def _with_units(model: nn.Module, chosen: list, role: str, edit_: Any, tensors: dict | None = None) -> dict:
+    """``tensors`` plus copies of the parameters playing ``role`` for the chosen units, edited there."""
+    own, tensors = dict(model.named_parameters()), dict(tensors or {})
     for g, units in chosen:
         for m in g.members:
-            if "in" in m.roles and m.fqn in own:
-                t = zeroed.setdefault(m.fqn, own[m.fqn].detach().clone())
-                t.index_fill_(m.dim, torch.as_tensor(m.indices[units].ravel(), device=t.device), 0)
+            if role in m.roles and m.fqn in own:
+                t = tensors.setdefault(m.fqn, own[m.fqn].detach().clone())
+                edit_(t, m.dim, torch.as_tensor(m.indices[units].ravel(), device=t.device))
+    return tensors
+
+
+def _scramble_(t: torch.Tensor, dim: int, index: torch.Tensor) -> None:
+    part = t.index_select(dim, index)
+    noise = torch.randn(part.shape, generator=torch.Generator().manual_seed(0)).to(part)
+    t.index_copy_(dim, index, part + noise * (t.float().std().nan_to_num(1.0).item() + 1e-3))
+
+
+def _call(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: Inputs) -> Any:
     args, kwargs = inputs
     with torch.no_grad(), eval_mode(model):
-        return functional_call(model, zeroed, tuple(args), dict(kwargs))
+        return functional_call(model, tensors, tuple(args), dict(kwargs))
 
 
 def check_values(model: nn.Module, inputs: Inputs, expected: Any) -> None:

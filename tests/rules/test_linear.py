@@ -118,3 +118,7 @@ def test_a_product_with_a_weight_built_from_parameters_stays_exact() -> None:
         model.w[:, gone] = 0
     assert 0 < len(gone) < 16
     torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_einsum_weights_get_roles_so_the_oracle_can_zero_them() -> None:
+    assert assert_prune_matches(Einsum(), torch.randn(2, 4)).groups_checked == 1

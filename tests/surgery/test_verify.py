@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import graphprune
-from graphprune.surgery.verify import checkable
+from graphprune.surgery.verify import checkable, zeroed_outputs
 
 X = torch.randn(4, 8)
 
@@ -89,3 +89,29 @@ def test_only_exact_plans_without_compensation_are_checked() -> None:
     groups = graphprune.find_groups(norm, X)
     assert checkable(graphprune.make_plan(norm, groups, graphprune.ShrinkConfig(ratio=0.3, tolerance=0.2)),
                      groups, None) is None
+
+
+class ScaledWeight(nn.Module):
+    """The hidden units are also read through ``w * s``: no role reaches ``w`` there, so zeroing the
+    roles' weights leaves them contributing and the zeroed model is no reference."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.w, self.s = nn.Parameter(torch.randn(4, 16)), nn.Parameter(torch.rand(16) + 0.5)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h) + h @ (self.w * self.s).T
+
+
+@pytest.mark.parametrize("model, usable", [(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), True),
+                                           (ScaledWeight(), False)])
+def test_a_zeroed_model_is_a_reference_only_if_the_units_are_cut_off(model: nn.Module, usable: bool) -> None:
+    groups = graphprune.find_groups(model.eval(), X)
+    plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3, tolerance=0.2))
+    chosen = checkable(plan, groups, None)
+    assert chosen and (zeroed_outputs(model, chosen, groups.traced.inputs) is not None) is usable
+    small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2)  # pruned either way, no false alarm
+    assert graphprune.count_params(small) < graphprune.count_params(model)
