@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import GraphPruneError, LoadError, PlanError
+from .errors import ConfigError, GraphPruneError, LoadError, PlanError
 from .progress import bar
 from .record import RECORD_VERSION, read_record, reshape_
 from . import schema
@@ -42,8 +42,13 @@ def save_pretrained(model: nn.Module, directory: str, base: Any = None, plan: An
     >>> again.fc.in_features == small.fc.in_features
     True
     """
+    from .sparsity.masks import is_masked
     from .surgery.config import hf_config
 
+    masked = [fqn for fqn, mod in model.named_modules() if is_masked(mod)]
+    if masked:  # parametrized names (weight -> parametrizations.weight.original) match no rebuilt model
+        raise ConfigError(f"{len(masked)} layer(s) such as {masked[0]!r} carry sparsity masks; call "
+                          f"graphprune.make_dense_(model) first, which bakes the zeros into plain weights")
     os.makedirs(directory, exist_ok=True)
     # files an earlier save left that would now describe another model (graphprune.json wins over config.json)
     for stale in ([RECORD] if hf_config(model) is not None else []) + ([PLAN] if plan is None else []):

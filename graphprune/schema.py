@@ -197,7 +197,8 @@ def read_text(path: str, what: str) -> str:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as err:
-        raise PlanError(f"cannot read {what} {path!r}: {err.strerror or err}") from err
+        shown = path if len(path) <= 200 else f"{path[:200]}... ({len(path)} characters)"
+        raise PlanError(f"cannot read {what} {shown!r}: {err.strerror or err}") from err
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -207,8 +208,10 @@ def read_text(path: str, what: str) -> str:
 
 def read_json(text_or_path: str, what: str) -> tuple[Any, str]:
     """(parsed JSON, where it came from) from JSON text or the path of a JSON file."""
-    if text_or_path.lstrip().startswith("{"):
-        text, where = text_or_path, what
+    if not isinstance(text_or_path, str):
+        raise PlanError(f"a {what} is JSON text or the path of a JSON file, got {type(text_or_path).__name__}")
+    if text_or_path.lstrip()[:1] in ("{", "[") or text_or_path.strip() in ("null", "true", "false"):
+        text, where = text_or_path, what  # JSON text (a file name never looks like this)
     else:
         text, where = read_text(text_or_path, f"{what} file"), f"{what} file {text_or_path!r}"
     try:

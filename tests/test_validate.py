@@ -196,3 +196,16 @@ def test_a_new_kind_of_change_registers_its_own_check(grouped) -> None:
     finally:
         graphprune.validate.PLAN_CHECKS._items.pop("test-kind")
     assert seen == [plan]
+
+
+def test_a_forged_huge_index_is_a_plan_error_not_an_overflow() -> None:
+    from graphprune.validate.indices import check_indices
+
+    with pytest.raises(graphprune.PlanError, match="index 1000000000000000000000000000000 is out of range"):
+        check_indices([0, 1, 10**30], torch.zeros(16), "keep['w'][0]", 0)
+
+
+@pytest.mark.parametrize("text", ["[]", "null", " [1, 2]"])
+def test_json_that_is_no_object_is_read_as_json_not_as_a_file_name(text) -> None:
+    with pytest.raises(graphprune.PlanError, match="plan must be a JSON object"):
+        graphprune.Plan.from_json(text)

@@ -34,12 +34,12 @@ def check_indices(ix: list[int], tensor: torch.Tensor, field: str, dim: int) -> 
         raise PlanError(f"plan field {field}: dim {dim} does not exist in a tensor of shape {tuple(tensor.shape)}")
     if not ix:
         raise PlanError(f"plan field {field}: keeps no index; a pruned dim keeps at least one")
-    a = np.asarray(ix, dtype=np.int64)
     size = tensor.shape[dim]
-    if a.min() < 0:
-        raise PlanError(f"plan field {field}: negative index {int(a.min())}; kept indices count from 0")
-    if a.max() >= size:
-        raise PlanError(f"plan field {field}: index {int(a.max())} is out of range for dim {dim} of size {size}")
+    if min(ix) < 0:  # on Python ints first: a forged 10**30 would overflow int64
+        raise PlanError(f"plan field {field}: negative index {min(ix)}; kept indices count from 0")
+    if max(ix) >= size:
+        raise PlanError(f"plan field {field}: index {max(ix)} is out of range for dim {dim} of size {size}")
+    a = np.asarray(ix, dtype=np.int64)
     step = np.diff(a)
     if (step == 0).any():
         raise PlanError(f"plan field {field}: index {int(a[1:][step == 0][0])} appears twice; kept indices "

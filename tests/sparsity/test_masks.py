@@ -162,6 +162,8 @@ def test_shrink_refuses_masks_and_keeps_the_zeros_once_they_are_dense() -> None:
         graphprune.shrink(model, 0.3, example_inputs=x)
     with pytest.raises(ConfigError, match="make_dense_"):
         graphprune.Pruner(model, 0.3, example_inputs=x)
+    with pytest.raises(ConfigError, match="carry sparsity masks; call graphprune.make_dense_"):
+        graphprune.save_pretrained(model, "never-written")
     dense = graphprune.make_dense_(model)
     small, report = graphprune.shrink(dense, 0.3, example_inputs=x, return_report=True)
     kept = report.plan.keep["4.weight"][1]
