@@ -33,6 +33,7 @@ def slice_tensors(model: nn.Module, plan: Plan, undo: list, keep_whole: frozense
         old = tensors[fqn]
         release = id(old) not in keep_whole
         new, removed = _cut(old.detach(), dims, save=release)
+        new = new.contiguous(memory_format=_layout(old))
         if isinstance(old, nn.Parameter):
             new = nn.Parameter(new, requires_grad=old.requires_grad)
         for name in aliases[id(old)]:  # tied weights stay one tensor
@@ -42,6 +43,16 @@ def slice_tensors(model: nn.Module, plan: Plan, undo: list, keep_whole: frozense
         if release:  # the snapshot holds `old` itself: give back its memory, keep what a rollback needs
             undo.append((old, new, removed))
             old.data = torch.empty(0, dtype=old.dtype, device=old.device)
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    """The memory format ``t`` is stored in (a channels-last conv weight stays channels-last: its
+    kernels are what the GPU picked the layout for)."""
+    if t.dim() in (4, 5) and not t.is_contiguous():
+        fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+        if t.is_contiguous(memory_format=fmt):
+            return fmt
+    return torch.contiguous_format
 
 
 def _cut(t: torch.Tensor, dims: dict[int, list[int]], save: bool) -> tuple[torch.Tensor, list]:

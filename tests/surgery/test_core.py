@@ -115,3 +115,11 @@ def test_an_interrupt_mid_surgery_restores_the_model(interrupt: type[BaseExcepti
     for k, v in before.items():
         torch.testing.assert_close(after[k], v, rtol=0, atol=0)
     assert [l.out_features for l in (m[0], m[2])] == [16, 16]
+
+
+def test_channels_last_weights_stay_channels_last() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3)).to(memory_format=torch.channels_last)
+    small = graphprune.shrink(model, 0.3, example_inputs=torch.randn(1, 3, 8, 8), tolerance=0.2)
+    assert small[0].out_channels < 16
+    for conv in (small[0], small[2]):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
