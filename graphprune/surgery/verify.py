@@ -5,15 +5,18 @@ oracle, run on the real plan). A width the code reads as a number (``h / math.sq
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.conv import _ConvNd
 
 from ..errors import SurgeryError
 from ..inputs import Inputs, eval_mode, first_tensor, run_model
+from ..moments import consumer_of
 
 # float error of a pruned sum against the zeroed full one is far below these; a width misread by
 # code moves outputs by whole percents (a quarter of the scale in the tests)
@@ -35,26 +38,70 @@ def checkable(plan: Any, groups: Any, compensation: Any) -> list[tuple[Any, list
 
 def zeroed_outputs(model: nn.Module, chosen: list[tuple[Any, list[int]]], inputs: Inputs) -> Any:
     """The model's outputs with the chosen units' input weights zeroed, or None when that zeroing
-    does not cut the units off: scrambling the weights that produce them must then change nothing,
-    and where it does (a weight used through an op no role reaches, such as ``w * s``) there is no
-    reference to check against. Only the touched tensors are copied (``functional_call``)."""
-    zeroed = _with_units(model, chosen, "in", lambda t, d, ix: t.index_fill_(d, ix, 0))
-    if not zeroed or not _with_units(model, chosen, "out", lambda *_: None):
-        return None  # nothing to zero, or no weight producing the units: nothing proves they are cut off
-    scrambled = _with_units(model, chosen, "out", _scramble_, zeroed)
-    expected = _call(model, zeroed, inputs)
-    return expected if max_difference(expected, _call(model, scrambled, inputs)) <= DEFAULT_TOLERANCE else None
+    does not cut the units off: scrambling what produces them must then change nothing, and where it
+    does (a weight used through an op no role reaches, such as ``w * s``) there is no reference to
+    check against. A Linear's or conv's weight is zeroed (scrambled) on the channels it reads
+    (writes), by a hook; only other weights are copied (``functional_call``), so a big model's check
+    costs forwards, not a second copy of its MLPs."""
+    zeroed = _edits(model, chosen, "in")
+    scrambled = _edits(model, chosen, "out")
+    if not (zeroed.tensors or zeroed.hooks) or not (scrambled.tensors or scrambled.hooks):
+        return None  # nothing to zero, or nothing producing the units: nothing proves they are cut off
+    expected, fired = _call(model, inputs, zeroed)
+    both = _Edits({**scrambled.tensors, **zeroed.tensors}, zeroed.hooks + scrambled.hooks)
+    again, fired_both = _call(model, inputs, both)
+    if not (fired and fired_both):
+        return None  # a module whose weight is read without calling it (torch's attention): no reference
+    return expected if max_difference(expected, again) <= DEFAULT_TOLERANCE else None
 
 
-def _with_units(model: nn.Module, chosen: list, role: str, edit_: Any, tensors: dict | None = None) -> dict:
-    """``tensors`` plus copies of the parameters playing ``role`` for the chosen units, edited there."""
-    own, tensors = dict(model.named_parameters()), dict(tensors or {})
-    for g, units in chosen:
-        for m in g.members:
-            if role in m.roles and m.fqn in own:
-                t = tensors.setdefault(m.fqn, own[m.fqn].detach().clone())
-                edit_(t, m.dim, torch.as_tensor(m.indices[units].ravel(), device=t.device))
-    return tensors
+@dataclass
+class _Edits:
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # edited copies, by FQN
+    hooks: list[tuple[str, Any]] = field(default_factory=list)  # (module FQN, forward (pre-)hook)
+
+
+def _edits(model: nn.Module, chosen: list, role: str) -> _Edits:
+    """Zero ("in") or scramble ("out") the chosen units' weights playing ``role``."""
+    own, out = dict(model.named_parameters()), _Edits()
+    members = [(m, torch.as_tensor(m.indices[units].ravel(), device=own[m.fqn].device))
+               for g, units in chosen for m in g.members if role in m.roles and m.fqn in own]
+    for m, index in members:
+        at = consumer_of(model, m) if role == "in" else _producer_of(model, m)
+        if at is not None:
+            out.hooks.append((at[0], _hook(role, at[1], index)))
+    hooked = {fqn for fqn, _ in out.hooks}
+    for m, index in members:
+        if (consumer_of(model, m) if role == "in" else _producer_of(model, m)) is not None:
+            continue
+        if role == "out" and m.fqn.rpartition(".")[0] in hooked:
+            continue  # a bias of a module whose whole output is scrambled already
+        t = out.tensors.setdefault(m.fqn, own[m.fqn].detach().clone())
+        t.index_fill_(m.dim, index, 0) if role == "in" else _scramble_(t, m.dim, index)
+    return out
+
+
+def _producer_of(model: nn.Module, member: Any) -> tuple[str, int] | None:
+    """(module FQN, channel dim of its output) when ``member`` is the output side of a leaf Linear
+    or conv weight, so its unit j is output channel j."""
+    fqn = member.fqn.rpartition(".")[0]
+    if not member.fqn.endswith(".weight") or member.dim != 0 or "out" not in member.roles:
+        return None
+    mod = model.get_submodule(fqn)
+    if isinstance(mod, nn.Linear):
+        return fqn, -1
+    return (fqn, 1) if isinstance(mod, _ConvNd) and not mod.transposed else None
+
+
+def _hook(role: str, dim: int, index: torch.Tensor) -> Any:
+    def zero_input(module: nn.Module, args: tuple) -> tuple:
+        return (args[0].index_fill(dim % args[0].dim(), index, 0), *args[1:])
+
+    def scramble_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        _scramble_(output, dim % output.dim(), index)
+        return output
+    return zero_input if role == "in" else scramble_output
 
 
 def _scramble_(t: torch.Tensor, dim: int, index: torch.Tensor) -> None:
@@ -63,10 +110,25 @@ def _scramble_(t: torch.Tensor, dim: int, index: torch.Tensor) -> None:
     t.index_copy_(dim, index, part + noise * (t.float().std().nan_to_num(1.0).item() + 1e-3))
 
 
-def _call(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: Inputs) -> Any:
+def _call(model: nn.Module, inputs: Inputs, edits: _Edits) -> tuple[Any, bool]:
+    """The edited model's outputs, and whether every hook ran (a module may hold a weight that
+    its owner reads without calling the module, e.g. ``nn.MultiheadAttention``'s ``out_proj``)."""
     args, kwargs = inputs
-    with torch.no_grad(), eval_mode(model):
-        return functional_call(model, tensors, tuple(args), dict(kwargs))
+    handles, ran = [], set()
+
+    def counted(i: int, hook: Any) -> Any:
+        return lambda *a: (ran.add(i), hook(*a))[1]
+    try:
+        for i, (fqn, hook) in enumerate(edits.hooks):
+            mod, fn = model.get_submodule(fqn), counted(i, hook)
+            handles.append(mod.register_forward_pre_hook(fn) if hook.__name__ == "zero_input"
+                           else mod.register_forward_hook(fn))
+        with torch.no_grad(), eval_mode(model):
+            out = functional_call(model, edits.tensors, tuple(args), dict(kwargs))
+        return out, len(ran) == len(edits.hooks)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def check_values(model: nn.Module, inputs: Inputs, expected: Any) -> None:

@@ -115,3 +115,17 @@ def test_a_zeroed_model_is_a_reference_only_if_the_units_are_cut_off(model: nn.M
     assert chosen and (zeroed_outputs(model, chosen, groups.traced.inputs) is not None) is usable
     small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2)  # pruned either way, no false alarm
     assert graphprune.count_params(small) < graphprune.count_params(model)
+
+
+def test_linear_and_conv_weights_are_zeroed_by_hooks_not_copies() -> None:
+    """A big model's check must not copy its MLP weights: leaf Linears and convs are edited on the
+    activations they read and write; only bare parameters are copied."""
+    from graphprune.surgery.verify import _edits
+
+    model = ScaledWeight().eval()
+    groups = graphprune.find_groups(model, X)
+    chosen = checkable(graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.3, tolerance=0.2)),
+                       groups, None)
+    zero, scramble = _edits(model, chosen, "in"), _edits(model, chosen, "out")
+    assert [f for f, _ in zero.hooks] == ["b"] and set(zero.tensors) <= {"w"}
+    assert [f for f, _ in scramble.hooks] == ["a"] and not scramble.tensors
