@@ -24,8 +24,8 @@ from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, reads_drift, score
 from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
-from .surgery.verify import checkable, misread_group, zeroed_outputs
-from .trace import check_module, check_runs, is_meta, trace
+from .surgery.verify import check_exact_part, checkable, misread_group, reference
+from .trace import check_module, check_runs, trace
 from .surgery.tensors import copy_model
 
 
@@ -145,13 +145,17 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
             plan = dataclasses.replace(plan, config={**plan.config, "calibration": {
                 "batches": stats.batches, "loss": stats.loss, "needs": list(stats.needs)}})
         chosen = checkable(plan, groups, comp)
-        expected = _zeroed_reference(model, chosen, inputs) if chosen else None
+        expected = reference(model, chosen, inputs) if chosen else None
+        misread = None if chosen else check_exact_part(model, groups, plan, comp, inputs)
+        if misread is not None:  # inexact groups in the plan too: their exact part was checked alone
+            config = _without_misread(model, groups, *misread, inputs, config)
+            continue
         try:
             apply_plan_shared_(target, plan, inputs, comp, shared, expected)
             return plan, comp
         except SurgeryError as err:
             if getattr(err, "values", None) is not None:
-                config = _without_misread(model, groups, chosen, inputs, config, err)
+                config = _without_misread(model, groups, chosen, err, inputs, config)
                 continue
             if hasattr(err, "module") and not left_out:
                 check_runs(model, inputs)  # wrong example inputs fail the unpruned model too: say that
@@ -166,20 +170,8 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
     raise SurgeryError(f"the pruned forward still fails after leaving {MAX_RETRIES} module types unpruned")
 
 
-def _zeroed_reference(model: nn.Module, chosen: list, inputs: Any) -> Any:
-    """What the pruned model must output (``verify.zeroed_outputs``); None on the meta device, where
-    nothing runs. Inputs the unpruned model rejects (a wrong dtype passes export) are a TraceError."""
-    if is_meta(model):
-        return None
-    try:
-        return zeroed_outputs(model, chosen, inputs)
-    except Exception:  # noqa: BLE001 - the unpruned model decides whether the inputs are at fault
-        check_runs(model, inputs)
-        return None  # the model runs, only not through functional_call: nothing to check against
-
-
-def _without_misread(model: nn.Module, groups: Any, chosen: list, inputs: Any, config: ShrinkConfig,
-                     err: SurgeryError) -> ShrinkConfig:
+def _without_misread(model: nn.Module, groups: Any, chosen: list, err: SurgeryError, inputs: Any,
+                     config: ShrinkConfig) -> ShrinkConfig:
     """``config`` leaving out the module of the group whose pruning the code misreads (found by
     halving the plan on copies), with a warning; ``err`` when no single group or module explains it."""
     group = misread_group(model, groups, chosen, inputs)

@@ -84,9 +84,11 @@ def apply_plan_shared_(model: nn.Module, plan: Plan, example_inputs: Any = None,
 
 
 def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None,
-                   shared: frozenset[int] = frozenset(), expected: Any = None) -> nn.Module:
+                   shared: frozenset[int] = frozenset(), expected: Any = None, trial: bool = False) -> nn.Module:
     """``apply_plan_shared_`` for a plan already checked against ``model`` (``graphprune.record``
-    checks the shape plans it builds from a saved record with ``check_record``)."""
+    checks the shape plans it builds from a saved record with ``check_record``). ``trial``: a
+    throw-away copy run once in eval mode, which keeps reading the shared tensors instead of
+    copying them (no second model in memory)."""
     extra = _compensated_modules(compensation)
     snapshot = Snapshot(model, plan, extra)
     try:
@@ -96,7 +98,8 @@ def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, com
         surgery = Surgery(snapshot, shared | held_elsewhere(model))
         for op in ORDER:
             SURGEONS[op](model, plan, surgery)
-        unshare_(model, shared)  # before any forward: a train-mode forward writes BN statistics in place
+        if not trial:  # before any forward: a train-mode forward writes BN statistics in place
+            unshare_(model, shared)
         if example_inputs is not None:
             check_forward(model, plan, example_inputs)
             if expected is not None:

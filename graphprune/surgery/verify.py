@@ -36,6 +36,47 @@ def checkable(plan: Any, groups: Any, compensation: Any) -> list[tuple[Any, list
     return chosen
 
 
+def reference(model: nn.Module, chosen: list, inputs: Inputs) -> Any:
+    """What the pruned model must output (``zeroed_outputs``); None on the meta device, where nothing
+    runs. Inputs the unpruned model rejects (a wrong dtype passes export) are a TraceError."""
+    from ..trace import check_runs, is_meta
+
+    if is_meta(model):
+        return None
+    try:
+        return zeroed_outputs(model, chosen, inputs)
+    except Exception:  # noqa: BLE001 - the unpruned model decides whether the inputs are at fault
+        check_runs(model, inputs)
+        return None  # the model runs, only not through functional_call: nothing to check against
+
+
+def check_exact_part(model: nn.Module, groups: Any, plan: Any, compensation: Any,
+                     inputs: Inputs) -> tuple[list, SurgeryError] | None:
+    """For a plan that also cuts inexact groups (a transformer's hidden width under its norms):
+    apply only its exact groups to a copy sharing the model's tensors and check those. Returns
+    (the exact part, the error) when the code misreads a width there; None when it does not or
+    nothing can be checked. The copy is dropped either way."""
+    if compensation is not None or plan.removed_blocks:
+        return None
+    by_id = {g.id: g for g in groups}
+    part = [(by_id[i], list(u)) for i, u in sorted(plan.removed.items()) if i in by_id and by_id[i].inexact is None]
+    expected = reference(model, part, inputs) if part else None
+    if expected is None:
+        return None
+    from ..plan import plan_from_units  # the plan stage imports surgery
+    from .core import apply_checked_
+    from .tensors import shared_copy
+
+    sub = plan_from_units(model, part, plan.config, groups)
+    # parameters are shared, never written (slicing makes new tensors; the forward is in eval mode)
+    trial, mine = shared_copy(model, set(sub.keep) | {n for n, _ in model.named_parameters(remove_duplicate=False)})
+    try:
+        apply_checked_(trial, sub, inputs, None, mine, expected, trial=True)
+    except SurgeryError as err:
+        return (part, err) if getattr(err, "values", None) is not None else None
+    return None
+
+
 def zeroed_outputs(model: nn.Module, chosen: list[tuple[Any, list[int]]], inputs: Inputs) -> Any:
     """The model's outputs with the chosen units' input weights zeroed, or None when that zeroing
     does not cut the units off: scrambling what produces them must then change nothing, and where it
@@ -43,16 +84,26 @@ def zeroed_outputs(model: nn.Module, chosen: list[tuple[Any, list[int]]], inputs
     check against. A Linear's or conv's weight is zeroed (scrambled) on the channels it reads
     (writes), by a hook; only other weights are copied (``functional_call``), so a big model's check
     costs forwards, not a second copy of its MLPs."""
-    zeroed = _edits(model, chosen, "in")
-    scrambled = _edits(model, chosen, "out")
-    if not (zeroed.tensors or zeroed.hooks) or not (scrambled.tensors or scrambled.hooks):
-        return None  # nothing to zero, or nothing producing the units: nothing proves they are cut off
-    expected, fired = _call(model, inputs, zeroed)
-    both = _Edits({**scrambled.tensors, **zeroed.tensors}, zeroed.hooks + scrambled.hooks)
-    again, fired_both = _call(model, inputs, both)
-    if not (fired and fired_both):
-        return None  # a module whose weight is read without calling it (torch's attention): no reference
-    return expected if max_difference(expected, again) <= DEFAULT_TOLERANCE else None
+    if any(not _has_role(g, "in") or not _has_role(g, "out") for g, _ in chosen):
+        return None  # a group nothing zeroes (or nothing produces): nothing proves its units are cut off
+    for hooks in (True, False):  # hooks save copying big weights; copies where a module is not called
+        zeroed, scrambled = _edits(model, chosen, "in", hooks), _edits(model, chosen, "out", hooks)
+        both = _Edits({**scrambled.tensors, **zeroed.tensors}, zeroed.hooks + scrambled.hooks)
+        try:
+            (expected, fired), (again, fired_both) = _call(model, inputs, zeroed), _call(model, inputs, both)
+        except _HookFailed:  # a module called with keyword arguments only
+            continue
+        if fired and fired_both:
+            return expected if max_difference(expected, again) <= DEFAULT_TOLERANCE else None
+    return None
+
+
+def _has_role(g: Any, role: str) -> bool:
+    return any(role in m.roles for m in g.members)
+
+
+class _HookFailed(Exception):
+    pass
 
 
 @dataclass
@@ -61,24 +112,29 @@ class _Edits:
     hooks: list[tuple[str, Any]] = field(default_factory=list)  # (module FQN, forward (pre-)hook)
 
 
-def _edits(model: nn.Module, chosen: list, role: str) -> _Edits:
-    """Zero ("in") or scramble ("out") the chosen units' weights playing ``role``."""
+def _edits(model: nn.Module, chosen: list, role: str, hooks: bool = True) -> _Edits:
+    """Zero ("in") or scramble ("out") the chosen units' weights playing ``role`` (by hooks on the
+    activations of leaf Linears and convs when ``hooks``, else on copies of the weights)."""
     own, out = dict(model.named_parameters()), _Edits()
     members = [(m, torch.as_tensor(m.indices[units].ravel(), device=own[m.fqn].device))
                for g, units in chosen for m in g.members if role in m.roles and m.fqn in own]
     for m, index in members:
-        at = consumer_of(model, m) if role == "in" else _producer_of(model, m)
+        at = _site(model, m, role) if hooks else None
         if at is not None:
             out.hooks.append((at[0], _hook(role, at[1], index)))
     hooked = {fqn for fqn, _ in out.hooks}
     for m, index in members:
-        if (consumer_of(model, m) if role == "in" else _producer_of(model, m)) is not None:
+        if hooks and _site(model, m, role) is not None:
             continue
         if role == "out" and m.fqn.rpartition(".")[0] in hooked:
             continue  # a bias of a module whose whole output is scrambled already
         t = out.tensors.setdefault(m.fqn, own[m.fqn].detach().clone())
         t.index_fill_(m.dim, index, 0) if role == "in" else _scramble_(t, m.dim, index)
     return out
+
+
+def _site(model: nn.Module, m: Any, role: str) -> tuple[str, int] | None:
+    return consumer_of(model, m) if role == "in" else _producer_of(model, m)
 
 
 def _producer_of(model: nn.Module, member: Any) -> tuple[str, int] | None:
@@ -95,6 +151,8 @@ def _producer_of(model: nn.Module, member: Any) -> tuple[str, int] | None:
 
 def _hook(role: str, dim: int, index: torch.Tensor) -> Any:
     def zero_input(module: nn.Module, args: tuple) -> tuple:
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise _HookFailed(type(module).__name__)
         return (args[0].index_fill(dim % args[0].dim(), index, 0), *args[1:])
 
     def scramble_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -132,26 +190,36 @@ def _call(model: nn.Module, inputs: Inputs, edits: _Edits) -> tuple[Any, bool]:
 
 
 def check_values(model: nn.Module, inputs: Inputs, expected: Any) -> None:
-    """Raise ``SurgeryError`` (``.values`` set) when the pruned outputs differ from ``expected``."""
-    worst = max_difference(expected, run_model(model, inputs))
-    dtype = first_tensor(expected).dtype
-    if worst > TOLERANCE.get(dtype, DEFAULT_TOLERANCE):
+    """Raise ``SurgeryError`` (``.values`` set) when a pruned output differs from ``expected`` by more
+    than its own dtype's tolerance (bfloat16 logits next to an integer argmax: each on its terms)."""
+    pairs = _pairs(expected, run_model(model, inputs))
+    worst = max((_relative(e, g) / TOLERANCE.get(e.dtype, DEFAULT_TOLERANCE), _relative(e, g)) for e, g in pairs) \
+        if pairs else (0.0, 0.0)
+    if worst[0] > 1:
         err = SurgeryError(
-            f"the pruned model's output differs by {worst:.3g} of its scale from the original's with the removed "
+            f"the pruned model's output differs by {worst[1]:.3g} of its scale from the original's with the removed "
             f"units zeroed, though every pruned group is exact: code reads a pruned width as a number "
             f"(x.shape[-1] or self.fc.out_features in arithmetic or an if), which the traced graph only holds "
             f"as a constant; the model was restored")
-        err.values = worst
+        err.values = worst[1]
         raise err
 
 
 def max_difference(expected: Any, got: Any) -> float:
     """The largest difference relative to each output's scale, over every floating output tensor
-    (the main one always; others whose shape the pruning did not change, unlike a per-head cache)."""
-    pairs = [(first_tensor(expected), first_tensor(got))]
-    pairs += [(e, g) for e, g in zip(_floats(expected), _floats(got)) if e.shape == g.shape]
-    return max(float((g.float() - e.float()).abs().max() / e.float().abs().max().clamp_min(1e-12))
-               for e, g in pairs if e.shape == g.shape)
+    whose shape the pruning did not change (unlike a per-head cache); integer outputs (an argmax)
+    are left out, where one near tie would count as a whole class."""
+    return max((_relative(e, g) for e, g in _pairs(expected, got)), default=0.0)
+
+
+def _pairs(expected: Any, got: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    first = [(first_tensor(expected), first_tensor(got))]
+    pairs = first + list(zip(_floats(expected), _floats(got)))
+    return [(e, g) for e, g in pairs if e.is_floating_point() and g.is_floating_point() and e.shape == g.shape]
+
+
+def _relative(e: torch.Tensor, g: torch.Tensor) -> float:
+    return float((g.float() - e.float()).abs().max() / e.float().abs().max().clamp_min(1e-12))
 
 
 def _floats(out: Any) -> list[torch.Tensor]:

@@ -129,3 +129,72 @@ def test_linear_and_conv_weights_are_zeroed_by_hooks_not_copies() -> None:
     zero, scramble = _edits(model, chosen, "in"), _edits(model, chosen, "out")
     assert [f for f, _ in zero.hooks] == ["b"] and set(zero.tensors) <= {"w"}
     assert [f for f, _ in scramble.hooks] == ["a"] and not scramble.tensors
+
+
+class AttentionThenReads(nn.Module):
+    """torch's attention reads ``out_proj.weight`` without calling ``out_proj`` (no hook fires there);
+    the MLP after it reads its width as a number."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.up, self.down = nn.Linear(8, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = self.attn(x, x, x, need_weights=False)[0]
+        u = torch.relu(self.up(h))
+        return self.down(u) / math.sqrt(u.shape[-1])
+
+
+def test_a_module_read_without_being_called_falls_back_to_copies() -> None:
+    model = AttentionThenReads().eval()
+    with pytest.warns(UserWarning, match="reads the width of up .* as a number.*leaving 'up' unpruned"):
+        small = graphprune.shrink(model, 0.2, example_inputs=torch.randn(2, 5, 8), tolerance=0.15,
+                                  prune=("heads", "mlp"))
+    assert small.up.out_features == 32
+
+
+class NormedReads(nn.Module):
+    """A hidden width under a LayerNorm (inexact) next to an MLP that reads its width as a number:
+    the inexact group must not switch the check off for the MLP."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.norm = nn.Linear(8, 16), nn.LayerNorm(16)
+        self.up, self.down = nn.Linear(16, 64), nn.Linear(64, 16)
+        self.up2, self.down2 = nn.Linear(16, 48), nn.Linear(48, 16)
+
+    def forward(self, x):
+        h = self.inp(x)
+        u = torch.relu(self.up(self.norm(h)))
+        h = h + self.down(u) / math.sqrt(u.shape[-1])
+        return h + self.down2(torch.relu(self.up2(self.norm(h))))
+
+
+def test_the_exact_part_of_a_plan_with_inexact_groups_is_checked_alone() -> None:
+    model = NormedReads().eval()
+    with pytest.warns(UserWarning, match="leaving 'up' unpruned"):
+        small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.15, prune=("mlp", "hidden"))
+    assert small.up.out_features == 64 and small.up2.out_features < 48
+    assert [p.shape for p in model.parameters()] == [p.shape for p in NormedReads().parameters()]
+
+
+class ArgmaxAndLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        logits = self.net(x)
+        return logits.argmax(-1), logits
+
+
+def test_outputs_are_judged_by_their_own_dtype_and_integers_are_left_out() -> None:
+    """bfloat16 logits are held to bfloat16's tolerance, and a flipped near tie in an argmax is no
+    misread width."""
+    model = ArgmaxAndLogits().to(torch.bfloat16).eval()
+    small = graphprune.shrink(model, 0.3, example_inputs=torch.randn(64, 8, dtype=torch.bfloat16), tolerance=0.2)
+    assert small.net[0].out_features < 64
