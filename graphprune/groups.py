@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import numpy as np
+from torch import nn
 
 from .attrs import owner_key, one_width_per_attr
 from .channels import Channels, Space, channels, keyed_spaces, label_classes, label_reasons
@@ -152,7 +153,7 @@ def find_groups(model: Any, example_inputs: Any = None, strict: bool = False, re
 def groups_from_coupling(c: Coupling) -> Groups:
     resolve_factors(c)
     ch = channels(c)
-    return Groups(tuple(_pin(one_width_per_attr(_make_groups(c, ch), c, ch), c)), c)
+    return Groups(tuple(_unrun_ties(_pin(one_width_per_attr(_make_groups(c, ch), c, ch), c), c)), c)
 
 
 def _pin(groups: list[Group], c: Coupling) -> list[Group]:
@@ -167,6 +168,31 @@ def _pin(groups: list[Group], c: Coupling) -> list[Group]:
         why = next((pinned[k] for a in g.attrs if (k := owner_key(model, a.fqn, a.attr)) in pinned), None)
         out.append(replace(g, frozen=why) if why and g.frozen is None else g)
     return out
+
+
+def _unrun_ties(groups: list[Group], c: Coupling) -> list[Group]:
+    """Freeze groups slicing a tensor that is tied to a module the traced forward never runs (an
+    ``embed()`` path) when that module holds other tensors: the graph says nothing of them, so they
+    would keep the old width next to the sliced tie."""
+    model = c.traced.model
+    ran = {c.traced.module_path(n) for n in c.traced.graph.nodes}
+    names: dict[int, list[str]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), []).append(name)
+    stale: dict[str, str] = {}
+    for fqn_list in (n for n in names.values() if len(n) > 1):
+        for alias in fqn_list:
+            owner = alias.rpartition(".")[0]
+            if owner and owner not in ran and _holds_more(model.get_submodule(owner), names, fqn_list):
+                stale.update({f: f"tied to {alias}, whose module {owner} the traced forward never runs (its "
+                                 f"other tensors would keep their width)" for f in fqn_list})
+    return [replace(g, frozen=next((stale[m.fqn] for m in g.members if m.fqn in stale), None))
+            if g.frozen is None and any(m.fqn in stale for m in g.members) else g for g in groups]
+
+
+def _holds_more(mod: nn.Module, names: dict[int, list[str]], tied: list[str]) -> bool:
+    own = [t for t in [*mod.parameters(recurse=False), *mod.buffers(recurse=False)] if t is not None]
+    return any(names.get(id(t)) != tied for t in own)
 
 
 # -- groups ---------------------------------------------------------------------------------------

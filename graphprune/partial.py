@@ -8,6 +8,7 @@ the model still fits), and checks the whole model still runs.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
@@ -63,7 +64,7 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
         for n in names:
             sub = target.get_submodule(n)
             _, rep = shrink(sub, ratio, example_inputs=Call(*seen[n]), inplace=True, return_report=True,
-                            scorer=scorer, **_relative(options, n, sub))
+                            scorer=scorer, **_relative(options, n, sub, target))
             reports.append((n, rep))
         with _eval_mode(target):
             run_model(target, inputs)
@@ -99,13 +100,28 @@ def _names(model: nn.Module, submodules: Any) -> tuple[str, ...]:
     return names
 
 
-def _relative(options: dict[str, Any], fqn: str, sub: nn.Module) -> dict[str, Any]:
+def _relative(options: dict[str, Any], fqn: str, sub: nn.Module, model: nn.Module) -> dict[str, Any]:
     """Options for one submodule: ``ignore=`` entries (already checked against the whole model)
-    that are inside it, FQNs losing its prefix; class names only where it holds such a module."""
+    that are inside it, FQNs losing its prefix; class names only where it holds such a module;
+    and its modules whose tensors are tied to a module outside it (slicing them would leave that
+    module's other tensors behind, and release the tie it holds)."""
     classes = {type(m).__qualname__ for m in sub.modules()}
     mine = [i[len(fqn) + 1:] if isinstance(i, str) and i.startswith(fqn + ".") else i for i in options.get("ignore", ())
             if (isinstance(i, str) and i.startswith(fqn + ".")) or i in classes]
-    return {**options, "ignore": tuple(mine)}
+    return {**options, "ignore": (*mine, *_tied_outside(model, fqn))}
+
+
+def _tied_outside(model: nn.Module, fqn: str) -> list[str]:
+    """Modules of submodule ``fqn`` (relative names) holding a tensor that a module outside it holds too."""
+    owners: dict[int, list[str]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        owners.setdefault(id(t), []).append(name.rpartition(".")[0])
+    inside = lambda path: path == fqn or path.startswith(fqn + ".")
+    found = sorted({p[len(fqn) + 1:] for paths in owners.values() if not all(map(inside, paths))
+                    for p in paths if inside(p) and p != fqn})
+    for name in found:
+        warnings.warn(f"graphprune: {fqn}.{name} holds a tensor tied to a module outside {fqn!r}; left unpruned")
+    return found
 
 
 def _state(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:

@@ -37,3 +37,25 @@ def test_shared_module_ratio_is_counted_once():
     ratio = 1 - graphprune.count_params(small) / graphprune.count_params(model)
     assert abs(ratio - 0.3) <= 0.01
     assert small.mlp2 is small.mlp3 and small(X).shape == (3, 2)
+
+
+class TiedOutsideForward(nn.Module):
+    """``aux.weight`` is ``body_a.weight``, but only ``embed()`` runs ``aux``: its bias is not in the
+    graph, so slicing the tie would leave ``aux`` half cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.body_a, self.body_b, self.aux = nn.Linear(8, 32), nn.Linear(32, 8), nn.Linear(8, 32)
+        self.aux.weight = self.body_a.weight
+
+    def forward(self, x):
+        return self.body_b(torch.relu(self.body_a(x)))
+
+    def embed(self, x):
+        return self.aux(x)
+
+
+def test_a_tie_to_a_module_the_forward_never_runs_is_frozen() -> None:
+    groups = graphprune.find_groups(TiedOutsideForward(), torch.randn(2, 8))
+    (hidden,) = [g for g in groups if any(m.fqn == "body_b.weight" and m.dim == 1 for m in g.members)]
+    assert hidden.frozen and "tied to aux.weight, whose module aux the traced forward never runs" in hidden.frozen

@@ -73,3 +73,37 @@ def test_inplace_failure_restores_every_submodule() -> None:
     with pytest.raises(graphprune.SurgeryError, match="no longer runs"):
         graphprune.shrink(model, 0.4, example_inputs=X, submodules=("backbone",), inplace=True, tolerance=0.05)
     assert model.backbone[1][0].weight is weight and model(X).shape == (2, 4)
+
+
+class Body(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(8, 32), nn.Linear(32, 8), nn.Linear(8, 24), nn.Linear(24, 8)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + self.d(torch.relu(self.c(x)))
+
+
+class TiedOutside(nn.Module):
+    """``aux`` (outside the pruned body, run only by ``embed()``) holds ``body.a``'s weight."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.aux, self.head = Body(), nn.Linear(8, 32), nn.Linear(8, 2)
+        self.aux.weight = self.body.a.weight
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def embed(self, x):
+        return self.aux(x)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_tensor_tied_outside_the_submodule_stays_whole(inplace: bool) -> None:
+    model, x = TiedOutside().eval(), torch.randn(4, 8)
+    with pytest.warns(UserWarning, match="body.a holds a tensor tied to a module outside 'body'; left unpruned"):
+        small = graphprune.shrink(model, 0.2, submodules=("body",), example_inputs=x, tolerance=0.15, inplace=inplace)
+    assert small.body.a.out_features == 32 and small.body.c.out_features < 24
+    assert small.aux.weight is small.body.a.weight and small.embed(x).shape == (4, 32)
