@@ -163,7 +163,7 @@ def to_dot(groups: "Groups") -> str:
     >>> import timm
     >>> from graphprune.groups import find_groups
     >>> text = to_dot(find_groups(timm.create_model("resnet18")))
-    >>> text.startswith("digraph graphprune {") and '"conv1" -> "g0"' in text
+    >>> text.startswith("digraph graphprune {") and '"conv1" -> ".g0"' in text
     True
     """
     q = lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -174,18 +174,19 @@ def to_dot(groups: "Groups") -> str:
              '  edge [arrowsize=0.6];']
     for name in rows:
         kind = type(modules[name]).__name__ if name in modules else ""
-        lines.append(f"  {q(name or '<root>')} [label={q((name or '<root>') + chr(10) + kind)}];")
+        # node ids: the module's FQN ("" for the root), groups ".g<id>": no FQN starts with a dot
+        lines.append(f"  {q(name)} [label={q((name or '<root>') + chr(10) + kind)}];")
     for g in cols:
         cells = _cells(g)
         lines.append(f"  // group {g.id}: {g.structure}, {_status(g)}".replace("\n", " "))
         if len(cells) < 2:
             continue  # a group inside one module (kernel sizes): nothing to link
-        hub, c = q(f"g{g.id}"), colour(g)
+        hub, c = q(f".g{g.id}"), colour(g)
         dashed = ", style=dashed" if g.frozen or g.inexact else ""
         lines.append(f"  {hub} [shape=ellipse, style=\"filled{',dashed' if dashed else ''}\", fillcolor={q(c)}, "
                      f"fontcolor=white, label={q(f'g{g.id}: {g.structure}')}, tooltip={q(_status(g))}];")
         for module, (role, _) in cells.items():
-            edge = (f"{q(module or '<root>')} -> {hub}" if role == "out" else f"{hub} -> {q(module or '<root>')}")
+            edge = f"{q(module)} -> {hub}" if role == "out" else f"{hub} -> {q(module)}"
             lines.append(f"  {edge} [color={q(c)}{dashed if role else ', style=dotted'}];")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,8 @@ import timm
 import transformers
 
 import graphprune
+import torch
+from torch import nn
 
 
 class Page(HTMLParser):
@@ -66,7 +68,17 @@ def test_dot_has_an_edge_per_producer_and_reader(tmp_path) -> None:
     assert all(f"// group {g.id}:" in text for g in groups)
     mlp = next(g for g in groups.prunable if any(m.fqn == "model.layers.0.mlp.up_proj.weight" and m.dim == 0
                                                  for m in g.members))
-    assert f'"model.layers.0.mlp.up_proj" -> "g{mlp.id}"' in text and f'"g{mlp.id}" -> "model.layers.0.mlp.down_proj"' in text
+    assert f'"model.layers.0.mlp.up_proj" -> ".g{mlp.id}"' in text and f'".g{mlp.id}" -> "model.layers.0.mlp.down_proj"' in text
     assert text.count("->") < 10 * len(groups)  # linear in the members, not producers x readers
     if shutil.which("dot"):
         subprocess.run(["dot", "-Tsvg", str(tmp_path / "g.dot"), "-o", str(tmp_path / "g.svg")], check=True)
+
+
+def test_dot_ids_of_modules_and_groups_never_collide() -> None:
+    """A module may be called ``g0``; group nodes keep ids no module FQN can take."""
+    model = nn.Sequential()
+    model.add_module("g0", nn.Linear(4, 8))
+    model.add_module("act", nn.ReLU())
+    model.add_module("out", nn.Linear(8, 2))
+    text = graphprune.find_groups(model, torch.randn(2, 4)).to_dot()
+    assert '"g0" -> ".g0"' in text and '".g0" -> "out"' in text
