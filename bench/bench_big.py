@@ -77,7 +77,8 @@ def stages(model, ratio: float, scorer: str = "l2", inplace: bool = False, apply
     from graphprune.coupling import build_coupling
     from graphprune.groups import groups_from_coupling
     from graphprune.surgery import apply_plan_shared_, shared_copy, unshare_
-    from graphprune.surgery.core import _validate
+    from graphprune.surgery.checks import check_forward
+    from graphprune.surgery.verify import check_exact_part, check_values, checkable, reference
 
     t: dict[str, Any] = {}
     traced = timed(t, "trace", lambda: graphprune.trace(model))
@@ -89,14 +90,19 @@ def stages(model, ratio: float, scorer: str = "l2", inplace: bool = False, apply
                                                           scores=scores))
     t.update(n_groups=len(groups), n_prunable=len(groups.prunable), params_before=plan.params_before,
              params_after=plan.params_after)
-    if apply:
+    if apply:  # the value check's reference (or its exact part, on a sharing copy) runs before surgery
+        chosen = checkable(plan, groups, None)
+        expected = timed(t, "reference", lambda: reference(model, chosen, traced.inputs) if chosen else None)
+        timed(t, "exact_part", lambda: None if chosen else check_exact_part(model, groups, plan, None, traced.inputs))
+        t["rss_after_reference_mb"] = round(rss_mb())
         target, shared = (model, frozenset()) if inplace else shared_copy(
             model, {m.fqn for g in groups.prunable for m in g.members})
         timed(t, "surgery", lambda: apply_plan_shared_(target, plan, None, None, shared))
-        timed(t, "checks", lambda: _validate(target, plan, traced.inputs))
+        timed(t, "checks", lambda: (check_forward(target, plan, traced.inputs),
+                                    expected is not None and check_values(target, traced.inputs, expected)))
         unshare_(target, shared)
     t["total"] = round(sum(v for k, v in t.items() if k in ("trace", "coupling", "groups", "scores", "plan",
-                                                               "surgery", "checks")), 3)
+                                                               "reference", "exact_part", "surgery", "checks")), 3)
     return t
 
 

@@ -43,7 +43,8 @@ import timm
 from graphprune.coupling import build_coupling
 from graphprune.groups import groups_from_coupling
 from graphprune.surgery import apply_plan_shared_, shared_copy, unshare_
-from graphprune.surgery.core import _validate
+from graphprune.surgery.checks import check_forward as forward_runs
+from graphprune.surgery.verify import check_exact_part, check_values, checkable, reference
 
 try:
     import torch_pruning as tp
@@ -95,7 +96,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def run_graphprune(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[dict[str, float], nn.Module]:
     """What ``shrink`` runs, stage by stage, each timed: trace, coupling, groups, scores, plan,
     surgery (slicing, on a copy sharing the tensors it slices, as shrink makes it; the copy is not
-    timed) and checks (the pruned model's forward against the original output shapes)."""
+    timed) and checks (the pruned model's forward against the original output shapes, and its values
+    against the original's with the removed units zeroed: the reference forwards before surgery, the
+    exact part checked alone on a sharing copy when the plan also cuts inexact groups)."""
     t: dict[str, float] = {}
     traced, t["trace"] = timed(lambda: graphprune.trace(model, (x,)))
     coupling, t["coupling"] = timed(lambda: build_coupling(traced))
@@ -103,9 +106,14 @@ def run_graphprune(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[dic
     scores, t["scores"] = timed(lambda: graphprune.score(model, groups))
     plan, t["plan"] = timed(lambda: graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=ratio),
                                                          scores=scores))
+    chosen = checkable(plan, groups, None)
+    expected, before = timed(lambda: reference(model, chosen, traced.inputs) if chosen else None)
+    _, part = timed(lambda: None if chosen else check_exact_part(model, groups, plan, None, traced.inputs))
     target, shared = shared_copy(model, {m.fqn for g in groups.prunable for m in g.members})
     _, t["surgery"] = timed(lambda: apply_plan_shared_(target, plan, None, None, shared))
-    _, t["checks"] = timed(lambda: _validate(target, plan, traced.inputs))
+    _, after = timed(lambda: (forward_runs(target, plan, traced.inputs),
+                              expected is not None and check_values(target, traced.inputs, expected)))
+    t["checks"] = before + part + after
     unshare_(target, shared)
     return t, target
 
