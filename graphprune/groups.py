@@ -18,7 +18,7 @@ from .attrs import owner_key, one_width_per_attr
 from .channels import Channels, Space, channels, keyed_spaces, label_classes, label_reasons
 from .coupling import HEAD_COUNT_ATTRS, Coupling, build_coupling
 from .factors import resolve_factors
-from .trace import Traced, trace
+from .trace import Traced, aliases_of, trace
 
 GROUP_CHANNEL = "group-channel"  # the unit of a grouped conv pruned inside its groups: one position in each
 
@@ -176,9 +176,7 @@ def _unrun_ties(groups: list[Group], c: Coupling) -> list[Group]:
     would keep the old width next to the sliced tie."""
     model = c.traced.model
     ran = {c.traced.module_path(n) for n in c.traced.graph.nodes}
-    names: dict[int, list[str]] = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        names.setdefault(id(t), []).append(name)
+    names = aliases_of(model)
     stale: dict[str, str] = {}
     for fqn_list in (n for n in names.values() if len(n) > 1):
         for alias in fqn_list:

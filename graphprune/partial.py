@@ -19,7 +19,7 @@ from .options import checked
 from .inputs import Call, Inputs, default_inputs, normalize_inputs, run_model
 from .report import Report, count_macs
 from .plan import count_params
-from .trace import _eval_mode
+from .trace import _eval_mode, aliases_of
 from .untraceable import submodule_inputs
 from .surgery.tensors import copy_model
 
@@ -113,11 +113,9 @@ def _relative(options: dict[str, Any], fqn: str, sub: nn.Module, model: nn.Modul
 
 def _tied_outside(model: nn.Module, fqn: str) -> list[str]:
     """Modules of submodule ``fqn`` (relative names) holding a tensor that a module outside it holds too."""
-    owners: dict[int, list[str]] = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        owners.setdefault(id(t), []).append(name.rpartition(".")[0])
+    owners = [[n.rpartition(".")[0] for n in names] for names in aliases_of(model).values()]
     inside = lambda path: path == fqn or path.startswith(fqn + ".")
-    found = sorted({p[len(fqn) + 1:] for paths in owners.values() if not all(map(inside, paths))
+    found = sorted({p[len(fqn) + 1:] for paths in owners if not all(map(inside, paths))
                     for p in paths if inside(p) and p != fqn})
     for name in found:
         warnings.warn(f"graphprune: {fqn}.{name} holds a tensor tied to a module outside {fqn!r}; left unpruned")

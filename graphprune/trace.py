@@ -114,6 +114,14 @@ def check_module(model: Any) -> None:
                      f"load the weights into it first (model.load_state_dict(state_dict)), then pass the model")
 
 
+def aliases_of(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter and buffer, by tensor id (a tied weight has several)."""
+    out: dict[int, list[str]] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        out.setdefault(id(t), []).append(name)
+    return out
+
+
 def is_meta(model: nn.Module) -> bool:
     """Whether the model holds tensors on the meta device (built to be analysed, not run).
 

@@ -11,19 +11,12 @@ import torch
 from torch import nn
 
 from ..plan import Plan
+from ..trace import aliases_of
 
 
 def owner_of(fqn: str) -> tuple[str, str]:
     """``(module FQN, attribute)`` of a tensor FQN."""
     return tuple(fqn.rsplit(".", 1)) if "." in fqn else ("", fqn)  # type: ignore[return-value]
-
-
-def aliases_of(model: nn.Module) -> dict[int, list[str]]:
-    """Every name of each parameter and buffer, by tensor id (a tied weight has several)."""
-    out: dict[int, list[str]] = {}
-    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
-        out.setdefault(id(t), []).append(name)
-    return out
 
 
 def slice_tensors(model: nn.Module, plan: Plan, undo: list, keep_whole: frozenset[int]) -> None:
