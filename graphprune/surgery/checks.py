@@ -17,10 +17,12 @@ def as_inputs(example_inputs: Any) -> Inputs:
     return example_inputs if _is_inputs(example_inputs) else normalize_inputs(example_inputs)
 
 
-def check_forward(model: nn.Module, plan: Plan, example_inputs: Any) -> None:
+def check_forward(model: nn.Module, plan: Plan, example_inputs: Any) -> Any:
+    """The pruned model's outputs on the example inputs, once it runs and gives the original shapes."""
     inputs = as_inputs(example_inputs)
     try:
-        shapes = output_shapes(run_model(model, inputs))
+        outputs = run_model(model, inputs)
+        shapes = output_shapes(outputs)
     except Exception as err:
         fqn = failing_module(model, err)
         fix = (f"A module computes a shape from a constant; add {fqn!r} to ignore=" if fqn else
@@ -34,6 +36,7 @@ def check_forward(model: nn.Module, plan: Plan, example_inputs: Any) -> None:
     if plan.output_shapes and [list(s) for s in shapes] != [list(s) for s in plan.output_shapes]:
         raise SurgeryError(f"the pruned model's output shapes {shapes} differ from the original "
                            f"{plan.output_shapes}; the model was restored")
+    return outputs
 
 
 def failing_module(model: nn.Module, err: BaseException) -> str | None:

@@ -13,7 +13,7 @@ from ..errors import SurgeryError
 from ..plan import Plan
 from ..registry import Registry
 from ..validate import check_plan
-from .checks import as_inputs, check_config, check_forward
+from .checks import check_config, check_forward
 from .config import hf_config, start_record_, sync_config_
 from .snapshot import Snapshot
 from .tensors import held_elsewhere, owner_of, slice_tensors, unshare_
@@ -101,9 +101,9 @@ def apply_checked_(model: nn.Module, plan: Plan, example_inputs: Any = None, com
         if not trial:  # before any forward: a train-mode forward writes BN statistics in place
             unshare_(model, shared)
         if example_inputs is not None:
-            check_forward(model, plan, example_inputs)
+            outputs = check_forward(model, plan, example_inputs)
             if expected is not None:
-                check_values(model, as_inputs(example_inputs), expected)
+                check_values(outputs, expected)
         if plan.config.get("uniform") and hf_config(model) is not None:
             check_config(model)
     except BaseException as err:  # Ctrl-C mid-surgery too: never hand back a half-sliced model

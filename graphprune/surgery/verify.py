@@ -15,7 +15,7 @@ from torch.func import functional_call
 from torch.nn.modules.conv import _ConvNd
 
 from ..errors import SurgeryError
-from ..inputs import Inputs, eval_mode, first_tensor, run_model
+from ..inputs import Inputs, eval_mode, first_tensor
 from ..moments import consumer_of
 
 # float error of a pruned sum against the zeroed full one is far below these; a width misread by
@@ -29,11 +29,14 @@ def checkable(plan: Any, groups: Any, compensation: Any) -> list[tuple[Any, list
     no compensation, no whole blocks, and every removed group exact. None otherwise."""
     if compensation is not None or plan.removed_blocks or not plan.removed:
         return None
+    chosen = _removed(plan, groups)
+    return chosen if all(g is not None and g.inexact is None for g, _ in chosen) else None
+
+
+def _removed(plan: Any, groups: Any) -> list[tuple[Any, list[int]]]:
+    """(group, units) for every group the plan removes units of (None for an id ``groups`` lacks)."""
     by_id = {g.id: g for g in groups}
-    chosen = [(by_id.get(i), list(u)) for i, u in sorted(plan.removed.items())]
-    if any(g is None or g.inexact is not None for g, _ in chosen):
-        return None
-    return chosen
+    return [(by_id.get(i), list(u)) for i, u in sorted(plan.removed.items())]
 
 
 def reference(model: nn.Module, chosen: list, inputs: Inputs) -> Any:
@@ -58,8 +61,7 @@ def check_exact_part(model: nn.Module, groups: Any, plan: Any, compensation: Any
     nothing can be checked. The copy is dropped either way."""
     if compensation is not None or plan.removed_blocks:
         return None
-    by_id = {g.id: g for g in groups}
-    part = [(by_id[i], list(u)) for i, u in sorted(plan.removed.items()) if i in by_id and by_id[i].inexact is None]
+    part = [(g, u) for g, u in _removed(plan, groups) if g is not None and g.inexact is None]
     expected = reference(model, part, inputs) if part else None
     if expected is None:
         return None
@@ -118,16 +120,12 @@ def _edits(model: nn.Module, chosen: list, role: str, hooks: bool = True) -> _Ed
     own, out = dict(model.named_parameters()), _Edits()
     members = [(m, torch.as_tensor(m.indices[units].ravel(), device=own[m.fqn].device))
                for g, units in chosen for m in g.members if role in m.roles and m.fqn in own]
-    for m, index in members:
-        at = _site(model, m, role) if hooks else None
-        if at is not None:
-            out.hooks.append((at[0], _hook(role, at[1], index)))
+    sites = [(m, index, _site(model, m, role) if hooks else None) for m, index in members]
+    out.hooks = [(at[0], _hook(role, at[1], index)) for _, index, at in sites if at is not None]
     hooked = {fqn for fqn, _ in out.hooks}
-    for m, index in members:
-        if hooks and _site(model, m, role) is not None:
-            continue
-        if role == "out" and m.fqn.rpartition(".")[0] in hooked:
-            continue  # a bias of a module whose whole output is scrambled already
+    for m, index, at in sites:
+        if at is not None or (role == "out" and m.fqn.rpartition(".")[0] in hooked):
+            continue  # edited by its hook, or a bias of a module whose whole output is scrambled
         t = out.tensors.setdefault(m.fqn, own[m.fqn].detach().clone())
         t.index_fill_(m.dim, index, 0) if role == "in" else _scramble_(t, m.dim, index)
     return out
@@ -189,10 +187,10 @@ def _call(model: nn.Module, inputs: Inputs, edits: _Edits) -> tuple[Any, bool]:
             h.remove()
 
 
-def check_values(model: nn.Module, inputs: Inputs, expected: Any) -> None:
+def check_values(outputs: Any, expected: Any) -> None:
     """Raise ``SurgeryError`` (``.values`` set) when a pruned output differs from ``expected`` by more
     than its own dtype's tolerance (bfloat16 logits next to an integer argmax: each on its terms)."""
-    pairs = _pairs(expected, run_model(model, inputs))
+    pairs = _pairs(expected, outputs)
     worst = max((_relative(e, g) / TOLERANCE.get(e.dtype, DEFAULT_TOLERANCE), _relative(e, g)) for e, g in pairs) \
         if pairs else (0.0, 0.0)
     if worst[0] > 1:
