@@ -61,7 +61,8 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", **options)
     config = checked(model, config)  # before tracing, which can take minutes
     check_no_masks(model)
-    if calibration is None and needs_of(scorer or config.scorer):  # needs_of also refuses unknown names
+    reads_data = needs_of(scorer or config.scorer)  # refuses an unknown name before tracing, data or not
+    if calibration is None and reads_data:
         raise CalibrationError(f"scorer={getattr(scorer, '__qualname__', scorer or config.scorer)!r} reads "
                                f"calibration data; pass calibration= (an iterable of input batches)")
     check_recalibration(config, calibration)

@@ -19,13 +19,10 @@ ROUND_REFERENCES = ("original", "current")
 
 def _check_block_scorer(name: Any) -> None:
     """A misspelt block scorer is an error even when prune= has no "layers" to use it on."""
-    from .criteria.blocks import list_block_scorers  # criteria import this module
+    from .criteria.blocks import block_needs  # criteria import this module
 
-    known = ["auto", *list_block_scorers()]
-    if isinstance(name, str) and name not in known:
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"block_scorer={name!r} is not one of {known}{hint}")
+    if isinstance(name, str) and name != "auto":
+        block_needs(name)  # resolves it in the registry, which names the closest scorer
 
 
 def check_flags(**flags: Any) -> None:

@@ -1,6 +1,7 @@
 """Generic registry used by the plug-in packages (rules, slicers, scorers)."""
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Callable, Iterator
 
@@ -74,8 +75,9 @@ class Registry:
             return value
         if isinstance(value, str) and value in self._items:
             return self._items[value]
+        close = difflib.get_close_matches(str(value), self.names(), n=1)
         raise ConfigError(f"{option}={value!r} is not a registered name or a callable; choose one of "
-                          f"{self.names()} or pass {custom}")
+                          f"{self.names()} or pass {custom}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
     def lookup_mro(self, obj: Any) -> Callable | None:
         """First entry registered for a class along ``type(obj).__mro__`` (singledispatch-style)."""

@@ -190,5 +190,5 @@ def test_hf_depth_and_per_layer_widths_reload_through_graphprune(tmp_path) -> No
 
 
 def test_a_misspelt_block_scorer_is_refused_even_without_layers() -> None:
-    with pytest.raises(graphprune.ConfigError, match="block_scorer='angualr' is not one of .*did you mean 'angular'"):
+    with pytest.raises(graphprune.ConfigError, match="block_scorer='angualr' is not a registered name.*did you mean 'angular'"):
         graphprune.shrink(Stack([Res, Res]), 0.3, block_scorer="angualr", example_inputs=X)
