@@ -42,10 +42,10 @@ def save_pretrained(model: nn.Module, directory: str, base: Any = None, plan: An
     >>> again.fc.in_features == small.fc.in_features
     True
     """
-    from .sparsity.masks import is_masked
+    from .sparsity.masks import masked_layers
     from .surgery.config import hf_config
 
-    masked = [fqn for fqn, mod in model.named_modules() if is_masked(mod)]
+    masked = masked_layers(model)
     if masked:  # parametrized names (weight -> parametrizations.weight.original) match no rebuilt model
         raise ConfigError(f"{len(masked)} layer(s) such as {masked[0]!r} carry sparsity masks; call "
                           f"graphprune.make_dense_(model) first, which bakes the zeros into plain weights")

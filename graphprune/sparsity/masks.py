@@ -182,6 +182,11 @@ def is_masked(module: nn.Module) -> bool:
     return chain is not None and len(chain) == 1 and isinstance(chain[0], Mask)
 
 
+def masked_layers(model: nn.Module) -> list[str]:
+    """FQNs of the layers holding a graphprune mask."""
+    return [fqn for fqn, mod in model.named_modules() if is_masked(mod)]
+
+
 def check_no_masks(model: nn.Module) -> None:
     """Structural pruning runs on plain weights: slicing a parametrized one would leave its module's
     size attributes (``in_features``) behind, hide it from the data-aware criteria, and shift the
@@ -189,7 +194,7 @@ def check_no_masks(model: nn.Module) -> None:
 
     >>> check_no_masks(nn.Linear(2, 2))
     """
-    layers = [fqn for fqn, mod in model.named_modules() if is_masked(mod)]
+    layers = masked_layers(model)
     if layers:
         raise ConfigError(f"{len(layers)} layer(s) such as {layers[0]!r} carry weight masks; prune the structure "
                           f"first and mask afterwards (for N:M, shrink with round_to=M, then sparsify_), or call "
