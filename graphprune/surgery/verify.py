@@ -17,6 +17,7 @@ from torch.nn.modules.conv import _ConvNd
 from ..errors import SurgeryError
 from ..inputs import Inputs, eval_mode, first_tensor
 from ..moments import consumer_of
+from ..trace import check_runs, is_meta
 
 # float error of a pruned sum against the zeroed full one is far below these; a width misread by
 # code moves outputs by whole percents (a quarter of the scale in the tests)
@@ -42,8 +43,6 @@ def _removed(plan: Any, groups: Any) -> list[tuple[Any, list[int]]]:
 def reference(model: nn.Module, chosen: list, inputs: Inputs) -> Any:
     """What the pruned model must output (``zeroed_outputs``); None on the meta device, where nothing
     runs. Inputs the unpruned model rejects (a wrong dtype passes export) are a TraceError."""
-    from ..trace import check_runs, is_meta
-
     if is_meta(model):
         return None
     try:
