@@ -21,7 +21,7 @@ from .plan import Plan, kind, make_plan, plan_from_units
 from .progress import stages
 from .recalibrate import batch_norm_after_, check_recalibration
 from .report import Report, count_macs, make_report
-from .scores import Scores, needs_of, reads_drift, score
+from .scores import Scores, needs_of, reads_drift, score, warn_uncompensated
 from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
 from .surgery.verify import check_exact_part, checkable, misread_group, reference
@@ -66,6 +66,7 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         raise CalibrationError(f"scorer={getattr(scorer, '__qualname__', scorer or config.scorer)!r} reads "
                                f"calibration data; pass calibration= (an iterable of input batches)")
     check_recalibration(config, calibration)
+    warn_uncompensated(scorer or config.scorer, config.compensate)
     if config.steps > 1 and config.ratio > 0:
         from .schedule import shrink_steps
         return shrink_steps(model, config, example_inputs=example_inputs, inplace=inplace, return_report=return_report,

@@ -109,7 +109,7 @@ def _one(model, next_bn, seen: InputStats, method, ridge, owner, in_dim, keep, h
     bias = getattr(mod, "bias", None)
     can_bias = bias is not None or not hf  # an HF config that says "no bias" would drop it on reload
     bn = None if bias is not None else next_bn
-    if method == "lstsq" and (mod.weight.dim() == 2 or _pointwise(mod)):
+    if method == "lstsq" and refits(mod):
         w_new, b_new = _refit(w2, bias, seen, keep, ridge, with_bias=can_bias or bn is not None)
         updates[f"{owner}.weight"] = _unview(mod, w_new, in_dim).to(mod.weight.dtype)
     else:
@@ -121,8 +121,10 @@ def _one(model, next_bn, seen: InputStats, method, ridge, owner, in_dim, keep, h
     _place_bias(mod, owner, bias, bn, b_new, can_bias, updates, biases, notes, keep_out)
 
 
-def _pointwise(mod: nn.Module) -> bool:
-    return isinstance(mod, _ConvNd) and all(k == 1 for k in mod.kernel_size)
+def refits(mod: nn.Module) -> bool:
+    """Whether ``compensate="lstsq"`` refits this consumer (a linear map per position: Linear, 1x1
+    conv); the others get the mean."""
+    return mod.weight.dim() == 2 or (isinstance(mod, _ConvNd) and all(k == 1 for k in mod.kernel_size))
 
 
 def _unview(mod: nn.Module, w2: torch.Tensor, in_dim: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ scored by ``l2`` instead, scaled to the judged groups' typical score, and listed
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections import ChainMap
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -68,18 +69,20 @@ class Scores:
         return out
 
 
-def register_scorer(name: str, needs: tuple[str, ...] = (), override: bool = False, drift: bool = False) -> Callable:
+def register_scorer(name: str, needs: tuple[str, ...] = (), override: bool = False, drift: bool = False,
+                    compensate: str | None = None) -> Callable:
     """Register ``fn(ctx) -> scores`` (or the older ``fn(group, tensors)``) under ``name``; ``needs``
     names the statistics ``graphprune.calibrate`` must collect for it; ``drift``: it reads what
     calibration against a reference measures (``InputStats.drift``, ``Stats.taylor_drift``), so
-    iterative rounds run the original model beside the pruned one for it (and only for such).
+    iterative rounds run the original model beside the pruned one for it (and only for such);
+    ``compensate``: the compensation its scores take for granted (shrink warns without it).
 
     >>> @register_scorer("ones", override=True)
     ... def ones(ctx): return np.ones(ctx.group.width)
     >>> "ones" in list_scorers()
     True
     """
-    return SCORERS.register(name, override=override, needs=tuple(needs), drift=drift)
+    return SCORERS.register(name, override=override, needs=tuple(needs), drift=drift, compensate=compensate)
 
 
 def list_scorers() -> list[str]:
@@ -105,6 +108,23 @@ def reads_drift(scorer: Any) -> bool:
     (True, False)
     """
     return bool(getattr(resolve_scorer(scorer), "drift", False))
+
+
+def warn_uncompensated(scorer: Any, compensate: str | None) -> None:
+    """Warn where a criterion's scores take for granted a compensation that will not be made.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as seen:
+    ...     warnings.simplefilter("always")
+    ...     warn_uncompensated("obs", None)
+    >>> "compensate='lstsq'" in str(seen[0].message)
+    True
+    """
+    want = getattr(resolve_scorer(scorer), "compensate", None)
+    if want and compensate != want:
+        warnings.warn(f"graphprune: scorer={_name(scorer)!r} ranks units by what is lost after compensate={want!r}, "
+                      f"but compensate={compensate!r}: the kept weights are not refit and the pruned model loses "
+                      f"more than the scores say; pass compensate={want!r}")
 
 
 def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | None = None,

@@ -1,7 +1,7 @@
 """Stage 4 plug-ins, criteria: one module per family, each criterion registered by name.
 
-``magnitude`` (l1, l2, random, bn_scale) reads weights only; ``gradient`` (taylor, hessian) and
-``activation`` (activation, fluctuation) read what ``graphprune.calibrate`` measured.
+``magnitude`` (l1, l2, random, bn_scale) reads weights only; ``gradient`` (taylor, hessian),
+``activation`` (activation, fluctuation) and ``refit`` (obs) read what ``graphprune.calibrate`` measured.
 """
 from __future__ import annotations
 
@@ -73,4 +73,4 @@ def per_unit(group: Group, vector: Callable[[Member], np.ndarray | None]) -> np.
     return total if seen else None
 
 
-from . import activation, blocks, gradient, magnitude  # noqa: E402,F401 - register the criteria
+from . import activation, blocks, gradient, magnitude, refit  # noqa: E402,F401 - register the criteria

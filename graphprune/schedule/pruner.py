@@ -14,6 +14,7 @@ from ..groups import find_groups
 from ..inputs import reusable
 from ..plan import Plan, count_params
 from ..recalibrate import check_recalibration
+from ..scores import warn_uncompensated
 from ..sparsity.masks import check_no_masks
 from ..trace import _eval_mode
 from . import regularize
@@ -63,6 +64,7 @@ class Pruner:
                                    **options)
         check_no_masks(model)
         check_recalibration(self.config, calibration)
+        warn_uncompensated(scorer or self.config.scorer, self.config.compensate)
         if optimizer is not None:
             check_optimizer(optimizer, model)
         self.model, self.optimizer, self.scorer, self.loss_fn = model, optimizer, scorer, loss_fn
