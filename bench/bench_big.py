@@ -78,7 +78,8 @@ def stages(model, ratio: float, scorer: str = "l2", inplace: bool = False, apply
     from graphprune.groups import groups_from_coupling
     from graphprune.surgery import apply_plan_shared_, shared_copy, unshare_
     from graphprune.surgery.checks import check_forward
-    from graphprune.surgery.verify import check_exact_part, check_values, checkable, reference
+    from graphprune.surgery.proof import check_exact_part, checkable, reference
+    from graphprune.surgery.verify import check_values
 
     t: dict[str, Any] = {}
     traced = timed(t, "trace", lambda: graphprune.trace(model))

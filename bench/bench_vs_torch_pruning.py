@@ -44,7 +44,8 @@ from graphprune.coupling import build_coupling
 from graphprune.groups import groups_from_coupling
 from graphprune.surgery import apply_plan_shared_, shared_copy, unshare_
 from graphprune.surgery.checks import check_forward as forward_runs
-from graphprune.surgery.verify import check_exact_part, check_values, checkable, reference
+from graphprune.surgery.proof import check_exact_part, checkable, reference
+from graphprune.surgery.verify import check_values
 
 try:
     import torch_pruning as tp

@@ -24,7 +24,7 @@ from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, reads_drift, score, warn_uncompensated
 from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
-from .surgery.verify import check_exact_part, checkable, misread_group, reference
+from .surgery.proof import check_exact_part, checkable, misread_group, reference, value_note
 from .trace import check_module, check_runs, trace
 from .surgery.tensors import copy_model
 
@@ -89,7 +89,8 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         target, shared = (model, frozenset()) if inplace else shared_copy(
             model, {m.fqn for g in groups.prunable for m in g.members})
         macs_before = count_macs(model, traced.inputs) if return_report else 0  # before an in-place model changes
-        plan, comp = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats, shared, depth)
+        plan, comp, proof = _plan_and_apply_(target, model, groups, config, scores, traced.inputs, stats, shared,
+                                             depth)
         unshare_(target, shared)
         bn_note = batch_norm_after_(target, config, calibration)
         if not return_report:
@@ -98,7 +99,8 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
         left_out = tuple(i for i in plan.config.get("ignore", ()) if i not in config.ignore)
         report: Report = make_report(model, target, plan, groups, left_out, scores=scores, stats=stats,
                                      compensation=comp, macs_before=macs_before)
-    return target, (dataclasses.replace(report, notes=(*report.notes, bn_note)) if bn_note else report)
+    notes = tuple(n for n in (proof, bn_note) if n)
+    return target, dataclasses.replace(report, notes=(*report.notes, *notes))
 
 
 SHRINK_KEYWORDS = ("example_inputs", "inplace", "return_report", "scorer", "calibration", "loss_fn")
@@ -135,10 +137,11 @@ MAX_RETRIES = 16
 
 def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores,
                      inputs: Any, stats: Stats | None = None, shared: frozenset[int] = frozenset(),
-                     depth: tuple = ()) -> tuple[Plan, Compensation | None]:
+                     depth: tuple = ()) -> tuple[Plan, Compensation | None, str | None]:
     """Plan and prune; if the pruned forward breaks inside a module (its code derives a width from a
     constant or another tensor's shape, invisible in the traced graph), leave every module of that
-    type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done stays."""
+    type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done
+    stays. Returns the plan, the compensation and the report's line on what the value check proved."""
     left_out: list[str] = []
     for _ in range(MAX_RETRIES):
         plan = _make_plan_noting(model, groups, config, scores, left_out, depth)
@@ -148,13 +151,13 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
                 "batches": stats.batches, "loss": stats.loss, "needs": list(stats.needs)}})
         chosen = checkable(plan, groups, comp)
         expected = reference(model, chosen, inputs) if chosen else None
-        misread = None if chosen else check_exact_part(model, groups, plan, comp, inputs)
+        part_checked, misread = (False, None) if chosen else check_exact_part(model, groups, plan, comp, inputs)
         if misread is not None:  # inexact groups in the plan too: their exact part was checked alone
             config = _without_misread(model, groups, *misread, inputs, config)
             continue
         try:
             apply_plan_shared_(target, plan, inputs, comp, shared, expected)
-            return plan, comp
+            return plan, comp, value_note(plan, groups, comp, expected is not None or part_checked)
         except SurgeryError as err:
             if getattr(err, "values", None) is not None:
                 config = _without_misread(model, groups, chosen, err, inputs, config)

@@ -59,6 +59,7 @@ class Done:
     stats: Stats | None
     compensation: Compensation | None
     bn_note: str | None = None  # the report's note on BatchNorm statistics after the round
+    checked: str | None = None  # the report's note on what the value check proved
 
 
 def baseline(model: nn.Module, example_inputs: Any) -> Baseline:
@@ -97,7 +98,7 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
         stats = _calibration(model, groups, cfg, scorer, batches, loss_fn, reference=reference)
         scores = score(model, groups, scorer or cfg.scorer, stats, seed=cfg.seed)
         try:
-            plan, comp = _plan_and_apply_(model, model, groups, cfg, scores, traced.inputs, stats)
+            plan, comp, checked = _plan_and_apply_(model, model, groups, cfg, scores, traced.inputs, stats)
         except PlanError as err:  # raised before any surgery: the model is as it was
             if step == config.steps:
                 raise
@@ -105,15 +106,16 @@ def prune_round_(model: nn.Module, base: Baseline, config: ShrinkConfig, step: i
             return None
         # the next round scores (and the user gets) a model whose statistics fit what it now computes
         bn_note = batch_norm_after_(model, cfg, batches)
-    return Done(plan, groups, scores, stats, comp, bn_note)
+    return Done(plan, groups, scores, stats, comp, bn_note, checked)
 
 
 def notes_of(d: Done) -> list[str]:
-    """What a report says about one round: criterion fallbacks, compensation notes, BatchNorm."""
+    """What a report says about one round: criterion fallbacks, compensation notes, BatchNorm, and
+    what the value check proved."""
     by_id = {g.id: g for g in d.groups}
     notes = [f"{d.scores.criterion} cannot judge {by_id[i].module or '<root>'}; ranked by l2 there"
              for i in d.scores.fallback]
-    return notes + list(d.compensation.notes if d.compensation else ()) + ([d.bn_note] if d.bn_note else [])
+    return notes + list(d.compensation.notes if d.compensation else ()) + [n for n in (d.bn_note, d.checked) if n]
 
 
 def compose(model: nn.Module, plans: list[Plan]) -> Plan:

@@ -2,6 +2,7 @@
 compute what the original computes with the removed units' contribution zeroed (the project's
 oracle, run on the real plan). A width the code reads as a number (``h / math.sqrt(h.shape[-1])``,
 ``if x.shape[1] == 16``) is a constant in the traced graph, so no rule sees it; this check does.
+Which plans it judges, and what the report says it proved: ``proof``.
 """
 from __future__ import annotations
 
@@ -17,65 +18,11 @@ from torch.nn.modules.conv import _ConvNd
 from ..errors import SurgeryError
 from ..inputs import Inputs, eval_mode, first_tensor
 from ..moments import consumer_of
-from ..trace import check_runs, is_meta
 
 # float error of a pruned sum against the zeroed full one is far below these; a width misread by
 # code moves outputs by whole percents (a quarter of the scale in the tests)
 TOLERANCE = {torch.float16: 3e-2, torch.bfloat16: 3e-2}
 DEFAULT_TOLERANCE = 1e-3
-
-
-def checkable(plan: Any, groups: Any, compensation: Any) -> list[tuple[Any, list[int]]] | None:
-    """The (group, units) a plan removes when its result is checkable against a zeroed original:
-    no compensation, no whole blocks, and every removed group exact. None otherwise."""
-    if compensation is not None or plan.removed_blocks or not plan.removed:
-        return None
-    chosen = _removed(plan, groups)
-    return chosen if all(g is not None and g.inexact is None for g, _ in chosen) else None
-
-
-def _removed(plan: Any, groups: Any) -> list[tuple[Any, list[int]]]:
-    """(group, units) for every group the plan removes units of (None for an id ``groups`` lacks)."""
-    by_id = {g.id: g for g in groups}
-    return [(by_id.get(i), list(u)) for i, u in sorted(plan.removed.items())]
-
-
-def reference(model: nn.Module, chosen: list, inputs: Inputs) -> Any:
-    """What the pruned model must output (``zeroed_outputs``); None on the meta device, where nothing
-    runs. Inputs the unpruned model rejects (a wrong dtype passes export) are a TraceError."""
-    if is_meta(model):
-        return None
-    try:
-        return zeroed_outputs(model, chosen, inputs)
-    except Exception:  # noqa: BLE001 - the unpruned model decides whether the inputs are at fault
-        check_runs(model, inputs)
-        return None  # the model runs, only not through functional_call: nothing to check against
-
-
-def check_exact_part(model: nn.Module, groups: Any, plan: Any, compensation: Any,
-                     inputs: Inputs) -> tuple[list, SurgeryError] | None:
-    """For a plan that also cuts inexact groups (a transformer's hidden width under its norms):
-    apply only its exact groups to a copy sharing the model's tensors and check those. Returns
-    (the exact part, the error) when the code misreads a width there; None when it does not or
-    nothing can be checked. The copy is dropped either way."""
-    if compensation is not None or plan.removed_blocks:
-        return None
-    part = [(g, u) for g, u in _removed(plan, groups) if g is not None and g.inexact is None]
-    expected = reference(model, part, inputs) if part else None
-    if expected is None:
-        return None
-    from ..plan import plan_from_units  # the plan stage imports surgery
-    from .core import apply_checked_
-    from .tensors import shared_copy
-
-    sub = plan_from_units(model, part, plan.config, groups)
-    # parameters are shared, never written (slicing makes new tensors; the forward is in eval mode)
-    trial, mine = shared_copy(model, set(sub.keep) | {n for n, _ in model.named_parameters(remove_duplicate=False)})
-    try:
-        apply_checked_(trial, sub, inputs, None, mine, expected, trial=True)
-    except SurgeryError as err:
-        return (part, err) if getattr(err, "values", None) is not None else None
-    return None
 
 
 def zeroed_outputs(model: nn.Module, chosen: list[tuple[Any, list[int]]], inputs: Inputs) -> Any:
@@ -221,26 +168,3 @@ def _relative(e: torch.Tensor, g: torch.Tensor) -> float:
 
 def _floats(out: Any) -> list[torch.Tensor]:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-
-def misread_group(model: nn.Module, groups: Any, chosen: list[tuple[Any, list[int]]], inputs: Inputs) -> Any:
-    """One group whose removal alone fails the value check, found by halving ``chosen`` on copies
-    of ``model`` (only after the check failed); None when no single group does (code reading a sum
-    of widths, say)."""
-    while len(chosen) > 1:
-        half = chosen[: len(chosen) // 2]
-        chosen = half if _misread(model, groups, half, inputs) else chosen[len(chosen) // 2:]
-    return chosen[0][0] if chosen and _misread(model, groups, chosen, inputs) else None
-
-
-def _misread(model: nn.Module, groups: Any, part: list[tuple[Any, list[int]]], inputs: Inputs) -> bool:
-    from ..plan import plan_from_units  # the plan stage imports surgery
-    from .core import apply_checked_
-    from .tensors import copy_model
-
-    plan = plan_from_units(model, part, {}, groups)
-    try:
-        apply_checked_(copy_model(model), plan, inputs, expected=zeroed_outputs(model, part, inputs))
-    except SurgeryError as err:
-        return getattr(err, "values", None) is not None
-    return False

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import graphprune
-from graphprune.surgery.verify import checkable, zeroed_outputs
+from graphprune.surgery.proof import checkable
+from graphprune.surgery.verify import zeroed_outputs
 
 X = torch.randn(4, 8)
 
@@ -198,3 +199,22 @@ def test_outputs_are_judged_by_their_own_dtype_and_integers_are_left_out() -> No
     model = ArgmaxAndLogits().to(torch.bfloat16).eval()
     small = graphprune.shrink(model, 0.3, example_inputs=torch.randn(64, 8, dtype=torch.bfloat16), tolerance=0.2)
     assert small.net[0].out_features < 64
+
+
+def _values_note(model: nn.Module, **kw) -> str:
+    _, report = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2, return_report=True, **kw)
+    (note,) = [n for n in report.notes if n.startswith("values ")]
+    return note
+
+
+def test_the_report_says_what_the_value_check_proved() -> None:
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    assert _values_note(mlp).startswith("values checked: the pruned model's outputs equal the original's")
+    batches = [torch.randn(16, 8) for _ in range(2)]
+    assert "not checked (compensate=" in _values_note(mlp, compensate="mean", calibration=batches)
+    assert "no reference" in _values_note(ScaledWeight().eval())
+    norm = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4)).eval()
+    assert "not checked (every pruned group is inexact (e.g. normalised" in _values_note(norm)
+    normed_mlp = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    mixed = _values_note(normed_mlp.eval(), prune=("mlp", "hidden"), scope="local")
+    assert mixed.startswith("values checked for ") and "inexact (e.g. " in mixed
