@@ -29,6 +29,7 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("gp fluctuation+mean", dict(scorer="fluctuation", compensate="mean")),
     ("gp activation+lstsq", dict(scorer="activation", compensate="lstsq")),
     ("gp fluctuation+lstsq", dict(scorer="fluctuation", compensate="lstsq")),
+    ("gp obs+lstsq", dict(scorer="obs", compensate="lstsq")),
 ]
 
 

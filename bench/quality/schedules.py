@@ -36,7 +36,8 @@ RATIOS = (0.5, 0.7)  # the issue's 50%, and a higher ratio, where the literature
 STEPS = 5
 DRAWS = 3  # calibration draws per recipe: a change smaller than its spread over draws is noise
 RECIPES = [("l2 (default)", {}), ("taylor", dict(scorer="taylor")), ("activation", dict(scorer="activation")),
-           ("fluctuation+lstsq", dict(scorer="fluctuation", compensate="lstsq"))]
+           ("fluctuation+lstsq", dict(scorer="fluctuation", compensate="lstsq")),
+           ("obs+lstsq", dict(scorer="obs", compensate="lstsq"))]
 
 
 def _pair(model: nn.Module, ratio: float, calib: list, example: Any, options: dict[str, Any],
