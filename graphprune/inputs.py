@@ -44,6 +44,17 @@ def normalize_inputs(example_inputs: Any) -> Inputs:
         f"got {type(example_inputs).__name__}; e.g. example_inputs=torch.randn(1, 3, 224, 224)")
 
 
+def _built_size(model: nn.Module, size: tuple) -> tuple:
+    """The image size a timm model was built for: ``create_model(..., img_size=64)`` keeps the
+    pretrained_cfg's 224, while its patch embedding (ViT, Swin, ...) accepts only 64 x 64."""
+    embed = getattr(model, "patch_embed", None)
+    built = getattr(embed, "img_size", None)
+    fixed = getattr(embed, "strict_img_size", True) and not getattr(embed, "dynamic_img_size", False)
+    if fixed and isinstance(built, (tuple, list)) and len(built) == len(size) and all(type(n) is int for n in built):
+        return tuple(built)
+    return tuple(size)
+
+
 def default_inputs(model: nn.Module) -> Inputs:
     """Example inputs for a timm model (``pretrained_cfg['input_size']``) or an HF model (small ids).
 
@@ -55,7 +66,7 @@ def default_inputs(model: nn.Module) -> Inputs:
     device = _device_of(model)
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     if isinstance(cfg, dict) and "input_size" in cfg:
-        return (torch.randn(1, *cfg["input_size"], device=device),), {}
+        return (torch.randn(1, *cfg["input_size"][:1], *_built_size(model, cfg["input_size"][1:]), device=device),), {}
     hf = getattr(model, "config", None)
     if hf is not None and hasattr(hf, "to_dict"):
         try:

@@ -1,4 +1,5 @@
-"""Tests for graphprune/inputs.py: example inputs derived from a Hugging Face model's own config."""
+"""Tests for graphprune/inputs.py: example inputs derived from a Hugging Face model's own config, and
+from the image size a timm model was built for."""
 from __future__ import annotations
 
 import pytest
@@ -52,3 +53,13 @@ def test_user_inputs_of_a_cached_model_are_traced_without_the_cache() -> None:
     (args, traced), notes = hf_trace_inputs(model, ((), mine))
     assert traced["use_cache"] is False and "use_cache=False" in notes[0]
     assert graphprune.trace(model, mine).notes == notes
+
+
+@pytest.mark.parametrize("kw, size", [(dict(img_size=64), (64, 64)),
+                                      (dict(img_size=64, dynamic_img_size=True), (224, 224)), ({}, (224, 224))])
+def test_a_timm_vit_built_for_another_image_size_gets_inputs_of_that_size(kw: dict, size: tuple) -> None:
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("vit_tiny_patch16_224", depth=1, **kw).eval()
+    (x,), _ = default_inputs(model)
+    assert tuple(x.shape) == (1, 3, *size)
+    assert model(x).shape == (1, 1000)  # the size it was built for runs
