@@ -21,13 +21,12 @@ import math
 import numpy as np
 import torch
 
+from ..compensate import RIDGE, refits  # the criterion judges the refit that will be made, damped alike
 from ..drift import rows_of
-from ..compensate import refits
 from ..moments import consumer_of
 from ..scores import ScoreContext, register_scorer
 from . import member_mass
 
-RIDGE = 1e-3  # as graphprune.compensate.RIDGE: the criterion judges the refit that will be made
 CHUNKS = 128  # greedy steps per group at most (a wider group removes several units per step)
 
 
