@@ -70,8 +70,8 @@ class _Consumer:
 
 
 class _Unrefit:
-    """A consumer the refit does not reach (a k x k conv gets the mean only): removing a channel
-    there loses its fluctuation, ``Var(x_j) ||W[:, j]||^2``, whatever else goes."""
+    """A consumer judged without the refit: removing a channel loses its fluctuation,
+    ``Var(x_j) ||W[:, j]||^2``, whatever else goes."""
 
     def __init__(self, var_mass: np.ndarray, idx: np.ndarray):
         self.lost = torch.tensor(var_mass[np.asarray(idx)].sum(1))
@@ -84,16 +84,21 @@ class _Unrefit:
 
 
 def _consumers(ctx: ScoreContext) -> list[_Consumer | _Unrefit]:
-    out: list[_Consumer | _Unrefit] = []
+    """The group's consumers that ran. If the refit reaches them all, each as a ``_Consumer``;
+    otherwise every one as ``_Unrefit``: a unit a 3x3 conv also reads has no stand-in there, and
+    on the bench's digits CNN mixing the two kinds of cost in one group ranked units worse than
+    fluctuation alone (accuracy right after pruning 0.81 against 0.95 at 50%)."""
+    seen_by = []
     for m in ctx.group.members:
         where = consumer_of(ctx.model, m)
         seen = ctx.stats.inputs.get(where[0]) if where else None
-        if seen is None or seen.gram is None or seen.gram.shape[0] != ctx.tensors[m.fqn].shape[m.dim]:
-            continue
-        w2 = member_mass(ctx, m, 2)  # a weight on the meta device is refused with the fix
-        if not refits(ctx.model.get_submodule(where[0])):
-            out.append(_Unrefit(seen.var * seen.count * w2, m.indices))
-            continue
+        if seen is not None and seen.gram is not None and seen.gram.shape[0] == ctx.tensors[m.fqn].shape[m.dim]:
+            w2 = member_mass(ctx, m, 2)  # a weight on the meta device is refused with the fix
+            seen_by.append((m, seen, w2, refits(ctx.model.get_submodule(where[0]))))
+    if not all(refit for *_, refit in seen_by):
+        return [_Unrefit(seen.var * seen.count * w2, m.indices) for m, seen, w2, _ in seen_by]
+    out: list[_Consumer | _Unrefit] = []
+    for m, seen, _, _ in seen_by:
         n = max(seen.count, 1)
         mean = torch.tensor(seen.mean)
         cov = torch.tensor(seen.gram) / n - torch.outer(mean, mean)  # the refit's bias takes the mean

@@ -158,3 +158,27 @@ def test_obs_with_lstsq_prunes_a_conv_net_with_a_pointwise_consumer() -> None:
     small = graphprune.shrink(model, 0.3, scorer="obs", compensate="lstsq", calibration=batches, tolerance=0.1,
                               example_inputs=batches[0])
     assert small.c2.in_channels < 8 and torch.isfinite(small(batches[0])).all()
+
+
+class TwoReaders(nn.Module):
+    """The hidden channels are read by a 1x1 conv, which the refit reaches, and by a 3x3 one."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.p, self.k = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.p(h) + self.k(h)
+
+
+def test_a_group_the_refit_reaches_only_in_part_is_judged_by_fluctuation_throughout() -> None:
+    model = TwoReaders()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 3, 8, 8, generator=g) for _ in range(3)]
+    groups = graphprune.find_groups(model, batches[0])
+    (group,) = [grp for grp in groups.prunable if grp.width == 8]
+    stats = graphprune.calibrate(model, groups, batches, needs=("gram",))
+    obs, fluct = (graphprune.score(model, groups, s, stats).raw[group.id] for s in ("obs", "fluctuation"))
+    np.testing.assert_allclose(obs, fluct, rtol=1e-9)
