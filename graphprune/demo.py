@@ -50,6 +50,7 @@ def show(name: str, model: nn.Module, ratio: float = 0.5, **options) -> None:
     console.print("\n".join(f"  [{g.id}] {g.structure:<16} {', '.join(f'{m.fqn}:{m.dim}' for m in g.members[:4])}"
                             f"{' ...' if len(g.members) > 4 else ''}" for g in picks))
     console.print("What changed:\n" + "\n".join(f"  {line}" for line in report.pruned[:6]))
+    console.print("\n".join(n[0].upper() + n[1:] for n in report.notes if n.startswith("values ")))
 
 
 def _few(groups: graphprune.Groups) -> list[graphprune.Group]:
