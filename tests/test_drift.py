@@ -57,7 +57,7 @@ def test_without_a_reference_nothing_is_added_and_hooks_are_gone() -> None:
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in [*current.modules(), *reference.modules()])
 
 
-@pytest.mark.parametrize("criterion", ["activation", "fluctuation"])
+@pytest.mark.parametrize("criterion", ["activation", "fluctuation", "obs"])
 def test_a_unit_that_is_the_whole_error_scores_zero_against_the_reference(criterion: str) -> None:
     reference, current = _drifted()
     groups, stats = _stats(current, reference)
@@ -65,7 +65,8 @@ def test_a_unit_that_is_the_whole_error_scores_zero_against_the_reference(criter
     plain = score(current, groups, criterion, _stats(current, None)[1]).raw[g.id]
     judged = score(current, groups, criterion, stats).raw[g.id]
     assert plain[EXTRA] > 0.1 * plain.max()  # on its own output, EXTRA matters
-    assert judged[EXTRA] == pytest.approx(0.0, abs=1e-6)  # removing it gives back the reference's output
+    # removing it gives back the reference's output (obs: up to the refit's ridge damping)
+    assert judged[EXTRA] <= (1e-3 * plain[EXTRA] if criterion == "obs" else 1e-6)
 
 
 def test_taylor_against_the_reference_scores_the_erroneous_unit_lower() -> None:

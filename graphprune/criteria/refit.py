@@ -35,12 +35,17 @@ class _Consumer:
     and the input channels of every unit. Both are refit as units leave, and shrink to the channels
     still there (the later steps, on smaller matrices, cost less)."""
 
-    def __init__(self, w: torch.Tensor, cov: torch.Tensor, idx: np.ndarray, count: int):
+    def __init__(self, w: torch.Tensor, cov: torch.Tensor, idx: np.ndarray, count: int,
+                 drift: torch.Tensor | None = None):
         damp = RIDGE * float(torch.diagonal(cov).mean().clamp_min(1e-12))
         h = cov + damp * torch.eye(len(cov), dtype=cov.dtype)
         chol, info = torch.linalg.cholesky_ex(h)
         # damping makes h positive definite unless the calibration saw nothing at all
         self.hinv = torch.cholesky_inverse(chol) if int(info) == 0 else torch.linalg.pinv(h, hermitian=True)
+        if drift is not None and drift.shape == w.shape:
+            # judged against a reference: the inputs' best fit to the reference's output is
+            # W - Cov(e, x) C^-1, and what removing channels costs is measured from that fit
+            w = w - drift @ self.hinv
         self.w, self.idx, self.count = w.clone(), torch.tensor(np.asarray(idx), dtype=torch.long), count
         self.at = torch.arange(len(cov))  # original channel -> its row in the shrunk matrices (-1: gone)
 
@@ -102,11 +107,20 @@ def _consumers(ctx: ScoreContext) -> list[_Consumer | _Unrefit]:
         n = max(seen.count, 1)
         mean = torch.tensor(seen.mean)
         cov = torch.tensor(seen.gram) / n - torch.outer(mean, mean)  # the refit's bias takes the mean
-        out.append(_Consumer(rows_of(ctx.tensors[m.fqn], m.dim), cov, m.indices, n))
+        out.append(_Consumer(rows_of(ctx.tensors[m.fqn], m.dim), cov, m.indices, n, _drift(seen, mean)))
     return out
 
 
-@register_scorer("obs", needs=("gram",), compensate="lstsq")
+def _drift(seen, mean: torch.Tensor) -> torch.Tensor | None:
+    """Cov(e, x), (out, in), with e the consumer's drift from the reference model (later rounds
+    of ``shrink(steps=N)``); None without one."""
+    if seen.drift is None:
+        return None
+    n = max(seen.count, 1)
+    return torch.tensor(seen.drift) / n - torch.outer(torch.tensor(seen.drift_sum) / n, mean)
+
+
+@register_scorer("obs", needs=("gram",), compensate="lstsq", drift=True)
 def obs(ctx: ScoreContext) -> np.ndarray | None:
     """Structured OBS: per unit, the output error its consumers keep after a least-squares refit
     of their other inputs, judged greedily (see the module). Meant for ``compensate="lstsq"``,
