@@ -9,7 +9,10 @@ removing the input channels ``S`` and refitting the others optimally costs, per 
 channels that copy each other would all look free; so units leave greedily, cheapest first, and
 each departure refits ``W`` and updates ``C^-1`` before the next one is judged. A unit's score is
 the largest marginal cost up to its turn: a group's scores rise in the order the greedy removes
-its units, so any global cut takes a prefix of that order from every group.
+its units, so any global cut takes a prefix of that order from every group. In later rounds of
+``shrink(steps=N)`` costs start from the inputs' best fit to the original model's output,
+``W - Cov(e, x) C^-1`` with ``e`` the consumer's drift, as the other data-aware criteria judge
+against the original.
 
 Cost: ``O(n^3)`` per consumer with ``n`` input channels (about a second for n = 1536 on one core);
 units leave in ``CHUNKS`` slices per group at most, each refit one block update.
