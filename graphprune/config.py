@@ -88,7 +88,7 @@ class ShrinkConfig:
     them); round k reaches ``ratio * k / steps`` of the original model.
     ``round_reference``: with ``steps > 1`` and calibration data, what rounds after the first judge
     units against: "original" (what removing a unit does to the pruned model's error against the
-    original model's outputs; ``activation``, ``fluctuation`` and projection ``taylor`` read it) or
+    original model's outputs; ``activation``, ``fluctuation``, ``obs`` and projection ``taylor`` read it) or
     "current" (the partly pruned model's own outputs, as a fresh one-shot run would).
     ``recalibrate_bn``: after pruning (after every round with ``steps > 1``), re-estimate every
     BatchNorm's running statistics on the calibration batches: removing channels moves what the
