@@ -17,10 +17,17 @@ from .verify import zeroed_outputs
 def checkable(plan: Any, groups: Any, compensation: Any) -> list[tuple[Any, list[int]]] | None:
     """The (group, units) a plan removes when its result is checkable against a zeroed original:
     no compensation, no whole blocks, and every removed group exact. None otherwise."""
-    if compensation is not None or plan.removed_blocks or not plan.removed:
+    if _beyond_check(plan, compensation) or not plan.removed:
         return None
     chosen = _removed(plan, groups)
     return chosen if all(g is not None and g.inexact is None for g, _ in chosen) else None
+
+
+def _beyond_check(plan: Any, compensation: Any) -> str | None:
+    """Why no zeroed original can stand for the pruned model, whatever its groups; None if one can."""
+    if compensation is not None:
+        return "compensate= rewrites the kept weights"
+    return "whole blocks are removed" if plan.removed_blocks else None
 
 
 def _removed(plan: Any, groups: Any) -> list[tuple[Any, list[int]]]:
@@ -47,7 +54,7 @@ def check_exact_part(model: nn.Module, groups: Any, plan: Any, compensation: Any
     apply only its exact groups to a copy sharing the model's tensors and check those. Returns
     (whether they were checked, and (the exact part, the error) when the code misreads a width
     there, else None). The copy is dropped either way."""
-    if compensation is not None or plan.removed_blocks:
+    if _beyond_check(plan, compensation):
         return False, None
     part = [(g, u) for g, u in _removed(plan, groups) if g is not None and g.inexact is None]
     expected = reference(model, part, inputs) if part else None
@@ -73,12 +80,12 @@ def value_note(plan: Any, groups: Any, compensation: Any, checked: bool) -> str 
     removed = [g for g, _ in _removed(plan, groups) if g is not None]
     if not removed and not plan.removed_blocks:
         return None
-    why = ("compensate= rewrites the kept weights" if compensation is not None else
-           "whole blocks are removed" if plan.removed_blocks else None)
+    why = _beyond_check(plan, compensation)
     inexact = [g for g in removed if g.inexact is not None]
     if why is None and not checked:
         why = ("every pruned group is inexact (e.g. " + inexact[0].inexact + ")" if len(inexact) == len(removed)
-               else "zeroing the removed units' weights does not cut them off here, so there is no reference")
+               else "no reference: the zeroed model did not cut the removed units off, could not run, or is on "
+                    "the meta device")
     if why is not None:
         return f"values not checked ({why}): the pruned model was checked for output shapes only"
     if not inexact:
