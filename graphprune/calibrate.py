@@ -98,6 +98,8 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
             for i, batch in enumerate(_bar(batches, max_batches, progress)):
                 if drift is not None:
                     drift.before(*normalize_inputs(batch))
+                if hooks is not None:
+                    hooks.batch = i
                 loss_name = _step(model, batch, i, grads, loss_fn, seed, drift)
                 if probe is not None:
                     probe.after(batch, loss_fn)

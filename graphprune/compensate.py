@@ -4,12 +4,13 @@ after surgery: ``graphprune.recalibrate``).
 
 For a consumer ``y = W x + b`` losing input channels R: "mean" adds ``W[:, R] E[x_R]`` to ``b`` (exact
 when those inputs are constant on the data); "lstsq" refits the kept columns and the bias to minimise
-``E||W x + b - W' x_K - b'||^2`` by ridge-regularised least squares on the input second moments.
+``E||W x + b - W' x_K - b'||^2`` by ridge-regularised least squares on the input second moments,
+each layer's damping chosen by cross-validation over the calibration batches (``graphprune.ridge``).
 Layers are solved one at a time, each from the unpruned model's inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
@@ -25,9 +26,10 @@ from .config import COMPENSATE
 from .errors import CalibrationError
 from .groups import Groups
 from .plan import Plan
+from .ridge import choose_ridge
 
 METHODS = tuple(m for m in COMPENSATE if m)
-RIDGE = 1e-3  # lstsq damping, relative to the mean input energy of the kept channels
+RIDGE = 1e-3  # fixed lstsq damping, relative to the mean input energy of the kept channels (obs's too)
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +40,7 @@ class Compensation:
     updates: Mapping[str, torch.Tensor]  # parameter or buffer FQN -> new value
     new_biases: Mapping[str, torch.Tensor]  # module FQN -> bias it gains
     notes: tuple[str, ...] = ()
+    ridges: Mapping[str, float] = field(default_factory=dict)  # "lstsq": module FQN -> the damping its refit used
 
     def apply_(self, model: nn.Module) -> None:
         """Write the values into ``model`` as new tensors (surgery's snapshot keeps the old ones)."""
@@ -66,8 +69,9 @@ def _linear_view(mod: nn.Module, weight: torch.Tensor, dim: int) -> torch.Tensor
 
 
 def compensation(model: nn.Module, plan: Plan, groups: Groups, stats: Stats, method: str = "mean",
-                 ridge: float = RIDGE) -> Compensation:
-    """What ``compensate_`` would write, without writing it (a pure function of its inputs)."""
+                 ridge: float | None = None) -> Compensation:
+    """What ``compensate_`` would write, without writing it (a pure function of its inputs).
+    ``ridge`` fixes the lstsq damping of every layer; None picks each one's by cross-validation."""
     if method not in METHODS:
         raise CalibrationError(f"compensate={method!r} is not one of {METHODS}")
     need = "gram" if method == "lstsq" else "inputs"
@@ -77,6 +81,7 @@ def compensation(model: nn.Module, plan: Plan, groups: Groups, stats: Stats, met
     updates: dict[str, torch.Tensor] = {}
     biases: dict[str, torch.Tensor] = {}
     notes: list[str] = []
+    ridges: dict[str, float] = {}
     hf = hasattr(getattr(model, "config", None), "to_dict")
     in_dims, bns = _input_dims(groups), _batch_norms_after(groups)
     for fqn, dims in plan.keep.items():
@@ -85,8 +90,17 @@ def compensation(model: nn.Module, plan: Plan, groups: Groups, stats: Stats, met
         if leaf != "weight" or len(cut) != 1 or owner not in stats.inputs:
             continue  # no consumer input lost here, or no statistics of what it read
         _one(model, bns.get(fqn), stats.inputs[owner], method, ridge, owner, cut[0], np.asarray(dims[cut[0]]), hf,
-             (updates, biases, notes), dims)
-    return Compensation(method, MappingProxyType(updates), MappingProxyType(biases), tuple(notes))
+             (updates, biases, notes, ridges), dims)
+    return Compensation(method, MappingProxyType(updates), MappingProxyType(biases),
+                        tuple(notes) + _ridge_note(ridges, ridge), MappingProxyType(ridges))
+
+
+def _ridge_note(ridges: Mapping[str, float], fixed: float | None) -> tuple[str, ...]:
+    if not ridges or fixed is not None:
+        return ()
+    r = np.array(sorted(ridges.values()))
+    return (f"lstsq damping by cross-validation over the calibration batches: {r[0]:.0e} to {r[-1]:.0e} "
+            f"(median {np.median(r):.0e}) of the mean input energy, over {len(r)} layers",)
 
 
 def _input_dims(groups: Groups) -> dict[str, set[int]]:
@@ -100,7 +114,7 @@ def _input_dims(groups: Groups) -> dict[str, set[int]]:
 
 
 def _one(model, next_bn, seen: InputStats, method, ridge, owner, in_dim, keep, hf, into, keep_out=None) -> None:
-    updates, biases, notes = into
+    updates, biases, notes, ridges = into
     mod = model.get_submodule(owner)
     w2 = _linear_view(mod, mod.weight.detach().double(), in_dim)
     if w2 is None or w2.shape[1] != seen.sum.shape[0]:
@@ -110,7 +124,8 @@ def _one(model, next_bn, seen: InputStats, method, ridge, owner, in_dim, keep, h
     can_bias = bias is not None or not hf  # an HF config that says "no bias" would drop it on reload
     bn = None if bias is not None else next_bn
     if method == "lstsq" and refits(mod):
-        w_new, b_new = _refit(w2, bias, seen, keep, ridge, with_bias=can_bias or bn is not None)
+        ridges[owner] = choose_ridge(w2, seen, keep) if ridge is None else ridge
+        w_new, b_new = _refit(w2, bias, seen, keep, ridges[owner], with_bias=can_bias or bn is not None)
         updates[f"{owner}.weight"] = _unview(mod, w_new, in_dim).to(mod.weight.dtype)
     else:
         if method == "lstsq":
@@ -201,7 +216,7 @@ def _batch_norms_after(groups: Groups) -> dict[str, _BN]:
 
 
 def compensate_(model: nn.Module, plan: Plan, stats: Stats, groups: Groups, method: str = "mean",
-                ridge: float = RIDGE) -> Compensation:
+                ridge: float | None = None) -> Compensation:
     """Fold what ``plan`` removes into what it keeps, in place. Call it on the model the plan is about
     to be applied to, before ``apply_plan_`` (the removed columns are read here); ``shrink(...,
     compensate=...)`` does both, and rolls both back if surgery fails.

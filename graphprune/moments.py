@@ -3,7 +3,7 @@ that activation criteria, Wanda-style scores and least-squares compensation shar
 pre-hooks that accumulate them. Only running sums are kept, never the activations themselves."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -32,6 +32,9 @@ class InputStats:
     # against a reference model (graphprune.drift): sum of e x^T (out x in) and of e, e = y - y_reference
     drift: np.ndarray | None = None
     drift_sum: np.ndarray | None = None
+    # with "gram": the same moments over the odd-numbered batches alone, so a refit can be judged
+    # on batches it was not fitted on (graphprune.ridge); None from a single batch
+    fold: "InputStats | None" = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -67,11 +70,14 @@ def consumer_of(model: nn.Module, member: Member) -> tuple[str, int] | None:
 
 
 class InputHooks:
-    """Forward pre-hooks that add each consumer's input to running sums (float64, on the CPU)."""
+    """Forward pre-hooks that add each consumer's input to running sums (float64, on the CPU). With
+    ``gram``, the odd-numbered batches (``batch``, set by the caller before each) are also summed
+    apart, for ``InputStats.fold``."""
 
     def __init__(self, model: nn.Module, consumers: dict[str, int], gram: bool):
-        self.dims, self.gram = consumers, gram
+        self.dims, self.gram, self.batch = consumers, gram, 0
         self.acc: dict[str, list] = {}
+        self.odd: dict[str, list] = {}
         self.handles = [model.get_submodule(f).register_forward_pre_hook(self._hook(f)) for f in consumers]
 
     def _hook(self, fqn: str) -> Callable:
@@ -80,18 +86,31 @@ class InputHooks:
             if x is None or not x.is_floating_point() or x.dim() < 2:
                 return
             rows = rows_of(x, self.dims[fqn])
-            acc = self.acc.setdefault(fqn, [0, 0.0, 0.0, 0.0])
-            acc[0] += rows.shape[0]
-            acc[1] = acc[1] + rows.sum(0)
-            acc[2] = acc[2] + rows.pow(2).sum(0)
-            if self.gram:
-                acc[3] = acc[3] + rows.T @ rows
+            _add(self.acc.setdefault(fqn, [0, 0.0, 0.0, 0.0]), rows, self.gram)
+            if self.gram and self.batch % 2:
+                _add(self.odd.setdefault(fqn, [0, 0.0, 0.0, 0.0]), rows, True)
         return hook
 
     def result(self) -> dict[str, InputStats]:
-        return {f: InputStats(n, readonly(s.numpy()), readonly(q.numpy()), readonly(g.numpy()) if self.gram else None)
-                for f, (n, s, q, g) in sorted(self.acc.items())}
+        out = {f: _stats(acc, self.gram) for f, acc in sorted(self.acc.items())}
+        for f, odd in self.odd.items():
+            if 0 < odd[0] < out[f].count:  # both folds saw rows
+                out[f] = replace(out[f], fold=_stats(odd, True))
+        return out
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def _add(acc: list, rows: torch.Tensor, gram: bool) -> None:
+    acc[0] += rows.shape[0]
+    acc[1] = acc[1] + rows.sum(0)
+    acc[2] = acc[2] + rows.pow(2).sum(0)
+    if gram:
+        acc[3] = acc[3] + rows.T @ rows
+
+
+def _stats(acc: list, gram: bool) -> InputStats:
+    n, s, q, g = acc
+    return InputStats(n, readonly(s.numpy()), readonly(q.numpy()), readonly(g.numpy()) if gram else None)
