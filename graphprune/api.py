@@ -145,7 +145,7 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
     left_out: list[str] = []
     for _ in range(MAX_RETRIES):
         plan = _make_plan_noting(model, groups, config, scores, left_out, depth)
-        comp = compensation(model, plan, groups, stats, config.compensate) if config.compensate else None
+        comp = compensation(model, plan, groups, stats, config.compensate, config.ridge) if config.compensate else None
         if stats is not None:
             plan = dataclasses.replace(plan, config={**plan.config, "calibration": {
                 "batches": stats.batches, "loss": stats.loss, "needs": list(stats.needs)}})

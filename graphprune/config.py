@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-VERSION = 7  # 7: recalibrate_bn; 6: round_reference; 5: read_source; 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
+VERSION = 8  # 8: ridge; 7: recalibrate_bn; 6: round_reference; 5: read_source; 4: layers, block_scorer; 3: steps; 2: scope, max_fraction, normalize, compensate, seed, max_batches
 TARGETS = ("params", "macs")
 KINDS = ("heads", "mlp", "hidden", "layers")
 WIDTHS = ("heads", "mlp", "hidden")  # what prune= takes by default: depth is asked for by name
@@ -80,6 +80,10 @@ class ShrinkConfig:
     ``compensate``: after removal, fold what the removed units fed their consumers into what stays,
     from calibration data: "mean" (into a bias or the next norm's running mean) or "lstsq" (refit the
     consumers' kept weights by ridge least squares; "mean" where a consumer is no linear map).
+    ``ridge``: the lstsq refit's damping, relative to the mean energy of the kept inputs: None (the
+    default) picks each layer's by two-fold cross-validation over the calibration batches
+    (``graphprune.ridge``); a number fixes it for every layer (cheaper on very wide layers; 1e-3
+    is what graphprune used before cross-validation).
     ``seed``: for the random criterion and the random output projection of gradient criteria.
     ``max_batches``: calibration batches read at most (None: all).
     ``strict``: an op without a coupling rule, or a rule that fails, raises instead of freezing.
@@ -114,6 +118,7 @@ class ShrinkConfig:
     max_fraction: float = 1.0
     normalize: str = "auto"
     compensate: str | None = None
+    ridge: float | None = None
     seed: int = 0
     max_batches: int | None = None
     steps: int = 1
@@ -146,6 +151,10 @@ class ShrinkConfig:
                 or not 0 < self.max_fraction <= 1:
             raise ConfigError(f"max_fraction={self.max_fraction!r} must be in (0, 1]: the largest fraction of "
                               f"one group's units that may go")
+        if self.ridge is not None and (isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float))
+                                       or not 0 <= self.ridge < float("inf")):
+            raise ConfigError(f"ridge={self.ridge!r} must be a number >= 0 (the lstsq damping, relative to the mean "
+                              f"input energy, e.g. 1e-3) or None to choose it per layer by cross-validation")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
         check_flags(read_source=self.read_source, recalibrate_bn=self.recalibrate_bn, uniform=self.uniform,

@@ -3,6 +3,8 @@ explicit rows, what it picks when refitting helps and when it only fits noise, a
 come out of calibration."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +91,24 @@ def test_compensation_reports_the_dampings_it_chose() -> None:
     assert any("cross-validation" in n for n in auto.notes)
     fixed = compensation(mlp, plan, groups, stats, "lstsq", ridge=0.01)
     assert dict(fixed.ridges) == {"2": 0.01} and not any("cross-validation" in n for n in fixed.notes)
+
+
+def test_shrink_passes_a_fixed_ridge_through_and_refuses_a_bad_one() -> None:
+    mlp = nn.Sequential(nn.Linear(4, 40), nn.ReLU(), nn.Linear(40, 3))
+    batches = [torch.randn(16, 4) for _ in range(4)]
+    outputs = {}
+    for ridge in (None, 0.5):
+        small, report = graphprune.shrink(mlp, 0.3, tolerance=0.05, example_inputs=batches[0], calibration=batches, scorer="activation",
+                                          compensate="lstsq", ridge=ridge, return_report=True)
+        outputs[ridge] = small(batches[0])
+        assert any("cross-validation" in n for n in report.notes) is (ridge is None)
+    groups = graphprune.find_groups(mlp, batches[0])
+    stats = graphprune.calibrate(mlp, groups, batches, needs=("gram",))
+    plan = graphprune.shrink(mlp, 0.3, tolerance=0.05, example_inputs=batches[0], calibration=batches, scorer="activation",
+                             compensate="lstsq", ridge=0.5, return_report=True)[1].plan
+    want = graphprune.apply_plan_(copy.deepcopy(mlp), plan, groups.traced.inputs,
+                                  compensation=compensation(mlp, plan, groups, stats, "lstsq", ridge=0.5))
+    torch.testing.assert_close(outputs[0.5], want(batches[0]))
+    for bad in (-1.0, "big", True):
+        with pytest.raises(graphprune.ConfigError, match=r"ridge=.* must be a number >= 0"):
+            graphprune.shrink(mlp, 0.3, tolerance=0.05, example_inputs=batches[0], calibration=batches, compensate="lstsq", ridge=bad)

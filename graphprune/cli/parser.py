@@ -45,6 +45,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "max_fraction": dict(help="no group loses more than this fraction of its units"),
     "normalize": dict(choices=NORMALIZE, help="per-group score normalisation for global ranking"),
     "compensate": dict(choices=tuple(c for c in COMPENSATE if c), help="refit what removed units fed (needs --calibration)"),
+    "ridge": dict(help="the lstsq refit's damping for every layer (default: chosen per layer by cross-validation)"),
     "seed": dict(help="seed of the random criterion and of gradient projections"),
     "max_batches": dict(help="calibration batches read at most"),
     "layers": dict(help="remove exactly N whole blocks (with --prune layers ...)"),
