@@ -124,8 +124,9 @@ def _one(model, next_bn, seen: InputStats, method, ridge, owner, in_dim, keep, h
     can_bias = bias is not None or not hf  # an HF config that says "no bias" would drop it on reload
     bn = None if bias is not None else next_bn
     if method == "lstsq" and refits(mod):
-        ridges[owner] = choose_ridge(w2, seen, keep) if ridge is None else ridge
-        w_new, b_new = _refit(w2, bias, seen, keep, ridges[owner], with_bias=can_bias or bn is not None)
+        with_bias = can_bias or bn is not None
+        ridges[owner] = choose_ridge(w2, seen, keep, with_bias) if ridge is None else ridge
+        w_new, b_new = _refit(w2, bias, seen, keep, ridges[owner], with_bias=with_bias)
         updates[f"{owner}.weight"] = _unview(mod, w_new, in_dim).to(mod.weight.dtype)
     else:
         if method == "lstsq":

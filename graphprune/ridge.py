@@ -12,7 +12,9 @@ With the bias free, the refit is the centred ridge regression (``d = ridge * mea
 
     W_K' = (W Cov(x, x_K) + d W_K) (Cov(x_K, x_K) + d I)^-1
 
-and one eigendecomposition of ``Cov(x_K, x_K)`` per fold serves every damping on the grid.
+(without a bias to refit, as for an HF layer whose config declares none, the same with the
+uncentred ``E[x x_K^T]``), and one eigendecomposition of ``Cov(x_K, x_K)`` per fold serves every
+damping on the grid.
 """
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ GRID = tuple(float(10.0 ** e) for e in np.arange(-4.0, 0.01, 0.5))  # relative t
 FALLBACK = 1e-3  # without two folds (a single calibration batch): what the grid would start near
 
 
-def choose_ridge(w: torch.Tensor, seen: InputStats, keep: np.ndarray) -> float:
-    """The damping on ``GRID`` whose refit of ``w``'s (out, in) kept columns ``keep`` errs least on
-    the calibration batches it was not fitted on; ``FALLBACK`` without two folds.
+def choose_ridge(w: torch.Tensor, seen: InputStats, keep: np.ndarray, with_bias: bool = True) -> float:
+    """The damping on ``GRID`` whose refit of ``w``'s (out, in) kept columns ``keep`` (and of the
+    bias, ``with_bias``) errs least on the calibration batches it was not fitted on; ``FALLBACK``
+    without two folds.
 
     >>> import torch, numpy as np
     >>> from graphprune.moments import InputStats
@@ -46,7 +49,7 @@ def choose_ridge(w: torch.Tensor, seen: InputStats, keep: np.ndarray) -> float:
     odd = _Moments.of(seen.fold)
     even = _Moments.of(seen).minus(odd)
     k = torch.from_numpy(np.asarray(keep))
-    err = _held_out(w, k, odd, even) + _held_out(w, k, even, odd)
+    err = _held_out(w, k, odd, even, with_bias) + _held_out(w, k, even, odd, with_bias)
     return GRID[int(torch.argmin(err))]
 
 
@@ -65,16 +68,16 @@ class _Moments:
         return _Moments(self.count - part.count, self.total - part.total, self.gram - part.gram)
 
 
-def _held_out(w: torch.Tensor, k: torch.Tensor, fit: _Moments, test: _Moments) -> torch.Tensor:
-    """Per damping on ``GRID``: the mean squared output error on ``test`` of the refit on ``fit``
-    (bias refit too), up to a term that is the same for every damping."""
-    cov = fit.second - torch.outer(fit.mean, fit.mean)
+def _held_out(w: torch.Tensor, k: torch.Tensor, fit: _Moments, test: _Moments, with_bias: bool) -> torch.Tensor:
+    """Per damping on ``GRID``: the total squared output error on ``test`` of the refit on ``fit``,
+    up to a term that is the same for every damping."""
+    centre = fit.mean if with_bias else torch.zeros_like(fit.mean)
+    cov = fit.second - torch.outer(centre, centre)
     lam, vec = torch.linalg.eigh(cov[k][:, k])
     scale = float(torch.diagonal(fit.second)[k].mean().clamp_min(1e-12))  # as compensate._refit damps
     q, q2 = (w @ cov[:, k]) @ vec, w[:, k] @ vec
     # test inputs centred on the FIT fold's mean: the refit bias carries that mean, not the test's
-    shift = test.mean - fit.mean
-    moved = test.second - torch.outer(test.mean, test.mean) + torch.outer(shift, shift)
+    moved = test.second - torch.outer(test.mean, centre) - torch.outer(centre, test.mean) + torch.outer(centre, centre)
     z, h = (w @ moved[:, k]) @ vec, vec.T @ moved[k][:, k] @ vec
     out = []
     for r in GRID:

@@ -27,11 +27,11 @@ def _with_fold(x: torch.Tensor, odd: torch.Tensor) -> InputStats:
     return InputStats(whole.count, whole.sum, whole.sumsq, whole.gram, fold=_moments(odd))
 
 
-def _held_out_error(w, b, fit: torch.Tensor, test: torch.Tensor, keep, ridge) -> float:
+def _held_out_error(w, b, fit: torch.Tensor, test: torch.Tensor, keep, ridge, with_bias: bool) -> float:
     """Refit with compensate's own solver on ``fit``'s moments; the squared error on ``test``'s rows."""
-    w_new, b_new = _refit(w, b, _moments(fit), keep, ridge, with_bias=True)
-    target = test.double() @ w.T + b
-    got = test.double()[:, keep] @ w_new[:, keep].T + b_new
+    w_new, b_new = _refit(w, b, _moments(fit), keep, ridge, with_bias=with_bias)
+    target = test.double() @ w.T + (b if b is not None else 0.0)
+    got = test.double()[:, keep] @ w_new[:, keep].T + (b_new if with_bias else 0.0)
     return float((target - got).pow(2).sum())
 
 
@@ -42,16 +42,19 @@ def _data(rows: int, width: int, seed: int) -> torch.Tensor:
     return factors @ torch.randn(4, width, generator=g) + 0.5 * torch.randn(rows, width, generator=g) + 1.0
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("rows", [24, 400])
-def test_the_choice_is_the_least_two_fold_error_of_the_refit_on_explicit_rows(rows: int) -> None:
+def test_the_choice_is_the_least_two_fold_error_of_the_refit_on_explicit_rows(rows: int, with_bias: bool) -> None:
     x = _data(rows, 16, seed=rows)
     even, odd = x[0::2], x[1::2]
     g = torch.Generator().manual_seed(3)
     w, b = torch.randn(5, 16, generator=g).double(), torch.randn(5, generator=g).double()
+    b = b if with_bias else None
     keep = np.arange(0, 16, 2)
-    brute = [_held_out_error(w, b, even, odd, keep, r) + _held_out_error(w, b, odd, even, keep, r) for r in GRID]
+    brute = [_held_out_error(w, b, even, odd, keep, r, with_bias) + _held_out_error(w, b, odd, even, keep, r, with_bias)
+             for r in GRID]
     assert max(brute) > 1.01 * min(brute)  # the damping matters here
-    assert choose_ridge(w, _with_fold(x, odd), keep) == GRID[int(np.argmin(brute))]
+    assert choose_ridge(w, _with_fold(x, odd), keep, with_bias) == GRID[int(np.argmin(brute))]
 
 
 def test_noise_is_damped_fully_and_copies_are_refit_freely() -> None:
