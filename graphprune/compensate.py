@@ -29,7 +29,6 @@ from .plan import Plan
 from .ridge import choose_ridge
 
 METHODS = tuple(m for m in COMPENSATE if m)
-RIDGE = 1e-3  # fixed lstsq damping, relative to the mean input energy of the kept channels (obs's too)
 
 
 @dataclass(frozen=True, eq=False)

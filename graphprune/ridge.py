@@ -24,12 +24,12 @@ import torch
 from .moments import InputStats
 
 GRID = tuple(float(10.0 ** e) for e in np.arange(-4.0, 0.01, 0.5))  # relative to the mean input energy
-FALLBACK = 1e-3  # without two folds (a single calibration batch): what the grid would start near
+RIDGE = 1e-3  # the fixed damping: without two folds (a single calibration batch), and what obs judges with
 
 
 def choose_ridge(w: torch.Tensor, seen: InputStats, keep: np.ndarray, with_bias: bool = True) -> float:
     """The damping on ``GRID`` whose refit of ``w``'s (out, in) kept columns ``keep`` (and of the
-    bias, ``with_bias``) errs least on the calibration batches it was not fitted on; ``FALLBACK``
+    bias, ``with_bias``) errs least on the calibration batches it was not fitted on; ``RIDGE``
     without two folds.
 
     >>> import torch, numpy as np
@@ -45,7 +45,7 @@ def choose_ridge(w: torch.Tensor, seen: InputStats, keep: np.ndarray, with_bias:
     True
     """
     if seen.fold is None or seen.gram is None:
-        return FALLBACK
+        return RIDGE
     odd = _Moments.of(seen.fold)
     even = _Moments.of(seen).minus(odd)
     k = torch.from_numpy(np.asarray(keep))

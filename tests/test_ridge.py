@@ -14,7 +14,7 @@ import graphprune
 from graphprune.compensate import _refit, compensation
 from graphprune.moments import InputStats
 from graphprune.plan import plan_from_units
-from graphprune.ridge import FALLBACK, GRID, choose_ridge
+from graphprune.ridge import GRID, RIDGE, choose_ridge
 
 
 def _moments(x: torch.Tensor) -> InputStats:
@@ -80,7 +80,7 @@ def test_calibration_keeps_the_odd_batches_apart_and_one_batch_has_no_fold() -> 
     np.testing.assert_allclose(seen.fold.gram, (h.T @ h).numpy(), rtol=1e-6, atol=1e-8)
     one = graphprune.calibrate(mlp, groups, batches[:1], needs=("gram",)).inputs["2"]
     assert one.fold is None
-    assert choose_ridge(mlp[2].weight.detach().double(), one, np.arange(5)) == FALLBACK
+    assert choose_ridge(mlp[2].weight.detach().double(), one, np.arange(5)) == RIDGE
 
 
 def test_compensation_reports_the_dampings_it_chose() -> None:

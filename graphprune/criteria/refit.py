@@ -2,8 +2,9 @@
 Surgeon (Hassibi & Stork; its structured, greedy form as in ZipLM and SlimGPT), from the same input
 second moments ``compensate="lstsq"`` solves with.
 
-For a consumer ``y = W x`` whose inputs have covariance ``C`` (ridge-damped as the refit damps it),
-removing the input channels ``S`` and refitting the others optimally costs, per sample,
+For a consumer ``y = W x`` whose inputs have covariance ``C`` (damped by the fixed
+``graphprune.ridge.RIDGE``), removing the input channels ``S`` and refitting the others optimally
+costs, per sample,
 ``tr(W_S (C^-1)_SS^-1 W_S^T)``: what the kept channels cannot stand in for. Fluctuation's
 ``Var(x_j) ||W[:, j]||^2`` is that cost when no other channel can help. Judged one at a time,
 channels that copy each other would all look free; so units leave greedily, cheapest first, and
@@ -24,7 +25,8 @@ import math
 import numpy as np
 import torch
 
-from ..compensate import RIDGE, refits  # the criterion judges the refit that will be made, damped alike
+from ..compensate import refits
+from ..ridge import RIDGE  # fixed: judging with the refit's cross-validated damping did worse (docs/sparsity.md)
 from ..drift import rows_of
 from ..moments import consumer_of
 from ..scores import ScoreContext, register_scorer
