@@ -182,3 +182,28 @@ def test_a_group_the_refit_reaches_only_in_part_is_judged_by_fluctuation_through
     stats = graphprune.calibrate(model, groups, batches, needs=("gram",))
     obs, fluct = (graphprune.score(model, groups, s, stats).raw[group.id] for s in ("obs", "fluctuation"))
     np.testing.assert_allclose(obs, fluct, rtol=1e-9)
+
+
+
+def _hidden(rows: int) -> tuple[nn.Module, object, object, object]:
+    """64 hidden channels read by a Linear, calibrated on ``rows`` rows in one batch."""
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+    data = [torch.randn(rows, 8, generator=torch.Generator().manual_seed(0))]
+    groups = graphprune.find_groups(model, data[0])
+    (group,) = groups.prunable
+    return model, groups, group, graphprune.calibrate(model, groups, data, needs=("gram",))
+
+
+def test_a_consumer_seen_on_no_more_rows_than_channels_is_judged_by_fluctuation() -> None:
+    model, groups, group, stats = _hidden(rows=16)
+    obs, fluct = (graphprune.score(model, groups, s, stats).raw[group.id] for s in ("obs", "fluctuation"))
+    np.testing.assert_allclose(obs, fluct, rtol=1e-9)
+    # why: the covariance of 16 rows has rank 15, and a refit would call nearly every channel free
+    seen = stats.inputs["2"]
+    mean = torch.tensor(seen.mean)
+    cov = torch.tensor(seen.gram) / seen.count - torch.outer(mean, mean)
+    raw = refit._Consumer(model[2].weight.detach().double(), cov, np.arange(64)[:, None], seen.count)
+    assert (raw.costs(torch.arange(64)).numpy() < 0.01 * np.median(fluct)).mean() > 0.9
+    model, groups, group, stats = _hidden(rows=256)  # enough rows: obs judges by the refit again
+    obs, fluct = (graphprune.score(model, groups, s, stats).raw[group.id] for s in ("obs", "fluctuation"))
+    assert not np.allclose(obs, fluct, rtol=1e-3)
