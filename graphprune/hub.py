@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import GraphPruneError, LoadError
+from .errors import GraphPruneError, LoadError, PlanError
 from .plan import Plan
 from .record import read_record, reshape_
+from .widths import FIELDS, _head_dim
 
 
 def config_mismatches(model: nn.Module, plan: Plan | None = None) -> list[str]:
@@ -149,11 +150,39 @@ def _rebuilding(cls: type, path: str) -> type:
         record = config.graphprune
         base = _guarded(lambda: type(config).from_dict(record["base"]), path, "the base config in config.json")
         base._attn_implementation = getattr(config, "_attn_implementation", None)
+        check_widths(config, base, f"{path}/config.json")
         cls.__init__(self, base, *args, **kwargs)
         reshape_(self, record, f"{path}/config.json: graphprune")
         _adopt(base, config)  # submodules hold `base`: give it the pruned values, as in the pruned model
 
     return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
+
+
+def check_widths(config: Any, base: Any, where: str) -> None:
+    """The pruned config's widths against the base config it was pruned from (``PlanError`` naming
+    the field). The modules are built from the base and then read the pruned config, so an edited
+    field would go unnoticed where a stock loader fails on shapes: a head size other than the base's
+    (graphprune never changes it) would recompute rotary tables for heads the weights do not have,
+    and a width field may only be the base's or smaller.
+
+    >>> import transformers
+    >>> base = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    >>> check_widths(transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, head_dim=2), base, "x")
+    Traceback (most recent call last):
+    graphprune.errors.PlanError: x field 'head_dim' is 2, but the model was pruned from one with heads of 8 ...
+    """
+    pairs = [("", config, base)] + [(f"{k}.", v, getattr(base, k, None)) for k, v in vars(config).items()
+                                    if hasattr(v, "to_dict") and hasattr(getattr(base, k, None), "to_dict")]
+    for prefix, cfg, was in pairs:
+        have, want = _head_dim(cfg), _head_dim(was)
+        if want is not None and have != want:
+            raise PlanError(f"{where} field '{prefix}head_dim' is {have}, but the model was pruned from one with "
+                            f"heads of {want} (graphprune keeps head sizes); restore it to {want}")
+        for name in (n for names in FIELDS.values() for n in names):
+            old, new = getattr(was, name, None), getattr(cfg, name, None)
+            if type(old) is int and new != old and not (type(new) is int and 1 <= new < old):
+                raise PlanError(f"{where} field '{prefix}{name}' is {new!r}, which no pruning of the base's {old} "
+                                f"gives (widths only shrink); restore it or save the model again")
 
 
 def _adopt(target: Any, source: Any) -> None:

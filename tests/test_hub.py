@@ -45,6 +45,11 @@ def test_per_layer_widths_round_trip(saved) -> None:
     (lambda c: c["graphprune"].update(attrs={"model": {"forward": 1}}), PlanError, r"method or read-only property"),
     (lambda c: c["graphprune"].update(fingerprint="0" * 16), PlanError, r"not the one the weights were pruned from"),
     (lambda c: c.update(model_type="no-such-model"), LoadError, r"cannot load config.json from"),
+    # the modules are built from the base config, then read this one: rotary tables for 1-wide heads
+    (lambda c: c.update(head_dim=1), PlanError, r"field 'head_dim' is 1, but the model was pruned from one with heads of 8"),
+    (lambda c: c.update(intermediate_size=1000), PlanError,
+     r"field 'intermediate_size' is 1000, which no pruning of the base's 80 gives"),
+    (lambda c: c.update(num_key_value_heads=4), PlanError, r"field 'num_key_value_heads' is 4, which no pruning of the base's 2"),
 ])
 def test_a_tampered_config_is_a_graphprune_error(saved, tmp_path, edit, error, match) -> None:
     path, _, config = saved
