@@ -6,9 +6,13 @@ the base config recorded in ``config.graphprune``, gives every pruned tensor its
 loads the weights. Everything read from the folder is checked first (``graphprune.record``): only
 safetensors weights, a model class of transformers, a record whose every field has its type and
 fits the base model; errors name the folder and the field, never a raw KeyError from inside.
+The modules are built from the base config and then read the saved one, so its head sizes, widths
+and layer counts must also fit what the record rebuilds (``check_widths``, ``check_layer_counts``):
+an edited field would otherwise give a model that runs and computes something else.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -17,6 +21,7 @@ from torch import nn
 from .errors import GraphPruneError, LoadError, PlanError
 from .plan import Plan
 from .record import read_record, reshape_
+from .surgery.blocks import layer_fields
 from .widths import FIELDS, _head_dim
 
 
@@ -152,7 +157,9 @@ def _rebuilding(cls: type, path: str) -> type:
         base._attn_implementation = getattr(config, "_attn_implementation", None)
         check_widths(config, base, f"{path}/config.json")
         cls.__init__(self, base, *args, **kwargs)
+        counts = layer_fields(self, cls)  # on the base: which config field sets which layer list's length
         reshape_(self, record, f"{path}/config.json: graphprune")
+        check_layer_counts(self, config, counts, f"{path}/config.json")
         _adopt(base, config)  # submodules hold `base`: give it the pruned values, as in the pruned model
 
     return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
@@ -183,6 +190,18 @@ def check_widths(config: Any, base: Any, where: str) -> None:
             if type(old) is int and new != old and not (type(new) is int and 1 <= new < old):
                 raise PlanError(f"{where} field '{prefix}{name}' is {new!r}, which no pruning of the base's {old} "
                                 f"gives (widths only shrink); restore it or save the model again")
+
+
+def check_layer_counts(model: nn.Module, config: Any, counts: dict[str, str], where: str) -> None:
+    """Each layer-count field of the pruned config (``counts``: layer list -> field) against the
+    list it counts, once the recorded removals are made: transformers runs
+    ``layers[:config.num_hidden_layers]``, so a smaller count would skip layers without an error."""
+    for fqn, dotted in counts.items():
+        have = functools.reduce(getattr, dotted.split("."), config)
+        want = len(model.get_submodule(fqn))
+        if have != want:
+            raise PlanError(f"{where} field '{dotted}' is {have!r}, but the model has {want} layers in {fqn}; "
+                            f"restore it to {want}")
 
 
 def _adopt(target: Any, source: Any) -> None:

@@ -49,6 +49,9 @@ def test_per_layer_widths_round_trip(saved) -> None:
     (lambda c: c.update(head_dim=1), PlanError, r"field 'head_dim' is 1, but the model was pruned from one with heads of 8"),
     (lambda c: c.update(intermediate_size=1000), PlanError,
      r"field 'intermediate_size' is 1000, which no pruning of the base's 80 gives"),
+    # transformers runs layers[:num_hidden_layers]: a smaller count would skip layers
+    (lambda c: c.update(num_hidden_layers=1), PlanError,
+     r"field 'num_hidden_layers' is 1, but the model has 2 layers in model.layers; restore it to 2"),
     (lambda c: c.update(num_key_value_heads=4), PlanError, r"field 'num_key_value_heads' is 4, which no pruning of the base's 2"),
 ])
 def test_a_tampered_config_is_a_graphprune_error(saved, tmp_path, edit, error, match) -> None:

@@ -173,11 +173,11 @@ def _renumber_(layer: nn.Module, old: int, new: int) -> None:
                 setattr(mod, name, new)
 
 
-def layer_fields(model: nn.Module) -> dict[str, str]:
+def layer_fields(model: nn.Module, model_class: type | None = None) -> dict[str, str]:
     """For each ``ModuleList`` whose length a field of the model's HF config sets, that field (dotted
     for nested configs). Found by building the model on the meta device with the field one smaller
     and seeing which list got shorter, so encoder and decoder layer counts of equal value are told
-    apart without knowing their names.
+    apart without knowing their names (``model_class``: the class to build, if not the model's own).
 
     >>> import transformers
     >>> cfg = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -203,7 +203,7 @@ def layer_fields(model: nn.Module) -> dict[str, str]:
         _set(trial, dotted, value - 1)
         try:
             with torch.device("meta"):
-                fresh = type(model)._from_config(trial)
+                fresh = (model_class or type(model))._from_config(trial)
         except Exception:  # noqa: BLE001 - a field the config rejects changed is no layer count
             continue
         for fqn, n in lists.items():
