@@ -23,7 +23,7 @@ from .recalibrate import batch_norm_after_, check_recalibration
 from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, reads_drift, score, warn_uncompensated
 from .sparsity.masks import check_no_masks
-from .surgery import apply_plan_, apply_plan_shared_, shared_copy, unshare_
+from .surgery import apply_plan_shared_, shared_copy, unshare_
 from .surgery.proof import check_exact_part, checkable, misread_group, reference, value_note
 from .trace import check_module, check_runs, trace
 from .surgery.tensors import copy_model
@@ -212,7 +212,7 @@ def _root_advice(model: nn.Module, groups: Any, plan: Plan, inputs: Any, config:
         part = plan_from_units(model, [(by_id[i], u) for i, u in plan.removed.items() if kind(by_id[i]) == k],
                                plan.config, groups)
         try:
-            apply_plan_(copy_model(model), part, inputs)
+            apply_plan_shared_(copy_model(model), part, inputs)  # made from the groups: no units check
         except SurgeryError:
             breaking.append(k)
     fine = tuple(k for k in kinds if k not in breaking)

@@ -203,10 +203,10 @@ def plan_report(model: nn.Module, groups: "Groups", plan: "Plan", scores: Any = 
     >>> round(r.ratio, 2), r.macs_after < r.macs_before
     (0.3, True)
     """
-    from .surgery import apply_plan_
+    from .surgery import apply_plan_shared_
 
     before = meta_twin(model)  # before and after counted alike, from their graphs
-    return make_report(before, apply_plan_(meta_twin(model), plan), plan, groups, scores=scores)
+    return make_report(before, apply_plan_shared_(meta_twin(model), plan), plan, groups, scores=scores)
 
 
 def meta_twin(model: nn.Module) -> nn.Module:

@@ -1,4 +1,5 @@
-"""Tests for graphprune/validate/: a bad plan is refused before the model changes, naming the field."""
+"""Tests for graphprune/validate/: a bad plan is refused before the model changes, naming the field;
+a plan that keeps matching widths but other units in coupled tensors (units.py) too."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,7 @@ from torch import nn
 import graphprune
 from graphprune.errors import PlanError
 
-from .models import Grouped, HandAttention, cbr
+from .models import TOYS, Grouped, HandAttention, cbr
 
 IMG = torch.randn(1, 3, 8, 8)
 
@@ -209,3 +210,93 @@ def test_a_forged_huge_index_is_a_plan_error_not_an_overflow() -> None:
 def test_json_that_is_no_object_is_read_as_json_not_as_a_file_name(text) -> None:
     with pytest.raises(graphprune.PlanError, match="plan must be a JSON object"):
         graphprune.Plan.from_json(text)
+
+
+# -- units.py: checked against the model's own groups (a trace), so a forged plan whose widths
+# match but whose coupled tensors keep other units cannot give a model that computes something else
+
+def _with_removed(plan: graphprune.Plan, keep: dict, gid: int, members: list, units: list[int]) -> graphprune.Plan:
+    return plan.with_parts(keep=keep, removed={**plan.removed, gid: units}, coupled={**plan.coupled, gid: members})
+
+
+def _refused_with_inputs(model: nn.Module, plan: graphprune.Plan, x: torch.Tensor, match: str) -> None:
+    snap = _snapshot(model)
+    with pytest.raises(PlanError, match=match):
+        graphprune.apply_plan_(model, plan, x)
+    assert _unchanged(model, snap)
+
+
+def test_coupled_tensors_that_keep_other_units_of_the_same_width_are_refused(grouped) -> None:
+    model, plan = grouped
+    fqn, dim, ix = _first_pruned(plan, "c1.1.weight")  # the BN after c1
+    size = dict(model.named_parameters())[fqn].shape[dim]
+    other = [i for i in range(size) if i not in ix][:1] + list(ix)[1:]  # one kept channel swapped for a dropped one
+    _refused_with_inputs(model, _edit_keep(plan, fqn, dim, sorted(other)), IMG,
+                         rf"keep\['{fqn}'\]\[{dim}\] drops units .* but keep\[.*\] drops .*: coupled tensors would keep "
+                         rf"different groups")
+
+
+def test_a_plan_that_drops_part_of_a_head_is_refused() -> None:
+    model, x = HandAttention().eval(), torch.randn(2, 5, 16)
+    plan = graphprune.make_plan(model, graphprune.find_groups(model, x), graphprune.ShrinkConfig(ratio=0.2, tolerance=0.2,
+                                                                                                  prune=("heads",)))
+    (gid, units), = plan.removed.items()
+    head = list(range(4 * units[0], 4 * units[0] + 4))
+    half = [i for i in range(16) if i not in head[:2] + [(head[-1] + 1) % 16, (head[-1] + 2) % 16]]
+    keep = {f: {d: half for d in dims} for f, dims in plan.keep.items()}
+    _refused_with_inputs(model, plan.with_parts(keep=keep), x, r"drops part of head \d+ of group \d+")
+
+
+def test_a_plan_that_cuts_a_frozen_group_is_refused(grouped) -> None:
+    model, plan = grouped
+    n = model.head.out_features  # the classes: the model's output width, which no plan may cut
+    keep = {**plan.keep, "head.weight": {**plan.keep.get("head.weight", {}), 0: list(range(1, n))},
+            "head.bias": {0: list(range(1, n))}}
+    forged = _with_removed(plan, keep, 999, [["head.weight", 0, 1], ["head.bias", 0, 1]], [0])
+    _refused_with_inputs(model, forged, IMG, r"drops channels of group \d+, which is frozen: model output")
+
+
+def test_a_plan_that_cuts_a_kernel_dim_is_refused(grouped) -> None:
+    model, plan = grouped
+    keep = {**plan.keep, "stem.0.weight": {**plan.keep.get("stem.0.weight", {}), 2: [0, 2]}}  # a 3x3 kernel's middle row
+    forged = _with_removed(plan, keep, 999, [["stem.0.weight", 2, 1]], [1])
+    _refused_with_inputs(model, forged, IMG, r"keep\['stem.0.weight'\]\[2\] drops .* which is frozen: dim 2 not handled")
+
+
+def test_a_plan_that_cuts_a_tensor_the_forward_never_reads_is_refused(grouped) -> None:
+    model, plan = grouped
+    model = copy.deepcopy(model)
+    model.register_buffer("spare", torch.zeros(4))  # in no group: nothing tells what its indices are
+    keep = {**plan.keep, "spare": {0: [0, 1]}}
+    forged = _with_removed(plan, keep, 999, [["spare", 0, 1]], [2, 3])
+    _refused_with_inputs(model, forged.with_parts(fingerprint=graphprune.validate.fingerprint(model)), IMG,
+                         r"keep\['spare'\]\[0\] drops .* which is frozen: not read by the traced forward")
+    # and were it in no group at all, its dropped indices would be units of nothing
+    from graphprune.validate.units import check_units
+
+    others = [g for g in graphprune.find_groups(model, IMG) if all(m.fqn != "spare" for m in g.members)]
+    with pytest.raises(PlanError, match=r"keep\['spare'\]\[0\] drops index 2, which is no unit of any group"):
+        check_units(forged, others, dict(model.state_dict(keep_vars=True)))
+
+
+@pytest.mark.parametrize("toy", TOYS, ids=lambda t: t.name)
+def test_plans_graphprune_makes_pass_the_units_check_one_shot_and_in_rounds(toy) -> None:
+    from graphprune.validate.units import check_units
+
+    for steps in (1, 2):
+        model = toy.build().eval()
+        try:
+            _, report = graphprune.shrink(model, 0.3, example_inputs=toy.inputs(), tolerance=0.15, steps=steps,
+                                          return_report=True)
+        except graphprune.PlanError:
+            continue  # this toy cannot reach the ratio: nothing to check
+        fresh = toy.build().eval()
+        assert report.plan.keep
+        check_units(report.plan, graphprune.find_groups(fresh, toy.inputs()), dict(fresh.state_dict(keep_vars=True)))
+
+
+def test_a_model_that_does_not_trace_without_inputs_gets_the_plan_with_a_warning(grouped) -> None:
+    model, plan = grouped
+    with pytest.warns(UserWarning, match="not checked against the model's coupled units.*pass example_inputs="):
+        small = graphprune.apply_plan_(copy.deepcopy(model), plan)
+    assert graphprune.count_params(small) == plan.params_after

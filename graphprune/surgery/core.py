@@ -13,7 +13,7 @@ from ..errors import SurgeryError
 from ..plan import Plan
 from ..registry import Registry
 from ..validate import check_plan
-from .checks import check_config, check_forward
+from .checks import as_inputs, check_config, check_forward
 from .config import hf_config, start_record_, sync_config_
 from .snapshot import Snapshot
 from .tensors import held_elsewhere, owner_of, slice_tensors, unshare_
@@ -53,8 +53,9 @@ def register_surgeon(op: str, override: bool = False) -> Callable:
 def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None) -> nn.Module:
     """Prune ``model`` in place as ``plan`` says; with example inputs, check the forward still runs
     and gives the shapes it gave before. The plan is checked first (``graphprune.validate``: the
-    model it was made for, its version, every index, coupled widths, attribute writes); a plan
-    that does not fit raises ``PlanError`` with the model untouched. ``compensation``
+    model it was made for, its version, every index, coupled widths, attribute writes, and, where
+    the model traces, that it drops whole units of the model's own groups, the same in every
+    coupled tensor); a plan that does not fit raises ``PlanError`` with the model untouched. ``compensation``
     (``graphprune.compensate.compensation``) is written first, from the columns about to go. On any
     failure the model is restored (the compensation too) and SurgeryError raised; an interrupt
     (Ctrl-C, ``SystemExit``) restores it too and propagates as itself.
@@ -69,7 +70,32 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
     >>> apply_plan_(m, plan) is m
     True
     """
-    return apply_plan_shared_(model, plan, example_inputs, compensation, frozenset())
+    check_plan(model, plan)  # before anything changes: a plan may come from a file
+    check_plan_units(model, plan, example_inputs)
+    return apply_checked_(model, plan, example_inputs, compensation)
+
+
+def check_plan_units(model: nn.Module, plan: Plan, example_inputs: Any = None) -> bool:
+    """``validate.check_units`` against the groups of ``model`` (a trace); False, with a warning,
+    where the model does not trace (the plan's other checks still ran)."""
+    import warnings
+
+    from ..errors import GraphPruneError
+    from ..groups import find_groups
+    from ..inputs import Call
+    from ..validate import named_tensors
+    from ..validate.units import check_units
+
+    if not plan.keep:
+        return True  # nothing sliced: structure and attribute writes have checks of their own
+    try:
+        groups = find_groups(model, None if example_inputs is None else Call(*as_inputs(example_inputs)))
+    except GraphPruneError as err:
+        warnings.warn(f"graphprune: the plan's kept indices were not checked against the model's coupled units, "
+                      f"since the model does not trace ({str(err).splitlines()[0]}); pass example_inputs= to check")
+        return False
+    check_units(plan, groups, named_tensors(model))
+    return True
 
 
 def apply_plan_shared_(model: nn.Module, plan: Plan, example_inputs: Any = None, compensation: Any = None,

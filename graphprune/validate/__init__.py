@@ -4,7 +4,8 @@ A plan may come from a file, so ``apply_plan_`` trusts none of it: the format ve
 was made for (``fingerprint``), every kept index, that coupled tensors keep matching widths, and
 that it writes only width attributes and config fields. Each kind of change a plan holds has its
 own check, registered in ``PLAN_CHECKS`` (a new kind of change registers its own), and every
-failure is a ``PlanError`` naming the field or index.
+failure is a ``PlanError`` naming the field or index. Those checks read the plan alone; ``units``
+checks it against the model's own groups, which needs a trace (``apply_plan_`` runs it).
 """
 from __future__ import annotations
 
