@@ -117,10 +117,18 @@ def prune_checkpoint(src: str | Path, plan: Plan, dst: str | Path, model: nn.Mod
     ``uniform=True`` plan). ``model`` (e.g. on the meta device) resolves tied weights stored
     under another name than the plan's.
 
-    Everything is checked before anything is written: every tensor the plan names exists, and
-    its kept indices fit.
+    Everything is checked before anything is written: the plan against the model the folder
+    describes (built on the meta device unless ``model`` is given), as ``apply_plan_`` checks it,
+    its kept indices against that model's own groups included; every tensor the plan names exists,
+    and its kept indices fit.
     """
+    from .surgery.core import check_plan_units
+    from .validate import check_plan
+
     src, dst = Path(src), Path(dst)
+    described = model if model is not None else meta_model(src)
+    check_plan(described, plan)
+    check_plan_units(described, plan)
     tensors = checkpoint_tensors(src, model)
     slices = _stored_slices(tensors, plan)
     dst.mkdir(parents=True, exist_ok=True)

@@ -69,8 +69,19 @@ def test_pruned_folder_matches_in_memory_pruning(folder, tmp_path, uniform):
 def test_a_plan_for_another_model_is_refused_before_writing(folder, tmp_path):
     other = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**CONFIG, "intermediate_size": 320}))
     plan = graphprune.make_plan(other, graphprune.find_groups(other), graphprune.ShrinkConfig(ratio=0.3))
-    with pytest.raises(graphprune.PlanError, match="shape"):
+    with pytest.raises(graphprune.PlanError, match="made for another model"):
         graphprune.prune_checkpoint(folder[0], plan, tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_plan_whose_coupled_tensors_keep_other_neurons_is_refused_before_writing(folder, tmp_path):
+    plan = plan_checkpoint(folder[0], graphprune.ShrinkConfig(ratio=0.3, prune=("mlp",)))
+    fqn = "model.layers.0.mlp.down_proj.weight"
+    kept = plan.keep[fqn][1]
+    other = sorted(set(range(160)) - set(kept))[:1] + kept[1:]  # as many neurons, one of them another
+    forged = plan.with_parts(keep={**plan.keep, fqn: {1: sorted(other)}})
+    with pytest.raises(graphprune.PlanError, match=rf"keep\['{fqn}'\]\[1\] drops units .* coupled tensors would keep"):
+        graphprune.prune_checkpoint(folder[0], forged, tmp_path / "dst")
     assert not (tmp_path / "dst").exists()
 
 
