@@ -14,7 +14,7 @@ from .depth import resolve_block_scorer
 from .compensate import Compensation, compensation
 from .config import ShrinkConfig, check_flags, check_options
 from .groups import Groups, find_groups
-from .inputs import reusable
+from .inputs import check_batches, reusable
 from .errors import CalibrationError, PlanError, SurgeryError
 from .options import checked
 from .plan import Plan, kind, make_plan, plan_from_units
@@ -65,6 +65,8 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     if calibration is None and reads_data:
         raise CalibrationError(f"scorer={getattr(scorer, '__qualname__', scorer or config.scorer)!r} reads "
                                f"calibration data; pass calibration= (an iterable of input batches)")
+    if calibration is not None:
+        check_batches(calibration)  # before tracing: a bare Tensor or a number is no list of batches
     check_recalibration(config, calibration)
     warn_uncompensated(scorer or config.scorer, config.compensate)
     if config.steps > 1 and config.ratio > 0:

@@ -19,7 +19,7 @@ from .drift import DriftHooks, Reference
 from .errors import CalibrationError
 from .grads import PROJECTION, Grads, loss_of, requires_grad
 from .groups import Groups
-from .inputs import first_tensor, is_causal_lm, normalize_inputs
+from .inputs import check_batches, first_tensor, is_causal_lm, normalize_inputs
 from .moments import InputHooks, InputStats, consumer_of, readonly
 from .trace import _describe, _eval_mode, _first_line
 
@@ -83,6 +83,7 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
     (3, 48, (8,))
     """
     needs = _check_needs(needs)
+    check_batches(batches)
     if groups is None and "grads" in needs:
         raise CalibrationError("needs=('grads',) reduces gradients onto groups: pass groups=find_groups(model)")
     consumers = {c[0]: c[1] for g in (groups.prunable if groups is not None else ()) for m in g.members

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -40,9 +41,10 @@ def check_flags(**flags: Any) -> None:
 
 def check_number(name: str, value: Any) -> None:
     """Refuse a value that is not a real number (a string, a bool, None, NaN) before any range check."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
         got = "NaN" if isinstance(value, float) else type(value).__name__
         raise ConfigError(f"{name}={value!r} must be a number (an int or float), got {got}")
+    # a numpy scalar passes: numpy registers its numbers with ``numbers.Real`` (np.bool_ it does not)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class ShrinkConfig:
     version: int = field(default=VERSION)
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         check_number("ratio", self.ratio)
         if not 0 <= self.ratio < 1:
             raise ConfigError(f"ratio={self.ratio!r} is outside [0, 1): it is the fraction of the "
@@ -177,6 +180,19 @@ class ShrinkConfig:
         _check_block_scorer(self.block_scorer)
         object.__setattr__(self, "prune", prune)
         object.__setattr__(self, "ignore", _ignore_names(self.ignore))
+
+    def _plain_numbers(self) -> None:
+        """A numpy scalar (``np.float32(0.3)``, ``np.int64(5)``) is a number to a user: store it as
+        the Python float or int it equals (the plan's JSON and the checks below read those). A
+        tensor, a string or a bool stays what it is, for the checks to refuse."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (bool, int, float, str)) or type(value).__module__ != "numpy":
+                continue
+            if isinstance(value, numbers.Integral):
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(value, numbers.Real):
+                object.__setattr__(self, f.name, float(value))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

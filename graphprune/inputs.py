@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .errors import TraceError
+from .errors import CalibrationError, TraceError
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -250,10 +250,28 @@ def output_shapes(out: Any) -> list[tuple[int, ...]]:
     return []
 
 
+def check_batches(batches: Any) -> None:
+    """Refuse calibration data that is no iterable of batches, naming the fix: a bare Tensor would
+    be read row by row, each row taken for a batch without its batch dim.
+
+    >>> check_batches(torch.zeros(8, 3))
+    Traceback (most recent call last):
+    graphprune.errors.CalibrationError: calibration= is one Tensor(8, 3), which would be read row by row; pass a list of batches: [x] for one batch, or list(x.split(16)) for batches of 16
+    """
+    if isinstance(batches, torch.Tensor):
+        raise CalibrationError(f"calibration= is one Tensor{tuple(batches.shape)}, which would be read row by row; pass a list "
+                               f"of batches: [x] for one batch, or list(x.split(16)) for batches of 16")
+    if isinstance(batches, (str, bytes)) or not hasattr(batches, "__iter__"):
+        raise CalibrationError(f"calibration={batches!r:.80} is no iterable of batches; pass a list, a generator or a "
+                               f"DataLoader of Tensors, tuples of positional args or dicts of keyword args")
+
+
 def reusable(batches: Iterable[Any] | None, max_batches: int | None) -> Any:
     """Batches that can be read more than once (by every round, or by calibration and then the
     BatchNorm re-estimation): a one-shot iterator (a generator) is kept as a list of the batches it
     yields (at most ``max_batches``); lists and DataLoaders are re-iterated."""
+    if batches is not None:
+        check_batches(batches)
     if batches is None or iter(batches) is not batches:
         return batches
     return list(itertools.islice(batches, max_batches))

@@ -71,6 +71,25 @@ def test_bad_options_are_refused_before_tracing(options, match) -> None:
         graphprune.shrink(Untraceable(), 0.3, **options)
 
 
+@pytest.mark.parametrize("calibration, match", [
+    (IMG, r"calibration= is one Tensor\(1, 3, 8, 8\), which would be read row by row; pass a list of batches: \[x\]"),
+    (5, r"calibration=5 is no iterable of batches"),
+    ("batches.pt", r"calibration='batches.pt' is no iterable of batches"),
+])
+def test_calibration_that_is_no_list_of_batches_is_refused_before_tracing(calibration, match) -> None:
+    with pytest.raises(graphprune.CalibrationError, match=match):
+        graphprune.shrink(Untraceable(), 0.3, example_inputs=IMG, scorer="activation", calibration=calibration)
+
+
+def test_numpy_numbers_are_numbers_and_the_plan_stores_them_as_python_ones() -> None:
+    import numpy as np
+    config = graphprune.ShrinkConfig(ratio=np.float64(0.3), steps=np.int64(2), tolerance=np.float32(0.25))
+    assert (config.ratio, config.steps, type(config.steps), type(config.tolerance)) == (0.3, 2, int, float)
+    small, report = graphprune.shrink(Grouped().eval(), np.float64(0.3), example_inputs=IMG, tolerance=0.2,
+                                      return_report=True)
+    assert '"ratio": 0.3' in report.plan.to_json() and graphprune.count_params(small) < graphprune.count_params(Grouped())
+
+
 class Stack(nn.Module):
     """Layers of 16, 32, 64 and 128 channels, for round_to."""
 
