@@ -107,6 +107,11 @@ def check_module(model: Any) -> None:
     ...
     graphprune.errors.TraceError: graphprune prunes an nn.Module, got an object of type dict (a state dict?): build the model and load the weights into it first (model.load_state_dict(state_dict)), then pass the model
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        # TorchScript keeps no Python forward to export, and its modules take no hooks or new tensors
+        raise TraceError(f"graphprune prunes an eager nn.Module, got a TorchScript {type(model).__name__} "
+                         f"(torch.jit.script or torch.jit.trace): pass the module before scripting it, and "
+                         f"script the pruned one")
     if isinstance(model, nn.Module):
         return
     hint = " (a state dict?)" if isinstance(model, dict) else ""

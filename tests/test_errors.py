@@ -155,6 +155,12 @@ def test_a_state_dict_is_refused_by_name() -> None:
         graphprune.shrink(Residual().state_dict(), 0.3)
 
 
+def test_a_torchscript_module_is_refused_by_name_with_the_fix() -> None:
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    with pytest.raises(TraceError, match=r"got a TorchScript RecursiveScriptModule .*pass the module before scripting it"):
+        graphprune.shrink(scripted, 0.3, example_inputs=torch.randn(2, 4))
+
+
 class Tanh(nn.Module):
     def __init__(self):
         super().__init__()
