@@ -122,13 +122,10 @@ def prune_checkpoint(src: str | Path, plan: Plan, dst: str | Path, model: nn.Mod
     its kept indices against that model's own groups included; every tensor the plan names exists,
     and its kept indices fit.
     """
-    from .surgery.core import check_plan_units
-    from .validate import check_plan
+    from .surgery.core import verify_plan
 
     src, dst = Path(src), Path(dst)
-    described = model if model is not None else meta_model(src)
-    check_plan(described, plan)
-    check_plan_units(described, plan)
+    verify_plan(model if model is not None else meta_model(src), plan)
     tensors = checkpoint_tensors(src, model)
     slices = _stored_slices(tensors, plan)
     dst.mkdir(parents=True, exist_ok=True)

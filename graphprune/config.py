@@ -187,12 +187,9 @@ class ShrinkConfig:
         tensor, a string or a bool stays what it is, for the checks to refuse."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (bool, int, float, str)) or type(value).__module__ != "numpy":
+            if type(value) in (bool, int, float) or not isinstance(value, numbers.Real):
                 continue
-            if isinstance(value, numbers.Integral):
-                object.__setattr__(self, f.name, int(value))
-            elif isinstance(value, numbers.Real):
-                object.__setattr__(self, f.name, float(value))
+            object.__setattr__(self, f.name, int(value) if isinstance(value, numbers.Integral) else float(value))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -70,9 +70,16 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
     >>> apply_plan_(m, plan) is m
     True
     """
-    check_plan(model, plan)  # before anything changes: a plan may come from a file
-    check_plan_units(model, plan, example_inputs)
+    verify_plan(model, plan, example_inputs)
     return apply_checked_(model, plan, example_inputs, compensation)
+
+
+def verify_plan(model: nn.Module, plan: Plan, example_inputs: Any = None) -> None:
+    """Every check ``apply_plan_`` makes before it changes anything: ``validate.check_plan`` (the
+    plan alone) and ``check_plan_units`` (against the model's own groups, where it traces). A plan
+    may come from a file."""
+    check_plan(model, plan)
+    check_plan_units(model, plan, example_inputs)
 
 
 def check_plan_units(model: nn.Module, plan: Plan, example_inputs: Any = None) -> bool:
