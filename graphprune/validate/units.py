@@ -36,10 +36,10 @@ def check_units(plan: Any, groups: Any, tensors: dict[str, torch.Tensor]) -> Non
     for g in groups:
         first = None  # (where, units) of the first member that says which units go
         for m in g.members:
-            if m.fqn.startswith(inside):
-                continue  # a tensor of a removed block: it goes whole
+            if m.fqn.startswith(inside) or m.fqn not in tensors:
+                continue  # a tensor of a removed block goes whole; one not given cannot be judged
             key = (m.fqn, m.dim)
-            gone = dropped.get(key, np.zeros(tensors[m.fqn].shape[m.dim] if m.fqn in tensors else 0, dtype=bool))
+            gone = dropped.get(key, np.zeros(tensors[m.fqn].shape[m.dim], dtype=bool))
             units = _units(gone, m, g, key)
             if key in covered:
                 covered[key][m.indices[units].ravel()] = True
@@ -68,8 +68,6 @@ def _dropped(size: int, kept: list[int]) -> np.ndarray:
 def _units(gone: np.ndarray, m: Any, g: Any, key: tuple[str, int]) -> np.ndarray:
     """The units of ``g`` whose every position in member ``m`` is dropped; an error for a unit
     dropped in part."""
-    if gone.size == 0:
-        return np.zeros(0, dtype=np.int64)
     hit = gone[m.indices]  # (width, per)
     part = np.flatnonzero(hit.any(1) & ~hit.all(1))
     if len(part):
