@@ -40,11 +40,11 @@ def check_flags(**flags: Any) -> None:
 
 
 def check_number(name: str, value: Any) -> None:
-    """Refuse a value that is not a real number (a string, a bool, None, NaN) before any range check."""
+    """Refuse a value that is not a real number (a string, a bool, None, NaN) before any range check.
+    A numpy scalar passes: numpy registers its numbers with ``numbers.Real`` (``np.bool_`` it does not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
         got = "NaN" if isinstance(value, float) else type(value).__name__
         raise ConfigError(f"{name}={value!r} must be a number (an int or float), got {got}")
-    # a numpy scalar passes: numpy registers its numbers with ``numbers.Real`` (np.bool_ it does not)
 
 
 @dataclass(frozen=True)
