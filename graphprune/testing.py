@@ -7,7 +7,6 @@ their channels legitimately changes statistics.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from .groups import Group, Groups, find_groups
 from .inputs import first_tensor, run_model
 from .plan import plan_from_units
 from .surgery import apply_plan_
+from .surgery.tensors import copy_model
 from .surgery.verify import max_difference
 
 
@@ -48,10 +48,10 @@ def zero_and_prune(model: nn.Module, groups: Groups, fraction: float = 0.3, seed
     chosen = _choose(usable, fraction, seed)
     if not chosen:
         raise AssertionError("no group of this model can be checked by the oracle (all frozen or inexact)")
-    zeroed = copy.deepcopy(model).eval()
+    zeroed = copy_model(model).eval()
     _zero_(zeroed, chosen)
     plan = plan_from_units(zeroed, chosen, {"oracle": True}, groups)
-    return zeroed, apply_plan_(copy.deepcopy(zeroed), plan, groups.traced.inputs), len(chosen)
+    return zeroed, apply_plan_(copy_model(zeroed), plan, groups.traced.inputs), len(chosen)
 
 
 def assert_prune_matches(model: nn.Module, example_inputs: Any = None, fraction: float = 0.3, seed: int = 0,
@@ -64,7 +64,7 @@ def assert_prune_matches(model: nn.Module, example_inputs: Any = None, fraction:
     >>> assert_prune_matches(m, torch.randn(3, 4)).groups_checked
     1
     """
-    model = copy.deepcopy(model).eval()
+    model = copy_model(model).eval()
     groups = groups or find_groups(model, example_inputs)
     zeroed, pruned, used = zero_and_prune(model, groups, fraction, seed, kinds)
     inputs = groups.traced.inputs
@@ -112,7 +112,7 @@ def assert_block_removal_matches(model: nn.Module, example_inputs: Any = None, f
     from .blocks import find_blocks
     from .surgery.blocks import remove_blocks_
 
-    model = copy.deepcopy(model).eval()
+    model = copy_model(model).eval()
     blocks = find_blocks(model, example_inputs)
     chosen = [b for b in blocks if (fqns is None or b.fqn in fqns) and (inexact or b.inexact is None)]
     if not chosen:
