@@ -98,7 +98,10 @@ def quiet_export() -> Iterator[None]:
     level, buffer = logger.level, io.StringIO()
     logger.setLevel(logging.CRITICAL)
     try:
-        with contextlib.redirect_stderr(buffer):
+        with contextlib.redirect_stderr(buffer), warnings.catch_warnings():
+            # nn.LSTM / nn.GRU refresh their own flat-weight list in forward: torch's code, nothing
+            # the user can or should change
+            warnings.filterwarnings("ignore", message=r"The tensor attributes \S*_flat_weights\[", category=UserWarning)
             yield
         sys.stderr.write(buffer.getvalue())
     finally:

@@ -12,7 +12,8 @@ from ..coupling import Builder, register_rule
 aten = __import__("torch").ops.aten
 
 PRODUCER_HANDLED = {aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.unsafe_split,
-                    aten.topk, aten.sort, aten.kthvalue}  # the last three: rules/reduction.py
+                    aten.topk, aten.sort, aten.kthvalue,  # rules/reduction.py
+                    aten.lstm, aten.gru, aten.rnn_tanh, aten.rnn_relu, aten.lstm_cell}  # rules/recurrent.py
 
 
 @register_rule(aten.cat, aten.concat, aten.concatenate)

@@ -44,8 +44,16 @@ def embedding(m: nn.Embedding) -> None:
     m.num_embeddings, m.embedding_dim = m.weight.shape
 
 
+@register_slicer(nn.RNNCellBase)
+def recurrent_cell(m: nn.RNNCellBase) -> None:
+    m.input_size, m.hidden_size = m.weight_ih.shape[1], m.weight_hh.shape[1]
+
+
 @register_slicer(nn.RNNBase)
 def recurrent(m: nn.RNNBase) -> None:
-    """Only layer 0's input width is pruned; the cached flat-weight list must see the new tensors."""
+    """Layer 0's input width and (without a projection) the hidden size follow the weights; the cached
+    flat-weight list must see the new tensors."""
     m.input_size = m.weight_ih_l0.shape[1]
+    if not getattr(m, "proj_size", 0):
+        m.hidden_size = m.weight_hh_l0.shape[1]
     m._init_flat_weights()
