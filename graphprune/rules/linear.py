@@ -1,4 +1,4 @@
-"""Rules for linear layers and matrix products: linear, matmul/mm/bmm, einsum."""
+"""Rules for linear layers and matrix products: linear, bilinear, matmul/mm/bmm, einsum."""
 from __future__ import annotations
 
 from torch import fx
@@ -29,6 +29,27 @@ def linear(b: Builder, node: fx.Node) -> None:
     b.role(ws[1], "in")
     b.role(ws[0], "out")
     if bias is not None:
+        b.link_same(b.slot(bias, 0), out[-1])
+        b.role(b.slot(bias, 0), "out")
+
+
+@register_rule(aten.bilinear)
+def bilinear(b: Builder, node: fx.Node) -> None:
+    """``y_k = x1^T W_k x2 + b_k`` (``nn.Bilinear``): each input's features couple to their own
+    weight dim, the outputs to dim 0 and the bias; leading dims pass through. A feature's every
+    term sits in its weight slice, so zeroing the slice removes it (also when x1 is x2)."""
+    x1, x2, w = node.args[:3]
+    bias = node.args[3] if len(node.args) > 3 else None
+    x1s, x2s, ws, out = b.slots(x1), b.slots(x2), b.slots(w), b.slots(node)
+    for s1, s2, o in zip(x1s[:-1], x2s[:-1], out[:-1]):
+        b.link_same(s1, o)
+        b.link_same(s2, o)
+    b.link_same(x1s[-1], ws[1], "first input of a bilinear map")
+    b.link_same(x2s[-1], ws[2], "second input of a bilinear map")
+    b.link_same(ws[0], out[-1])
+    for s, role in ((ws[1], "in"), (ws[2], "in"), (ws[0], "out")):
+        b.role(s, role)
+    if isinstance(bias, fx.Node):
         b.link_same(b.slot(bias, 0), out[-1])
         b.role(b.slot(bias, 0), "out")
 

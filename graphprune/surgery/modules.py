@@ -20,6 +20,11 @@ def linear(m: nn.Linear) -> None:
     m.out_features, m.in_features = m.weight.shape
 
 
+@register_slicer(nn.Bilinear)
+def bilinear(m: nn.Bilinear) -> None:
+    m.out_features, m.in1_features, m.in2_features = m.weight.shape
+
+
 @register_slicer(_NormBase)
 def batch_norm(m: _NormBase) -> None:
     t = m.weight if m.weight is not None else m.running_mean

@@ -122,3 +122,31 @@ def test_a_product_with_a_weight_built_from_parameters_stays_exact() -> None:
 
 def test_einsum_weights_get_roles_so_the_oracle_can_zero_them() -> None:
     assert assert_prune_matches(Einsum(), torch.randn(2, 4)).groups_checked == 1
+
+
+class BilinearHead(nn.Module):
+    """nn.Bilinear reading one activation twice (a quadratic form) or two different ones."""
+
+    def __init__(self, same: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.same, self.a, self.a2 = same, nn.Linear(8, 16), nn.Linear(8, 10)
+        self.b = nn.Bilinear(16, 16 if same else 10, 12, bias=same)
+        self.c = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        return self.c(F.relu(self.b(h, h if self.same else torch.tanh(self.a2(x)))))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_bilinear_inputs_and_outputs_are_pruned_exactly(same: bool) -> None:
+    model, x = BilinearHead(same).eval(), torch.randn(2, 4, 8)
+    groups = graphprune.find_groups(model, x)
+    first = next(g for g in groups if any(m.fqn == "a.weight" for m in g.members))
+    dims = {(m.fqn, m.dim) for m in first.members}
+    assert first.frozen is None and ("b.weight", 1) in dims and (("b.weight", 2) in dims) == same
+    assert assert_prune_matches(model, x).groups_checked == (2 if same else 3)
+    small = graphprune.shrink(model, 0.4, example_inputs=x, tolerance=0.05)
+    assert tuple(small.b.weight.shape) == (small.b.out_features, small.b.in1_features, small.b.in2_features)
+    assert small.b.in1_features == small.a.out_features < 16 and small(x).shape == (2, 4, 3)
