@@ -11,6 +11,7 @@ from .blocks import find_blocks
 from .calibrate import Stats, calibrate
 from .criteria.blocks import block_needs, score_blocks
 from .depth import resolve_block_scorer
+from .compat import compiled_inner, recompiled
 from .compensate import Compensation, compensation
 from .config import ShrinkConfig, check_flags, check_options
 from .groups import Groups, find_groups
@@ -50,6 +51,11 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     >>> type(small).__name__
     'ResNet'
     """
+    inner = compiled_inner(model)
+    if inner is not None:  # prune what torch.compile wraps: plans name its modules, data runs uncompiled
+        out = shrink(inner, ratio, example_inputs=example_inputs, inplace=inplace, return_report=return_report,
+                     scorer=scorer, calibration=calibration, loss_fn=loss_fn, submodules=submodules, **options)
+        return (recompiled(model, out[0]), out[1]) if return_report else recompiled(model, out)
     check_module(model)
     check_flags(inplace=inplace, return_report=return_report)
     check_options(options, also=SHRINK_KEYWORDS)

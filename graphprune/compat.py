@@ -12,9 +12,10 @@ import io
 import logging
 import sys
 import warnings
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
+from torch import nn
 
 
 def _grouped_mm_shape(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | None = None,
@@ -106,3 +107,24 @@ def quiet_export() -> Iterator[None]:
         sys.stderr.write(buffer.getvalue())
     finally:
         logger.setLevel(level)
+
+
+def compiled_inner(model: Any) -> nn.Module | None:
+    """The module a ``torch.compile``'d one wraps (``OptimizedModule._orig_mod``), else None. Read
+    by name, so a plain model never imports torch._dynamo."""
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        return model._orig_mod
+    return None
+
+
+def recompiled(compiled: nn.Module, pruned: nn.Module) -> nn.Module:
+    """``pruned`` wrapped as ``compiled`` wraps its module (same class, same compile settings), or
+    ``pruned`` itself with a warning where this torch keeps those settings elsewhere."""
+    if pruned is compiled._orig_mod:
+        return compiled  # pruned in place: dynamo re-compiles on the new shapes
+    ctx = getattr(compiled, "dynamo_ctx", None)
+    if ctx is None:
+        warnings.warn("graphprune: the pruned model is returned uncompiled (this torch keeps its compile "
+                      "settings elsewhere); call torch.compile on it again")
+        return pruned
+    return type(compiled)(pruned, ctx)

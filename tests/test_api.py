@@ -103,3 +103,18 @@ def test_shrink_in_training_mode_never_teaches_batch_norm() -> None:
     assert small.training and small[1].training
     assert torch.equal(small[1].running_mean, model[1].running_mean[kept])
     assert int(small[1].num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_compiled_model_is_pruned_through_what_it_wraps_and_stays_compiled(inplace: bool) -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+    compiled = torch.compile(mlp, backend="eager")  # no C++ toolchain needed
+    x = torch.randn(2, 8)
+    small, report = graphprune.shrink(compiled, 0.4, example_inputs=x, inplace=inplace, return_report=True)
+    assert type(small) is type(compiled) and (small is compiled) == inplace
+    assert small._orig_mod[0].out_features < 64 and (mlp[0].out_features < 64) == inplace
+    assert set(report.plan.keep) == {"0.weight", "0.bias", "2.weight"}  # the plain model's names
+    assert torch.allclose(small(x), small._orig_mod(x))
+    fresh = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+    assert graphprune.apply_plan_(fresh, report.plan, x)[0].out_features == small._orig_mod[0].out_features
