@@ -161,7 +161,7 @@ def score(model: nn.Module, groups: Groups, scorer: Any = "l2", stats: Stats | N
         values = call(ctx)
         if values is None:
             values, _ = SCORERS["l2"](ctx), fallback.append(g.id)
-        raw[g.id] = _checked(values, g, scorer)
+        raw[g.id] = _checked(values, g, scorer, tensors)
     raw = _on_judged_scale(raw, fallback)
     return Scores(_name(scorer), MappingProxyType(raw), tuple(fallback), tuple(getattr(fn, "needs", ())))
 
@@ -193,7 +193,7 @@ def _caller(fn: Callable) -> Callable[[ScoreContext], Any]:
     return (lambda ctx: fn(ctx.group, ctx.tensors)) if len(positional) >= 2 else fn
 
 
-def _checked(values: Any, g: Group, scorer: Any) -> np.ndarray:
+def _checked(values: Any, g: Group, scorer: Any, tensors: Mapping[str, torch.Tensor] = MappingProxyType({})) -> np.ndarray:
     raw = np.asarray(values, dtype=np.float64)
     if raw.shape != (g.width,):
         raise ConfigError(f"scorer {_name(scorer)!r} returned shape {raw.shape} for group {g.id} "
@@ -204,7 +204,11 @@ def _checked(values: Any, g: Group, scorer: Any) -> np.ndarray:
                                    f"({g.module}): the calibration statistics hold NaN or inf; check that every "
                                    f"batch is finite (torch.isfinite(x).all()) and that the model does not "
                                    f"overflow on them (float16)")
-        raise ConfigError(f"scorer {_name(scorer)!r} returned non-finite scores for group {g.id} ({g.module})")
+        real = [m.fqn for m in g.members if m.fqn in tensors and tensors[m.fqn].device.type != "meta"]
+        bad = [f for f in real if not torch.isfinite(tensors[f]).all()]
+        cause = (f": the model's own values hold NaN or inf in {', '.join(dict.fromkeys(bad))}; load finite weights "
+                 f"(a diverged checkpoint, or a half-precision overflow)") if bad else ""
+        raise ConfigError(f"scorer {_name(scorer)!r} returned non-finite scores for group {g.id} ({g.module}){cause}")
     return raw
 
 

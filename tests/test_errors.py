@@ -206,3 +206,11 @@ def test_advice_for_the_root_names_prune_kinds_or_submodules() -> None:
     with pytest.raises(SurgeryError) as err:
         graphprune.shrink(RootReshape(), 0.3, example_inputs=torch.randn(2, 4), tolerance=0.3)
     assert "'<root>' to ignore" not in str(err.value) and "prune=" in str(err.value)
+
+
+def test_non_finite_weights_are_named_when_a_weight_criterion_cannot_rank() -> None:
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        model[0].weight[3, 1] = float("nan")
+    with pytest.raises(ConfigError, match=r"NaN or inf in 0\.weight; load finite weights"):
+        graphprune.shrink(model, 0.3, example_inputs=torch.randn(2, 8))
