@@ -51,12 +51,14 @@ def recurrent(b: Builder, node: fx.Node) -> None:
 
 def _hidden_unsupported(b: Builder, node: fx.Node, per_direction: int) -> str | None:
     """Why the hidden units stay as they are here; None when they can be pruned."""
-    fqn, mod = b.module()
-    has_biases = node.args[3]
+    path, mod = b.module()
+    fqn = path or "<root>"
     if not isinstance(mod, nn.RNNBase):
         return "the recurrent op is called outside an nn.RNNBase module: its hidden size is kept"
-    if getattr(mod, "proj_size", 0) or per_direction != (4 if has_biases else 2):
+    if getattr(mod, "proj_size", 0):
         return f"{fqn}: an LSTM with proj_size keeps its hidden size"
+    if per_direction != (4 if node.args[3] else 2):
+        return f"{fqn}: {per_direction} weights per layer and direction, not (w_ih, w_hh[, b_ih, b_hh]); hidden size kept"
     if len(b.shape(node.args[0])) != 3:
         return f"{fqn}: a recurrent input that is not (batch, time, features) keeps its hidden size"
     return None

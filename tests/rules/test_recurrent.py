@@ -132,7 +132,8 @@ class Seq2Seq(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.enc, self.dec = nn.LSTM(8, 16, num_layers=2, batch_first=True), nn.LSTM(5, 16, num_layers=2, batch_first=True)
+        self.enc = nn.LSTM(8, 16, num_layers=2, batch_first=True)
+        self.dec = nn.LSTM(5, 16, num_layers=2, batch_first=True)
         self.fc = nn.Linear(16, 5)
 
     def forward(self, x, y):
