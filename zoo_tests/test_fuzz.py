@@ -10,18 +10,21 @@ import torch
 
 from tests.fuzz.check import LOUD, WRONG, check
 
-CHUNK, CHUNKS = 100, 30  # 3,000 seeds
+CHUNK, CHUNKS, RECURRENT_CHUNKS = 100, 30, 5  # 3,000 seeds of the mixed family, 500 recurrent
+CASES = [pytest.param("mixed", i * CHUNK, id=f"seeds{i * CHUNK}") for i in range(CHUNKS)] + \
+    [pytest.param("recurrent", i * CHUNK, id=f"recurrent-seeds{i * CHUNK}") for i in range(RECURRENT_CHUNKS)]
 
 
 @pytest.mark.fuzz
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("start", [pytest.param(i * CHUNK, id=f"seeds{i * CHUNK}") for i in range(CHUNKS)])
-def test_fuzz_chunk(start: int, zoo_case: dict) -> None:
+@pytest.mark.parametrize("family,start", CASES)
+def test_fuzz_chunk(family: str, start: int, zoo_case: dict) -> None:
     torch.set_num_threads(1)
     seeds = range(start, start + CHUNK)
-    zoo_case.update(source="fuzz", family=f"seeds {seeds[0]}-{seeds[-1]}", model="random models")
-    outcomes = [check(seed) for seed in seeds]
+    label = "" if family == "mixed" else f"{family} "
+    zoo_case.update(source="fuzz", family=f"{label}seeds {seeds[0]}-{seeds[-1]}", model="random models")
+    outcomes = [check(seed, family=family) for seed in seeds]
     counts = collections.Counter(o.result for o in outcomes)
     zoo_case["oracle"] = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     loud = [o for o in outcomes if o.result == LOUD]

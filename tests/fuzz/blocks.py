@@ -432,3 +432,56 @@ class GLU(nn.Module):
     def forward(self, x):
         a, g = self.fc(x).chunk(2, dim=-1)
         return x + self.out(a * F.silu(g))
+
+
+class Recurrent(nn.Module):
+    """An LSTM, GRU or RNN over the sequence, read back to the stream's width; sometimes the final
+    hidden state is added to every position (both directions read it: units j and H + j)."""
+
+    def __init__(self, d: int, rng: random.Random):
+        super().__init__()
+        kind, hidden = rng.choice([nn.LSTM, nn.GRU, nn.RNN]), rng.choice([6, 8, 12])
+        self.dirs, self.batch_first = rng.choice([1, 2]), rng.random() < 0.7
+        self.rnn = kind(d, hidden, num_layers=rng.choice([1, 2]), batch_first=self.batch_first,
+                        bidirectional=self.dirs == 2, bias=rng.random() < 0.8)
+        self.out = nn.Linear(hidden * self.dirs, d)
+        self.read_state = rng.random() < 0.3
+
+    def forward(self, x):
+        y, state = self.rnn(x if self.batch_first else x.transpose(0, 1))
+        y = y if self.batch_first else y.transpose(0, 1)
+        if self.read_state:
+            h = state[0] if isinstance(state, tuple) else state
+            y = y + torch.cat([h[-1]] * self.dirs, -1)[:, None]
+        return x + self.out(y)
+
+
+class CellLoop(nn.Module):
+    """A recurrent cell stepped over the tokens in Python, its hidden states stacked."""
+
+    def __init__(self, d: int, rng: random.Random):
+        super().__init__()
+        kind, hidden = rng.choice([nn.LSTMCell, nn.GRUCell, nn.RNNCell]), rng.choice([6, 8, 12])
+        self.cell, self.out = kind(d, hidden, bias=rng.random() < 0.8), nn.Linear(hidden, d)
+
+    def forward(self, x):
+        state, hs = None, []
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+            hs.append(state[0] if isinstance(state, tuple) else state)
+        return x + self.out(torch.stack(hs, 1))
+
+
+class BilinearMix(nn.Module):
+    """nn.Bilinear of one projection with itself (a quadratic form) or with a second one."""
+
+    def __init__(self, d: int, rng: random.Random):
+        super().__init__()
+        hidden, self.same = rng.choice([6, 8]), rng.random() < 0.5
+        self.a = nn.Linear(d, hidden)
+        self.b = None if self.same else nn.Linear(d, hidden + 2)
+        self.bil = nn.Bilinear(hidden, hidden if self.same else hidden + 2, d, bias=rng.random() < 0.5)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return x + self.bil(h, h if self.b is None else torch.tanh(self.b(x)))

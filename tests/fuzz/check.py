@@ -39,9 +39,9 @@ def frozen_reason(groups: graphprune.Groups) -> str:
     return f"frozen: {Counter(reasons).most_common(1)[0][0]}" if reasons else "no group wider than one unit"
 
 
-def check(seed: int, tol: float = 1e-4) -> Outcome:
+def check(seed: int, tol: float = 1e-4, family: str = "mixed") -> Outcome:
     """Zero 30% of the units of every checkable group, prune them, compare every output."""
-    model, inputs, recipe = random_model(seed)
+    model, inputs, recipe = random_model(seed, family)
     try:
         groups = graphprune.find_groups(model, inputs)
     except graphprune.GraphPruneError as err:

@@ -76,7 +76,8 @@ def _conv_block(c: int, rng: random.Random) -> tuple[nn.Module, int]:
 
 
 class SeqNet(nn.Module):
-    def __init__(self, rng: random.Random, two_inputs: bool, two_outputs: bool, tokens: bool = False):
+    def __init__(self, rng: random.Random, two_inputs: bool, two_outputs: bool, tokens: bool = False,
+                 block=None):
         super().__init__()
         d = rng.choice([8, 12, 16])
         self.embed = nn.Embedding(VOCAB, d) if tokens else nn.Linear(6, d)
@@ -84,9 +85,9 @@ class SeqNet(nn.Module):
         self.tokens = B.Tokens(d, T, rng) if rng.random() < 0.3 else None
         layers, self.recipe = [], []
         for _ in range(rng.choice([2, 3, 4])):
-            block, d = _seq_block(d, rng)
-            layers.append(block)
-            self.recipe.append(type(block).__name__)
+            made, d = (block or _seq_block)(d, rng)
+            layers.append(made)
+            self.recipe.append(type(made).__name__)
         self.body = nn.Sequential(*layers)
         self.pool = rng.choice(["mean", "first"])
         self.head = nn.Linear(d, 3)
@@ -124,6 +125,15 @@ def _seq_block(d: int, rng: random.Random) -> tuple[nn.Module, int]:
     return {"mlp": B.MLP, "norm": B.Norm, "shared": B.SharedLinear, "mixer": B.TokenMixer, "glu": B.GLU}[kind](d, rng), d
 
 
+def _recurrent_block(d: int, rng: random.Random) -> tuple[nn.Module, int]:
+    """The recurrent family's blocks: recurrent layers, cells in a loop and bilinear maps, between
+    the sequence blocks of the mixed family."""
+    kind = rng.choice(["recurrent", "recurrent", "cells", "bilinear", "other"])
+    if kind == "other":
+        return _seq_block(d, rng)
+    return {"recurrent": B.Recurrent, "cells": B.CellLoop, "bilinear": B.BilinearMix}[kind](d, rng), d
+
+
 class HybridNet(nn.Module):
     """Conv blocks, then the feature map as tokens (ViT's patch embedding) for sequence blocks."""
 
@@ -156,16 +166,20 @@ class HybridNet(nn.Module):
         return self.head(self.body(h).mean(1))
 
 
-def random_model(seed: int) -> tuple[nn.Module, tuple[torch.Tensor, ...], str]:
-    """(model in eval mode, example inputs, one-line recipe) for ``seed``."""
-    rng = random.Random(seed)
+def random_model(seed: int, family: str = "mixed") -> tuple[nn.Module, tuple[torch.Tensor, ...], str]:
+    """(model in eval mode, example inputs, one-line recipe) for ``seed``. ``family="recurrent"``:
+    sequence models with recurrent layers, cells and bilinear maps, drawn from a stream of their own
+    so the mixed family's seeds (and their regression seeds) stay the models they were."""
+    rng = random.Random(seed if family == "mixed" else f"{family}-{seed}")
     torch.manual_seed(seed)
     two_inputs, two_outputs = rng.random() < 0.25, rng.random() < 0.25
-    kind = rng.choice([ConvNet, ConvNet, SeqNet, SeqNet, HybridNet])
+    kind = rng.choice([ConvNet, ConvNet, SeqNet, SeqNet, HybridNet]) if family == "mixed" else SeqNet
     if kind is HybridNet:
         two_inputs = two_outputs = False
     tokens = kind is SeqNet and rng.random() < 0.25
-    model = (kind(rng, two_inputs, two_outputs, tokens) if kind is SeqNet else kind(rng, two_inputs, two_outputs)).eval()
+    block = _recurrent_block if family == "recurrent" else None
+    model = (kind(rng, two_inputs, two_outputs, tokens, block) if kind is SeqNet
+             else kind(rng, two_inputs, two_outputs)).eval()
     gen = torch.Generator().manual_seed(seed)
     if kind is not SeqNet:
         inputs = (torch.randn(2, 3, HW, HW, generator=gen),) + ((torch.randn(2, 2, HW, HW, generator=gen),) if two_inputs else ())

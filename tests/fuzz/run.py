@@ -1,5 +1,6 @@
 """Run the fuzzer's slow tier outside pytest, one JSON line per seed (resumable, countable):
-``python -m tests.fuzz.run START COUNT OUT.jsonl``, then ``python -m tests.fuzz.run --summary OUT.jsonl``
+``python -m tests.fuzz.run START COUNT OUT.jsonl [FAMILY]`` (``mixed``, the default, or ``recurrent``),
+then ``python -m tests.fuzz.run --summary OUT.jsonl``
 prints the counts docs/zoo_status.md quotes (exact, frozen by reason, loud, silently wrong)."""
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import time
 import torch
 
 
-def run(start: int, count: int, out: str) -> None:
+def run(start: int, count: int, out: str, family: str = "mixed") -> None:
     from .check import check
 
     torch.set_num_threads(1)
     with open(out, "a") as fh:
         for seed in range(start, start + count):
             t0 = time.perf_counter()
-            o = check(seed)
+            o = check(seed, family=family)
             fh.write(json.dumps({"seed": seed, "result": o.result, "recipe": o.recipe, "detail": o.detail,
                                  "seconds": round(time.perf_counter() - t0, 2)}) + "\n")
             fh.flush()
@@ -43,4 +44,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--summary":
         print(summary(sys.argv[2]))
     else:
-        run(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+        run(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])

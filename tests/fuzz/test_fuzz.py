@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import graphprune
+from graphprune.testing import oracle_groups
 
 from .check import EXACT, FROZEN, check
 from .generator import random_model
@@ -28,6 +29,19 @@ def test_random_model_prunes_exactly_or_says_why_not(seed: int) -> None:
     torch.set_num_threads(1)
     outcome = check(seed)
     assert outcome.result in (EXACT, FROZEN), f"seed {seed}: {outcome.recipe}: {outcome.result}: {outcome.detail}"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_recurrent_model_prunes_exactly(seed: int) -> None:
+    # LSTM/GRU/RNN layers and cells, and bilinear maps, between sequence blocks: every one of these
+    # seeds has checkable groups, recurrent hidden units among them
+    torch.set_num_threads(1)
+    outcome = check(seed, family="recurrent")
+    assert outcome.result == EXACT, f"seed {seed}: {outcome.recipe}: {outcome.result}: {outcome.detail}"
+    model, inputs, recipe = random_model(seed, "recurrent")
+    checked = {m.fqn for g in oracle_groups(graphprune.find_groups(model, inputs)) for m in g.members}
+    assert any("weight_hh" in f for f in checked) == ("Recurrent" in recipe or "CellLoop" in recipe), recipe
+    assert any(f.endswith("bil.weight") for f in checked) == ("BilinearMix" in recipe), recipe
 
 
 @pytest.mark.parametrize("seed", FAST_SEEDS[:6])
