@@ -118,3 +118,6 @@ def test_a_compiled_model_is_pruned_through_what_it_wraps_and_stays_compiled(inp
     assert torch.allclose(small(x), small._orig_mod(x))
     fresh = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
     assert graphprune.apply_plan_(fresh, report.plan, x)[0].out_features == small._orig_mod[0].out_features
+    fresh_compiled = torch.compile(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4)), backend="eager")
+    assert graphprune.apply_plan_(fresh_compiled, report.plan, x) is fresh_compiled  # the same plan, compiled too
+    assert fresh_compiled._orig_mod[0].out_features == small._orig_mod[0].out_features

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..attrs import set_attr
+from ..compat import compiled_inner
 from ..errors import SurgeryError
 from ..plan import Plan
 from ..registry import Registry
@@ -70,6 +71,10 @@ def apply_plan_(model: nn.Module, plan: Plan, example_inputs: Any = None, compen
     >>> apply_plan_(m, plan) is m
     True
     """
+    inner = compiled_inner(model)
+    if inner is not None:  # a torch.compile'd model: plans name what it wraps (as shrink makes them)
+        apply_plan_(inner, plan, example_inputs, compensation)
+        return model
     verify_plan(model, plan, example_inputs)
     return apply_checked_(model, plan, example_inputs, compensation)
 
