@@ -55,34 +55,44 @@ def _hidden_unsupported(b: Builder, node: fx.Node, per_direction: int) -> str | 
     fqn = path or "<root>"
     if not isinstance(mod, nn.RNNBase):
         return "the recurrent op is called outside an nn.RNNBase module: its hidden size is kept"
-    if getattr(mod, "proj_size", 0):
-        return f"{fqn}: an LSTM with proj_size keeps its hidden size"
-    if per_direction != (4 if node.args[3] else 2):
-        return f"{fqn}: {per_direction} weights per layer and direction, not (w_ih, w_hh[, b_ih, b_hh]); hidden size kept"
+    if per_direction != (4 if node.args[3] else 2) + (1 if getattr(mod, "proj_size", 0) else 0):
+        return (f"{fqn}: {per_direction} weights per layer and direction, not (w_ih, w_hh[, b_ih, b_hh][, w_hr]); "
+                f"hidden size kept")
     if len(b.shape(node.args[0])) != 3:
         return f"{fqn}: a recurrent input that is not (batch, time, features) keeps its hidden size"
     return None
 
 
 def _hidden(b: Builder, node: fx.Node, params: list, per_direction: int, outs: dict) -> None:
+    """Without a projection the layer emits its hidden units; an LSTM with ``proj_size`` emits
+    ``h = W_hr (o * tanh(c))``, so its cell units (gate rows, ``W_hr``'s columns, the cell state)
+    and its projected units (``W_hr``'s rows, the recurrent and next-layer columns, the outputs and
+    the hidden state) are two groups."""
     fqn, mod = b.module()
     gates, dirs = GATES[node.target.overloadpacket], 2 if node.args[7] else 1
     hidden = _hidden_slot(b, node, fqn, mod)
+    emitted = _hidden_slot(b, node, fqn, mod, "proj_size") if getattr(mod, "proj_size", 0) else hidden
     why = f"hidden units of {fqn or '<root>'}"
     for i in range(0, len(params), per_direction):
-        w_ih, w_hh, *biases = params[i:i + per_direction]
+        w_ih, w_hh, *rest = params[i:i + per_direction]
+        biases, w_hr = (rest[:-1], rest[-1]) if emitted is not hidden else (rest, None)
         _gate_rows(b, [w_ih, w_hh, *biases], hidden, gates, why)
-        b.link_same(b.slot(w_hh, 1), hidden, f"recurrent input of {why}")
+        b.link_same(b.slot(w_hh, 1), emitted, f"recurrent input of {why}")
         b.role(b.slot(w_hh, 1), "in")
+        if w_hr is not None:
+            b.link_same(b.slot(w_hr, 1), hidden, f"projection of {why}")
+            b.link_same(b.slot(w_hr, 0), emitted, f"projected {why}")
+            b.role(b.slot(w_hr, 1), "in")
+            b.role(b.slot(w_hr, 0), "out")
         if i >= per_direction * dirs:  # a later layer reads both directions of the one before
-            _link_blocks_of(b, b.slot(w_ih, 1), hidden, dirs, why)
+            _link_blocks_of(b, b.slot(w_ih, 1), emitted, dirs, why)
             b.role(b.slot(w_ih, 1), "in")
-    _states(b, node, hidden, outs, dirs, why)
+    _states(b, node, (emitted, hidden), outs, dirs, why)
 
 
-def _hidden_slot(b: Builder, node: fx.Node, fqn: str, mod: nn.Module):
-    hidden = b.virtual(node, "hidden", mod.hidden_size)
-    b.bind(hidden, fqn, "hidden_size")
+def _hidden_slot(b: Builder, node: fx.Node, fqn: str, mod: nn.Module, attr: str = "hidden_size"):
+    hidden = b.virtual(node, attr, getattr(mod, attr))
+    b.bind(hidden, fqn, attr)
     return hidden
 
 
@@ -93,23 +103,24 @@ def _gate_rows(b: Builder, weights: list, hidden, gates: int, why: str) -> None:
         b.role(b.slot(p, 0), "out")
 
 
-def _states(b: Builder, node: fx.Node, hidden, outs: dict, dirs: int, why: str) -> None:
+def _states(b: Builder, node: fx.Node, units: tuple, outs: dict, dirs: int, why: str) -> None:
     """The sequence output's features are (direction, unit); the states are (layer x direction,
-    batch, unit), given as ``hx`` and returned after the sequence."""
+    batch, unit), given as ``hx`` and returned after the sequence: the hidden state, then (LSTM)
+    the cell state. ``units``: what the layer emits (the hidden state's units) and its cell units."""
     xs = b.slots(node.args[0])
     batch = xs[0] if node.args[8] else xs[1]
     if 0 in outs:
         seq = b.slots(outs[0])
         b.link_same(xs[0], seq[0])
         b.link_same(xs[1], seq[1])
-        _link_blocks_of(b, seq[2], hidden, dirs, why)
+        _link_blocks_of(b, seq[2], units[0], dirs, why)
     hx = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
-    for state in [*hx, *(outs[k] for k in sorted(outs) if k > 0)]:
+    for k, state in [*enumerate(hx), *((k - 1, outs[k]) for k in sorted(outs) if k > 0)]:
         s = b.slots(state)
         _default_state(b, state, s[2])
         b.freeze(s[0], "one state per layer and direction")
         b.link_same(batch, s[1])
-        b.link_same(s[2], hidden, f"states of {why}")
+        b.link_same(s[2], units[k], f"states of {why}")
 
 
 def _default_state(b: Builder, state: fx.Node, unit_dim) -> None:

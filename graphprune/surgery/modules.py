@@ -56,9 +56,11 @@ def recurrent_cell(m: nn.RNNCellBase) -> None:
 
 @register_slicer(nn.RNNBase)
 def recurrent(m: nn.RNNBase) -> None:
-    """Layer 0's input width and (without a projection) the hidden size follow the weights; the cached
-    flat-weight list must see the new tensors."""
+    """Layer 0's input width, the hidden size and the projection's size follow the weights; the
+    cached flat-weight list must see the new tensors."""
     m.input_size = m.weight_ih_l0.shape[1]
-    if not getattr(m, "proj_size", 0):
+    if getattr(m, "proj_size", 0):
+        m.proj_size, m.hidden_size = m.weight_hr_l0.shape
+    else:
         m.hidden_size = m.weight_hh_l0.shape[1]
     m._init_flat_weights()

@@ -435,16 +435,18 @@ class GLU(nn.Module):
 
 
 class Recurrent(nn.Module):
-    """An LSTM, GRU or RNN over the sequence, read back to the stream's width; sometimes the final
-    hidden state is added to every position (both directions read it: units j and H + j)."""
+    """An LSTM (sometimes with a projection), GRU or RNN over the sequence, read back to the
+    stream's width; sometimes the final hidden state is added to every position (both directions
+    read it: units j and H + j)."""
 
     def __init__(self, d: int, rng: random.Random):
         super().__init__()
         kind, hidden = rng.choice([nn.LSTM, nn.GRU, nn.RNN]), rng.choice([6, 8, 12])
         self.dirs, self.batch_first = rng.choice([1, 2]), rng.random() < 0.7
+        proj = {"proj_size": 4} if kind is nn.LSTM and rng.random() < 0.3 else {}
         self.rnn = kind(d, hidden, num_layers=rng.choice([1, 2]), batch_first=self.batch_first,
-                        bidirectional=self.dirs == 2, bias=rng.random() < 0.8)
-        self.out = nn.Linear(hidden * self.dirs, d)
+                        bidirectional=self.dirs == 2, bias=rng.random() < 0.8, **proj)
+        self.out = nn.Linear(proj.get("proj_size", hidden) * self.dirs, d)
         self.read_state = rng.random() < 0.3
 
     def forward(self, x):

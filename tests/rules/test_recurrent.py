@@ -115,10 +115,39 @@ def test_cells_stepped_in_a_loop_prune_their_hidden_units(kind):
     assert small(torch.randn(3, 4, 8)).shape == (3, 3)
 
 
-def test_projected_lstm_keeps_its_hidden_size_and_says_why():
-    group = _group_of(graphprune.find_groups(RecurrentTower(nn.LSTM, True, proj_size=4).eval(), X),
-                      "rnn.weight_hh_l0", 0)
-    assert "proj_size keeps its hidden size" in group.frozen
+class ProjectedStates(nn.Module):
+    """An LSTM with proj_size whose final hidden state (projected) and cell state are both read."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16, num_layers=2, proj_size=6, bidirectional=True)
+        self.fc, self.fc_cell = nn.Linear(12, 3), nn.Linear(16, 3)
+
+    def forward(self, x):
+        y, (h, c) = self.rnn(x)
+        return self.fc(y[-1]) + self.fc_cell(c[-1]) + self.fc(torch.cat([h[-1], h[-2]], -1))
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_a_projected_lstm_prunes_its_cell_units_and_its_projection_apart(bidirectional):
+    model = RecurrentTower(nn.LSTM, bidirectional, proj_size=6).eval()
+    groups = graphprune.find_groups(model, X)
+    cell, emitted = _group_of(groups, "rnn.weight_hr_l0", 1), _group_of(groups, "rnn.weight_hr_l0", 0)
+    assert cell is not emitted and cell.frozen is None and emitted.frozen is None
+    assert (cell.width, emitted.width) == (16, 6)
+    assert {m.fqn for m in emitted.members} >= {"rnn.weight_hh_l1", "rnn.weight_ih_l1", "fc2.weight"}
+    assert assert_prune_matches(model, X).groups_checked == 3
+    small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.05)
+    assert (small.rnn.hidden_size, small.rnn.proj_size) == tuple(small.rnn.weight_hr_l0.shape[::-1])
+    assert small.rnn.proj_size * (2 if bidirectional else 1) == small.fc2.in_features
+    assert small(torch.randn(3, 5, 6)).shape == (3, 5, 3)
+
+
+def test_a_projected_lstm_couples_its_final_hidden_and_cell_states_to_their_own_units():
+    model, x = ProjectedStates().eval(), torch.randn(7, 2, 8)
+    assert assert_prune_matches(model, x).groups_checked == 2
+    small = graphprune.shrink(model, 0.3, example_inputs=x, tolerance=0.1)
+    assert small.rnn.hidden_size == small.fc_cell.in_features and 2 * small.rnn.proj_size == small.fc.in_features
 
 
 def test_states_the_caller_passes_keep_the_hidden_size():
