@@ -138,8 +138,11 @@ def _one(model, next_bn, seen: InputStats, method, ridge, owner, in_dim, keep, h
 
 def refits(mod: nn.Module) -> bool:
     """Whether ``compensate="lstsq"`` refits this consumer (a linear map per position: Linear, 1x1
-    conv); the others get the mean."""
-    return mod.weight.dim() == 2 or (isinstance(mod, _ConvNd) and all(k == 1 for k in mod.kernel_size))
+    conv); the others get the mean (a recurrent layer, which has no ``weight``: neither)."""
+    weight = getattr(mod, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return False
+    return weight.dim() == 2 or (isinstance(mod, _ConvNd) and all(k == 1 for k in mod.kernel_size))
 
 
 def _unview(mod: nn.Module, w2: torch.Tensor, in_dim: int) -> torch.Tensor:

@@ -52,21 +52,29 @@ class InputStats:
 
 def consumer_of(model: nn.Module, member: Member) -> tuple[str, int] | None:
     """(module FQN, channel dim of its input) when ``member`` is the input side of a leaf module that
-    multiplies its first input by that weight (Linear, GPT-2's Conv1D, an ungrouped conv), so input
-    channel j meets index j of ``member.dim``; None where no such module runs (bare parameters)."""
-    if "in" not in member.roles or not member.fqn.endswith(".weight"):
+    multiplies its first input by that weight (Linear, GPT-2's Conv1D, an ungrouped conv; the first
+    layer's input weights of a recurrent layer or cell), so input channel j meets index j of
+    ``member.dim``; None where no such module runs (bare parameters)."""
+    fqn, _, leaf = member.fqn.rpartition(".")
+    if "in" not in member.roles or leaf not in ("weight", *RECURRENT_INPUT_WEIGHTS):
         return None
-    fqn = member.fqn[: -len(".weight")]
     try:
         mod = model.get_submodule(fqn)
     except AttributeError:
         return None
     if next(mod.children(), None) is not None:
         return None
+    if leaf != "weight":  # x[..., j] meets column j of each direction's first input weights
+        recurrent = isinstance(mod, (nn.RNNBase, nn.RNNCellBase))
+        return (fqn, -1) if recurrent and member.dim == 1 else None
     if isinstance(mod, _ConvNd):
         return (fqn, 1) if mod.groups == 1 and not mod.transposed and member.dim == 1 else None
     weight = getattr(mod, "weight", None)
     return (fqn, -1) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+
+
+# the weights a recurrent module multiplies its own input by: layer 0's of each direction, or a cell's
+RECURRENT_INPUT_WEIGHTS = ("weight_ih_l0", "weight_ih_l0_reverse", "weight_ih")
 
 
 class InputHooks:

@@ -108,3 +108,41 @@ def test_a_group_the_criterion_cannot_judge_ranks_at_the_judged_scale() -> None:
     # ranked globally with raw l2 values the bare-parameter group would never lose a unit
     plan = graphprune.make_plan(model, groups, graphprune.ShrinkConfig(ratio=0.4, scope="global"), scores=scores)
     assert set(plan.removed) == {bare, judged}
+
+
+class IntoRecurrent(torch.nn.Module):
+    """fc's outputs feed a bidirectional LSTM, or a GRU cell stepped over the tokens; fc's unit 2
+    is always zero (ReLU of a large negative bias)."""
+
+    def __init__(self, cell: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.cell, self.fc = cell, torch.nn.Linear(4, 6)
+        self.rnn = torch.nn.GRUCell(6, 5) if cell else torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+        self.out = torch.nn.Linear(5 if cell else 10, 2)
+        with torch.no_grad():
+            self.fc.bias[2] = -100.0
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        if not self.cell:
+            return self.out(self.rnn(h)[0])
+        state = None
+        for t in range(h.shape[1]):
+            state = self.rnn(h[:, t], state)
+        return self.out(state)
+
+
+@pytest.mark.parametrize("cell", [False, True])
+def test_activation_judges_what_feeds_a_recurrent_layer_by_its_input_and_input_weights(cell: bool) -> None:
+    model, batches = IntoRecurrent(cell).eval(), [torch.randn(3, 7, 4) for _ in range(4)]
+    groups = graphprune.find_groups(model, batches[0])
+    g = next(g for g in groups.prunable if any(m.fqn == "fc.weight" for m in g.members))
+    stats = graphprune.calibrate(model, groups, batches, needs=("inputs",))
+    scores = graphprune.score(model, groups, "activation", stats)
+    assert g.id not in scores.fallback  # judged from the data, not ranked by l2
+    h = torch.relu(model.fc(torch.cat(batches))).flatten(0, 1)
+    weights = [model.rnn.weight_ih] if cell else [model.rnn.weight_ih_l0, model.rnn.weight_ih_l0_reverse]
+    want = sum(h.norm(dim=0) * w.norm(dim=0) for w in weights)  # one term per reading weight
+    np.testing.assert_allclose(scores.raw[g.id], want.detach().numpy(), rtol=1e-5)
+    assert scores.raw[g.id][2] == 0.0
