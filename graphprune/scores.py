@@ -193,8 +193,7 @@ def _caller(fn: Callable) -> Callable[[ScoreContext], Any]:
     return (lambda ctx: fn(ctx.group, ctx.tensors)) if len(positional) >= 2 else fn
 
 
-def _checked(values: Any, g: Group, scorer: Any,
-             tensors: Mapping[str, torch.Tensor] = MappingProxyType({})) -> np.ndarray:
+def _checked(values: Any, g: Group, scorer: Any, tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
     raw = np.asarray(values, dtype=np.float64)
     if raw.shape != (g.width,):
         raise ConfigError(f"scorer {_name(scorer)!r} returned shape {raw.shape} for group {g.id} "

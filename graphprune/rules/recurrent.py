@@ -32,7 +32,7 @@ def recurrent(b: Builder, node: fx.Node) -> None:
     the sequence, then the final states."""
     outs = {u.args[1]: u for u in node.users if u.target is operator.getitem}
     if node.target._overloadname != "input":  # the (data, batch_sizes, ...) overload of packed sequences
-        _freeze_outputs(b, [*outs.values(), *node.all_input_nodes], "packed sequences are not pruned")
+        _freeze_left(b, [*outs.values(), *node.all_input_nodes], "packed sequences are not pruned")
         return
     x, params = node.args[0], list(node.args[2])
     num_layers, bidirectional = node.args[4], node.args[7]
@@ -43,8 +43,7 @@ def recurrent(b: Builder, node: fx.Node) -> None:
         b.role(b.slot(w_ih, 1), "in")
     why = _hidden_unsupported(b, node, per_direction)
     if why:
-        hx = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
-        _freeze_outputs(b, [*outs.values(), *hx, *params], why, tuple(b.slot(w, 1) for w in first))
+        _freeze_left(b, [*outs.values(), *_states_in(node.args[1]), *params], why, tuple(b.slot(w, 1) for w in first))
         return
     _hidden(b, node, params, per_direction, outs)
 
@@ -114,8 +113,7 @@ def _states(b: Builder, node: fx.Node, units: tuple, outs: dict, dirs: int, why:
         b.link_same(xs[0], seq[0])
         b.link_same(xs[1], seq[1])
         _link_blocks_of(b, seq[2], units[0], dirs, why)
-    hx = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
-    for k, state in [*enumerate(hx), *((k - 1, outs[k]) for k in sorted(outs) if k > 0)]:
+    for k, state in [*enumerate(_states_in(node.args[1])), *((k - 1, outs[k]) for k in sorted(outs) if k > 0)]:
         s = b.slots(state)
         _default_state(b, state, s[2])
         b.freeze(s[0], "one state per layer and direction")
@@ -142,7 +140,12 @@ def _link_blocks_of(b: Builder, whole, unit, blocks: int, why: str) -> None:
     b.link(whole, unit, idx, idx % b.size(unit), why)
 
 
-def _freeze_outputs(b: Builder, nodes, why: str, inputs: tuple = ()) -> None:
+def _states_in(hx) -> list:
+    """The states an op is given: ``[h, c]`` for an LSTM, ``h`` alone otherwise."""
+    return list(hx) if isinstance(hx, (list, tuple)) else [hx]
+
+
+def _freeze_left(b: Builder, nodes, why: str, inputs: tuple = ()) -> None:
     """Freeze what the rule leaves as it is, with the reason (not "dim not handled"); ``inputs``:
     the input-feature slots, which stay linked."""
     for n in nodes:
@@ -158,14 +161,14 @@ def cell(b: Builder, node: fx.Node) -> None:
     share the weights, and each reads the state the one before returned, so they couple alike."""
     x, hx, w_ih, w_hh, *biases = node.args
     biases = [p for p in biases if isinstance(p, fx.Node)]
-    states = list(hx) if isinstance(hx, (list, tuple)) else [hx]
+    states = _states_in(hx)
     outs = [u for u in node.users if u.target is operator.getitem] if b.shape(node) is None else [node]
     xs = b.slots(x)
     b.link_same(xs[-1], b.slot(w_ih, 1), "input features of a recurrent cell")
     b.role(b.slot(w_ih, 1), "in")
     fqn, mod = b.module()
     if not isinstance(mod, nn.RNNCellBase) or len(xs) != 2:
-        _freeze_outputs(b, [*outs, *states, w_ih, w_hh, *biases], f"{fqn or '<root>'}: a recurrent cell outside an "
+        _freeze_left(b, [*outs, *states, w_ih, w_hh, *biases], f"{fqn or '<root>'}: a recurrent cell outside an "
                         "nn.RNNCellBase (or not batched) keeps its hidden size", (b.slot(w_ih, 1),))
         return
     hidden = _hidden_slot(b, node, fqn, mod)
