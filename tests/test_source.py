@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -106,3 +107,67 @@ def test_shape_expressions_are_read_through_names_and_starred_shapes() -> None:
     assert [ast.unparse(e) for e in exprs] == ["B", "T", "-1", "self.head_dim"]
     assert source.follows(exprs[2], "") and not source.follows(exprs[3], "")
     assert source.attribute_paths("x.view(B, self.heads[self.i], self.cfg.dim // 2)") == ["heads[i]", "i", "cfg.dim"]
+
+
+def _split_heads(x, heads):
+    return x.view(*x.shape[:-1], heads, -1).transpose(1, 2)
+
+
+class ArgumentHeads(nn.Module):
+    """The head count reaches the reshape as a parameter of a helper (DeBERTa's
+    ``transpose_for_scores(x, attention_heads)``): a method, a module-level function, a default,
+    or a parameter the helper changes before using it."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.num_heads = how, 4
+        self.qkv, self.proj, self.fc = nn.Linear(16, 48), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def split(self, x, heads=4):
+        return x.view(*x.shape[:-1], heads, -1).transpose(1, 2)
+
+    def split_changed(self, x, heads):
+        heads = heads * 1
+        return x.view(*x.shape[:-1], heads, -1).transpose(1, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.how == "function":
+            q, k, v = _split_heads(q, self.num_heads), _split_heads(k, self.num_heads), _split_heads(v, self.num_heads)
+        elif self.how == "default":
+            q, k, v = self.split(q), self.split(k), self.split(v)
+        elif self.how == "changed":
+            q, k, v = (self.split_changed(t, self.num_heads) for t in (q, k, v))
+        else:
+            q, k, v = self.split(q, heads=self.num_heads), self.split(k, self.num_heads), self.split(v, self.num_heads)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.fc(x + self.proj(y))
+
+
+@pytest.mark.parametrize("how", ["method", "function"])
+def test_a_size_passed_to_a_helper_is_read_as_the_callers_argument(how: str) -> None:
+    model = ArgumentHeads(how).eval()
+    heads = [g for g in graphprune.find_groups(model, X).prunable if g.unit == "head"]
+    assert [(a.fqn, a.attr) for g in heads for a in g.attrs] == [("", "num_heads")]
+    assert assert_prune_matches(model, X, kinds=("heads",)).groups_checked == 1
+    small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2, prune=("heads",))
+    assert small.num_heads < 4 and small(X).shape == model(X).shape
+
+
+@pytest.mark.parametrize("how, why", [("default", "number written in the model's code"),
+                                      ("changed", "'heads' is computed from a value pruning does not update")])
+def test_a_default_or_a_changed_parameter_keeps_the_heads(how: str, why: str) -> None:
+    groups = graphprune.find_groups(ArgumentHeads(how), X)
+    assert not [g for g in groups.prunable if g.unit == "head"]
+    assert any(why in (g.frozen or "") for g in groups)
+
+
+@pytest.mark.parametrize("line, rebinds", [
+    ("heads = 3", True), ("a, heads = 1, 2", True), ("(b, heads) = x.shape", True), ("heads += 1", True),
+    ("heads: int = 2", True), ("for i, heads in enumerate(a):", True), ("with open(p) as heads:", True),
+    ("if (heads := 3):", True), ("y = x.view(heads, -1)", False), ("if heads == 3:", False), ("nheads = 2", False),
+    ("f(heads=2)", False), ("x[heads] = 1", False)])
+def test_a_parameter_the_helper_may_rebind_is_not_read_from_the_caller(line: str, rebinds: bool) -> None:
+    from graphprune.source.calls import _reassigned
+
+    assert _reassigned(f"def split(self, x, heads):\n    {line}\n", "heads") is rebinds

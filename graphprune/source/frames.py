@@ -63,12 +63,14 @@ def frame(node: fx.Node | None) -> tuple[str, int] | None:
 
 
 def statement_source(node: fx.Node | None) -> str:
-    """The source statement that made ``node`` (its innermost stack frame), whole: a call spread
-    over several lines is read until the brackets opened on its first line close."""
+    """The source statement that made ``node`` (its innermost stack frame), whole."""
     found = frame(node)
-    if found is None:
-        return ""
-    path, line = found
+    return "" if found is None else statement_at(*found)
+
+
+def statement_at(path: str, line: int) -> str:
+    """The statement starting at ``line`` of ``path``, whole: a call spread over several lines is
+    read until the brackets opened on its first line close."""
     text, depth = "", 0
     for n in range(line, line + 12):
         code = linecache.getline(path, n)
@@ -91,9 +93,11 @@ def statement_names(node: fx.Node | None) -> set[str]:
 def function_source(node: fx.Node | None) -> str:
     """The source of the function that made ``node``, from its ``def`` to the line before the node's."""
     found = frame(node)
-    if found is None:
-        return ""
-    path, line = found
+    return "" if found is None else function_at(*found)
+
+
+def function_at(path: str, line: int) -> str:
+    """The function around ``line`` of ``path``, from its ``def`` to the line before ``line``."""
     lines = []
     for n in range(line - 1, max(line - 400, 0), -1):
         code = linecache.getline(path, n)

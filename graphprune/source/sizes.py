@@ -9,16 +9,18 @@ import textwrap
 from torch import fx
 
 from .attrs import attribute_paths
+from .calls import with_arguments
 from .frames import function_source, statement_source
 
 FROM_SHAPE = ast.Constant(value="from a shape")  # a position a starred shape (``*input_shape``) covers
 
 
-def size_exprs(node: fx.Node, ndim: int) -> list[ast.expr] | None:
-    """The size arguments of the statement's ``.view(...)``/``.reshape(...)`` call with ``ndim``
-    sizes, as expressions. A shape held in a name (``view(hidden_shape)``) is read from its last
+def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "reshape")) -> list[ast.expr] | None:
+    """The size arguments of the statement's ``.view(...)``/``.reshape(...)`` call (or another of
+    ``methods``: ``expand``, ``repeat``) with ``ndim`` sizes, as expressions. A shape held in a name (``view(hidden_shape)``) is read from its last
     assignment in the function; positions a starred shape covers (``reshape(*input_shape, -1)``)
-    are ``FROM_SHAPE``. None if the call is not written out, the statement does not parse alone,
+    are ``FROM_SHAPE``. A parameter of a helper function reads as what its caller passed
+    (``calls.with_arguments``). None if the call is not written out, the statement does not parse alone,
     or two such calls in it disagree (a cat of two views)."""
     try:
         tree = ast.parse(textwrap.dedent(statement_source(node)).strip())
@@ -26,19 +28,23 @@ def size_exprs(node: fx.Node, ndim: int) -> list[ast.expr] | None:
         return None
     found = []
     for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, "attr", None) in ("view", "reshape"):
+        if isinstance(call, ast.Call) and getattr(call.func, "attr", None) in methods:
             args = call.args
             if getattr(call.func.value, "id", None) == "torch":
                 args = args[1:]  # torch.reshape(x, shape)
             if len(args) == 1 and isinstance(args[0], ast.Name):
                 args = [_assigned_tuple(node, args[0].id)]
+            if len(args) == 1 and isinstance(args[0], (ast.BinOp, ast.Call)) and _shape_elts(args[0]):
+                args = [ast.Tuple(elts=_shape_elts(args[0]), ctx=ast.Load())]  # view(x.size()[:-2] + (-1,))
             if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
                 args = args[0].elts
             aligned = _align(list(args), ndim)
             if aligned is not None:
                 found.append(aligned)
     dumps = [[ast.dump(a) for a in f] for f in found]
-    return found[0] if found and all(d == dumps[0] for d in dumps) else None
+    if not found or any(d != dumps[0] for d in dumps):
+        return None
+    return [a if a is FROM_SHAPE else with_arguments(node, a) for a in found[0]]
 
 
 def _align(args: list, ndim: int) -> list[ast.expr] | None:

@@ -1,0 +1,119 @@
+"""Source reading, calls: a size that reaches a reshape as a parameter of a helper function
+(DeBERTa's ``transpose_for_scores(x, attention_heads)``) is read back as the argument the caller
+passed (``self.num_attention_heads``), so it binds like a size written in place."""
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+
+from torch import fx
+
+from .frames import enabled, function_at, function_source, statement_at
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+MAX_DEPTH = 3  # helpers calling helpers; deeper chains are left unread (the size stays frozen)
+
+
+def with_arguments(node: fx.Node, expr: ast.expr) -> ast.expr:
+    """``expr`` with each name that is a parameter of the function that made ``node`` replaced by
+    the argument its caller passed (or the parameter's default), as far up as the caller's own
+    parameters go. A name the function assigns before using it, or one the call cannot be matched
+    for (``*args``, calls in one statement passing different things), is left as it is."""
+    frames = _frames(node)
+    for depth in range(min(MAX_DEPTH, len(frames) - 1)):
+        inner, outer = frames[len(frames) - 1 - depth], frames[len(frames) - 2 - depth]
+        params = _passed(inner, outer, function_source(node) if depth == 0 else function_at(*inner[:2]))
+        names = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}
+        if not params or not names & set(params):
+            break
+        expr = _Substitute(params).visit(_copy(expr))
+    return expr
+
+
+def _frames(node: fx.Node) -> list[tuple[str, int, str]]:
+    if not enabled():
+        return []
+    return [(p, int(n), f) for p, n, f in _FRAME.findall(node.meta.get("stack_trace") or "")]
+
+
+def _passed(inner: tuple[str, int, str], outer: tuple[str, int, str], body: str) -> dict[str, ast.expr]:
+    """Parameter name -> the expression the caller's statement passed for it (or its default),
+    for parameters the function does not reassign before the node's line. A statement calling the
+    function more than once (``q, k = self.split(q, h), self.split(k, h)``) must pass the same."""
+    signature = _signature(body)
+    calls = _calls_of(outer, inner[2])
+    if signature is None or not calls:
+        return {}
+    each = [{k: ast.dump(v) for k, v in _bind(signature, c).items()} for c in calls]
+    first = _bind(signature, calls[0])
+    return {name: value for name, value in first.items()
+            if all(e.get(name) == each[0][name] for e in each) and not _reassigned(body, name)}
+
+
+def _signature(body: str) -> ast.arguments | None:
+    """The parameters of the ``def`` that ``body`` starts with (a header over several lines too)."""
+    header = ""
+    for line in body.splitlines():
+        header += line + "\n"
+        try:
+            tree = ast.parse(textwrap.dedent(header) + "    pass\n")
+        except SyntaxError:
+            continue
+        fn = tree.body[0] if tree.body else None
+        return fn.args if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+    return None
+
+
+def _calls_of(outer: tuple[str, int, str], name: str) -> list[ast.Call]:
+    """The calls of ``name`` in the caller's statement: ``self.name(...)`` or ``name(...)``."""
+    try:
+        tree = ast.parse(textwrap.dedent(statement_at(*outer[:2])).strip())
+    except SyntaxError:
+        return []
+    return [c for c in ast.walk(tree) if isinstance(c, ast.Call) and _calls(c.func, name)]
+
+
+def _calls(func: ast.expr, name: str) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id == name
+    return isinstance(func, ast.Attribute) and func.attr == name and getattr(func.value, "id", None) == "self"
+
+
+def _bind(sig: ast.arguments, call: ast.Call) -> dict[str, ast.expr]:
+    """Match a call's arguments to the parameters, as Python does (no ``*args``/``**kwargs``)."""
+    if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+        return {}
+    positional = [a.arg for a in sig.posonlyargs + sig.args]
+    if positional[:1] in (["self"], ["cls"]) and isinstance(call.func, ast.Attribute):
+        positional = positional[1:]  # self.helper(x, n): self is the same object in both frames
+    if len(call.args) > len(positional):
+        return {}
+    bound = dict(zip(positional, call.args))
+    defaults = dict(zip(positional[len(positional) - len(sig.defaults):], sig.defaults)) if sig.defaults else {}
+    defaults.update({a.arg: d for a, d in zip(sig.kwonlyargs, sig.kw_defaults) if d is not None})
+    bound.update({k.arg: k.value for k in call.keywords})
+    return {name: bound.get(name, defaults.get(name)) for name in positional + [a.arg for a in sig.kwonlyargs]
+            if bound.get(name, defaults.get(name)) is not None}
+
+
+def _reassigned(body: str, name: str) -> bool:
+    """Whether the function may rebind ``name`` after its ``def`` line: an assignment (also in a
+    tuple, augmented or annotated), a ``for`` target, ``as name`` or ``name :=``."""
+    n = re.escape(name)
+    patterns = (rf"^\s*(?:[\w\s,*()\[\]]*,\s*)?\(?{n}\s*\)?\s*(?:,[^=]*)?(?::[^=]+)?(?:[-+*/%@&|^]|//|\*\*|<<|>>)?=(?!=)",
+                rf"^\s*(?:async\s+)?for\s[^:]*\b{n}\b[^:]*\sin\s", rf"\bas\s+{n}\b", rf"\b{n}\s*:=")
+    lines = body.splitlines()[1:]
+    return any(re.search(p, line) for p in patterns for line in lines)
+
+
+def _copy(expr: ast.expr) -> ast.expr:
+    return ast.parse(ast.unparse(expr), mode="eval").body
+
+
+class _Substitute(ast.NodeTransformer):
+    def __init__(self, params: dict[str, ast.expr]):
+        self.params = params
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:  # noqa: N802 - ast's visitor naming
+        return _copy(self.params[node.id]) if node.id in self.params else node
