@@ -294,6 +294,35 @@ class ListSplit(nn.Module):
         return (self.a(p) + self.b(q) + self.c(r)).mean((2, 3))
 
 
+class FoldedHeads(nn.Module):
+    """DeBERTa's attention: the head count reaches the reshape as a helper's argument, heads are
+    folded into the batch dim for ``bmm``, relative-position keys are repeated once per batch row,
+    and relative positions are gathered through an index expanded to the folded size."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, span: int = 4):
+        super().__init__()
+        self.num_heads, self.span = heads, span
+        self.q, self.k, self.v, self.o, self.fc = (nn.Linear(dim, dim) for _ in range(5))
+        self.rel = nn.Parameter(torch.randn(2 * span, dim))
+
+    def fold(self, x, heads):
+        new_shape = x.size()[:-1] + (heads, -1)
+        x = x.view(new_shape)
+        return x.permute(0, 2, 1, 3).contiguous().view(-1, x.size(1), x.size(-1))
+
+    def forward(self, x):
+        n = x.size(1)
+        q = self.fold(self.q(x), self.num_heads)
+        k = self.fold(self.k(x), self.num_heads)
+        v = self.fold(self.v(x), self.num_heads)
+        pos = self.fold(self.k(self.rel.unsqueeze(0)), self.num_heads).repeat(q.size(0) // self.num_heads, 1, 1)
+        idx = (torch.arange(n)[None, :] - torch.arange(n)[:, None] + self.span).clamp(0, 2 * self.span - 1)
+        c2p = torch.gather(torch.bmm(q, pos.transpose(-1, -2)), -1, idx.unsqueeze(0).expand([q.size(0), n, n]))
+        probs = (torch.bmm(q, k.transpose(-1, -2)) + c2p).view(-1, self.num_heads, n, n).softmax(-1)
+        ctx = torch.bmm(probs.view(-1, n, n), v).view(-1, self.num_heads, n, v.size(-1)).permute(0, 2, 1, 3)
+        return self.fc(x + self.o(ctx.contiguous().view(ctx.size()[:-2] + (-1,))))
+
+
 @dataclass(frozen=True)
 class Toy:
     name: str
@@ -330,4 +359,5 @@ TOYS = [
     Toy("torch_mha", TorchMHA, _seq(6)),
     Toy("resnext_se", ResNeXtSE, _img()),
     Toy("list_split", ListSplit, _img()),
+    Toy("folded_heads", FoldedHeads, _seq(16)),
 ]

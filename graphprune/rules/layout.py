@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import fx
 
+from .. import source
 from ..coupling import Builder, register_rule
 
 aten = __import__("torch").ops.aten
@@ -30,7 +31,8 @@ def t(b: Builder, node: fx.Node) -> None:
 
 @register_rule(aten.expand, aten.expand_as, aten.repeat)
 def expand(b: Builder, node: fx.Node) -> None:
-    """Dims that keep their size couple; dims grown from 1 (or repeated) are new and stay frozen."""
+    """Dims that keep their size couple; dims grown from 1 (or new) hold copies of one value, and a
+    dim repeated ``r`` times holds ``r`` copies of the input in a row (``_copies``)."""
     src = node.args[0]
     ins, outs = b.slots(src), b.slots(node)
     shape, out_shape = b.shape(src), b.shape(node)
@@ -43,6 +45,32 @@ def expand(b: Builder, node: fx.Node) -> None:
             b.touch(s)
     if canonical_is(node, aten.expand_as):
         link_template(b, node)
+    else:
+        _copies(b, node, [None] * shift + ins, reps)
+
+
+def _copies(b: Builder, node: fx.Node, ins: list, reps: list[int]) -> None:
+    """A dim grown from 1 (``pos.expand([q.size(0), L, L])``) holds copies of one value, so any of
+    its indices can go, provided the size the code writes keeps up with pruning (read from a shape):
+    then it is left free to couple with what it meets. A size written as a number or an attribute
+    stays frozen (GQA's ``expand(b, h, self.n_rep, n, d)`` keeps its copies per key head). A dim of width ``n`` repeated ``r`` times (``pos.repeat(B, 1, 1)`` over heads) is
+    ``r`` copies in a row: a factor of (copies, the input's units), the copies never pruned."""
+    outs, out_shape = b.slots(node), b.shape(node)
+    exprs = source.size_exprs(node, len(outs), methods=("expand", "repeat")) or [None] * len(outs)
+    function = None
+    for j, (s, r, o) in enumerate(zip(ins, reps, outs)):
+        n = 1 if s is None else b.size(s)
+        if out_shape[j] < 2 or (n == out_shape[j] and r == 1):
+            continue
+        if n > 1:
+            copies, units = b.virtual(node, f"copies {j}", r), b.virtual(node, f"repeated {j}", n)
+            b.link_same(s, units)
+            b.factor(o, [copies, units], f"{r} copies of {n} units ({b.where()})")
+            b.freeze(copies, "copies made by repeat")
+            continue
+        function = source.function_source(node) if function is None else function
+        if exprs[j] is not None and not source.direct_read(exprs[j]) and source.follows(exprs[j], function):
+            b.touch(o)
 
 
 @register_rule(aten.repeat_interleave)
