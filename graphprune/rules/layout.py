@@ -53,8 +53,9 @@ def _copies(b: Builder, node: fx.Node, ins: list, reps: list[int]) -> None:
     """A dim grown from 1 (``pos.expand([q.size(0), L, L])``) holds copies of one value, so any of
     its indices can go, provided the size the code writes keeps up with pruning (read from a shape):
     then it is left free to couple with what it meets. A size written as a number or an attribute
-    stays frozen (GQA's ``expand(b, h, self.n_rep, n, d)`` keeps its copies per key head). A dim of width ``n`` repeated ``r`` times (``pos.repeat(B, 1, 1)`` over heads) is
-    ``r`` copies in a row: a factor of (copies, the input's units), the copies never pruned."""
+    stays frozen (GQA's ``expand(b, h, self.n_rep, n, d)`` keeps its copies per key head). A dim
+    of width ``n`` repeated ``r`` times (``pos.repeat(B, 1, 1)`` over heads) is ``r`` copies in a
+    row: a factor of (copies, the input's units), the copies never pruned."""
     outs, out_shape = b.slots(node), b.shape(node)
     exprs = source.size_exprs(node, len(outs), methods=("expand", "repeat")) or [None] * len(outs)
     function = None

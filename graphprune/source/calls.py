@@ -101,8 +101,9 @@ def _reassigned(body: str, name: str) -> bool:
     """Whether the function may rebind ``name`` after its ``def`` line: an assignment (also in a
     tuple, augmented or annotated), a ``for`` target, ``as name`` or ``name :=``."""
     n = re.escape(name)
-    patterns = (rf"^\s*(?:[\w\s,*()\[\]]*,\s*)?\(?{n}\s*\)?\s*(?:,[^=]*)?(?::[^=]+)?(?:[-+*/%@&|^]|//|\*\*|<<|>>)?=(?!=)",
-                rf"^\s*(?:async\s+)?for\s[^:]*\b{n}\b[^:]*\sin\s", rf"\bas\s+{n}\b", rf"\b{n}\s*:=")
+    assign = (rf"^\s*(?:[\w\s,*()\[\]]*,\s*)?\(?{n}\s*\)?\s*(?:,[^=]*)?"  # heads, (b, heads), a, heads
+              r"(?::[^=]+)?(?:[-+*/%@&|^]|//|\*\*|<<|>>)?=(?!=)")  # annotated, augmented, not ==
+    patterns = (assign, rf"^\s*(?:async\s+)?for\s[^:]*\b{n}\b[^:]*\sin\s", rf"\bas\s+{n}\b", rf"\b{n}\s*:=")
     lines = body.splitlines()[1:]
     return any(re.search(p, line) for p in patterns for line in lines)
 

@@ -17,11 +17,12 @@ FROM_SHAPE = ast.Constant(value="from a shape")  # a position a starred shape (`
 
 def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "reshape")) -> list[ast.expr] | None:
     """The size arguments of the statement's ``.view(...)``/``.reshape(...)`` call (or another of
-    ``methods``: ``expand``, ``repeat``) with ``ndim`` sizes, as expressions. A shape held in a name (``view(hidden_shape)``) is read from its last
-    assignment in the function; positions a starred shape covers (``reshape(*input_shape, -1)``)
-    are ``FROM_SHAPE``. A parameter of a helper function reads as what its caller passed
-    (``calls.with_arguments``). None if the call is not written out, the statement does not parse alone,
-    or two such calls in it disagree (a cat of two views)."""
+    ``methods``: ``expand``, ``repeat``) with ``ndim`` sizes, as expressions. A shape held in a
+    name (``view(hidden_shape)``) is read from its last assignment in the function; positions a
+    starred shape covers (``reshape(*input_shape, -1)``) are ``FROM_SHAPE``; a parameter of a
+    helper function reads as what its caller passed (``calls.with_arguments``). None if the call
+    is not written out, the statement does not parse alone, or two such calls in it disagree (a
+    cat of two views)."""
     try:
         tree = ast.parse(textwrap.dedent(statement_source(node)).strip())
     except SyntaxError:
