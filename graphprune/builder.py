@@ -230,6 +230,22 @@ class Builder:
         except AttributeError:
             return path, None
 
+    def code_module(self, node: fx.Node | None = None) -> tuple[str, Any]:
+        """The module that is ``self`` in the code that made the node: the module running it, or
+        the submodule whose method its forward called (``self.rel_pos.get_bias()``), so attributes
+        the code reads resolve, and bind, where they live. None as the module when the calls lead
+        to an object that is no submodule: nothing is read there."""
+        fqn, mod = self.module(node)
+        rel = source.self_path(node or self.node) if mod is not None else ""
+        if not rel:  # unreadable calls (None) read the running module, as they always did
+            return fqn, mod
+        path = f"{fqn}.{rel}" if fqn else rel
+        try:
+            sub = self.traced.model.get_submodule(path)
+        except AttributeError:
+            return path, None
+        return (path, sub) if isinstance(sub, torch.nn.Module) else (path, None)
+
     def code_attrs(self, size: int, expr: Any = None) -> list[str]:
         """Attributes of the node's module that equal ``size`` and that the source statement making
         the node reads (``x.split(self.split_size)``; ``expr``: one size argument of it, as parsed
@@ -237,7 +253,7 @@ class Builder:
         (``self.attn.num_heads``, ``self.heads[i]``). Bound to a slot, they make the code compute
         the pruned size; the name is required because a value alone is no proof (a module may hold
         several attributes of that value, none of them read here)."""
-        _, mod = self.module()
+        _, mod = self.code_module()
         if mod is None or size < 2 or not source.enabled():
             return []
         text = source.statement_source(self.node) if expr is None else None
@@ -251,7 +267,7 @@ class Builder:
         """Bind every attribute ``code_attrs`` finds for the slot's size; returns their names."""
         attrs = self.code_attrs(self.size(s), expr)
         for attr in attrs:
-            self.bind(s, self.traced.module_path(self.node), attr)
+            self.bind(s, self.code_module()[0], attr)
         return attrs
 
     def broadcast(self, src: list[Slot], dst: list[Slot]) -> None:

@@ -171,3 +171,40 @@ def test_a_parameter_the_helper_may_rebind_is_not_read_from_the_caller(line: str
     from graphprune.source.calls import _reassigned
 
     assert _reassigned(f"def split(self, x, heads):\n    {line}\n", "heads") is rebinds
+
+
+class RelBias(nn.Module):
+    """A per-head bias table that its parent reads through a method, not its forward (timm's
+    ``RelPosMlp.get_bias``), sized by a shape tuple attribute: ``view(self.bias_shape)``."""
+
+    def __init__(self, heads: int, n: int):
+        super().__init__()
+        self.num_heads, self.bias_shape = heads, (n, n, heads)
+        self.table = nn.Linear(2, heads)
+        self.register_buffer("coords", torch.randn(n * n, 2))
+
+    def get_bias(self):
+        return self.table(self.coords).view(self.bias_shape).permute(2, 0, 1).unsqueeze(0)
+
+
+class MethodOfChild(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.num_heads = 4
+        self.qkv, self.proj, self.fc = nn.Linear(16, 48), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.rel = RelBias(4, 5)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel.get_bias())
+        return self.fc(x + self.proj(y.transpose(1, 2).reshape(B, N, -1)))
+
+
+def test_attributes_read_in_a_childs_method_bind_on_the_child() -> None:
+    model = MethodOfChild().eval()
+    heads = next(g for g in graphprune.find_groups(model, X).prunable if g.unit == "head")
+    assert sorted((a.fqn, a.attr) for a in heads.attrs) == [("", "num_heads"), ("rel", "bias_shape[2]")]
+    assert assert_prune_matches(model, X, kinds=("heads",)).groups_checked == 1
+    small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2, prune=("heads",))
+    assert small.num_heads == small.rel.bias_shape[2] == small.rel.table.out_features < 4

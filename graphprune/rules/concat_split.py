@@ -78,7 +78,7 @@ def split(b: Builder, node: fx.Node) -> None:
     elif not uniform:
         b.freeze(xs[dim], "split sizes are fixed in the model's code")
         for attr in {a for found in attrs or [] for a in found}:  # shvit: split(x, [self.pdim, self.dim - self.pdim])
-            b.pin(b.traced.module_path(node), attr, "split sizes are fixed")
+            b.pin(b.code_module(node)[0], attr, "split sizes are fixed")
     elif len(sizes) > 1:
         idx = np.arange(sizes[0])
         for off in offsets[1:]:
@@ -96,7 +96,7 @@ def _piece_attrs(b: Builder, node: fx.Node, sizes: list[int]) -> list[list[str]]
     """Per piece, the attributes its size is read from: one item each of a list attribute
     (``torch.split(y, self.split_sizes, dim=1)``), else the int attributes of equal value the
     statement names (``[self.pdim, self.dim - self.pdim]``)."""
-    _, mod = b.module()
+    _, mod = b.code_module()
     if mod is not None and source.enabled():
         name = source.list_attr_matching(mod, source.statement_source(node), sizes)
         if name is not None:
@@ -109,7 +109,7 @@ def _follow_attrs(b: Builder, node: fx.Node, whole, sizes: list[int], offsets: l
     """Sizes read from module attributes (``split(self.split_size)``) follow the pruning once the
     attributes are bound: pieces sized by the same attributes keep the same width, so they are
     pruned in parallel, and the attributes are set to that width."""
-    fqn = b.traced.module_path(node)
+    fqn = b.code_module(node)[0]
     # split(x, [self.pdim, self.dim - self.pdim]) with dim == 2 * pdim reads as two pdim pieces;
     # that holds after pruning only if self.dim follows the whole
     b.bind_code_attrs(whole)

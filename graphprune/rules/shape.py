@@ -224,7 +224,7 @@ def _bind_sizes(b: Builder, whole, parts: list, written: dict | None = None) -> 
     match. Where the code's size for a dim is known (``written``: slot -> expression), only an
     attribute it names may bind there: in ``view(bsz, num_heads, L, d)`` with two heads and a
     batch of two, ``num_heads`` sizes the second dim only."""
-    fqn, mod = b.module()
+    fqn, mod = b.code_module()
     if mod is None or source.in_torch(b.node):  # torch's own layers are rebuilt by their slicers
         return
     written = written or {}

@@ -79,7 +79,7 @@ def _piece_binding(b: Builder, piece: fx.Node, dim: int, last: bool) -> list[Bou
     size = b.size(b.slots(piece.args[0])[dim])
     if last and _bounds(piece, size)[2]:
         return []
-    fqn, mod = b.module(piece)
+    fqn, mod = b.code_module(piece)
     if mod is None:
         return None
     heads = _heads_slot(b, piece, dim)

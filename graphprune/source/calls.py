@@ -9,6 +9,7 @@ import textwrap
 
 from torch import fx
 
+from .attrs import attribute_paths
 from .frames import enabled, function_at, function_source, statement_at
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
@@ -29,6 +30,32 @@ def with_arguments(node: fx.Node, expr: ast.expr) -> ast.expr:
             break
         expr = _Substitute(params).visit(_copy(expr))
     return expr
+
+
+def self_path(node: fx.Node) -> str | None:
+    """Where ``self`` of the code that made ``node`` lives, relative to the module whose
+    ``forward`` runs it: ``"rel_pos"`` when ``Attention.forward`` calls ``self.rel_pos.get_bias()``
+    and the node is made in ``get_bias`` (the module stack names only the attention); ``""`` when
+    it is that module itself. None when the chain of calls cannot be read (a frame the trace does
+    not keep, ``self.blocks[0].f()``, a receiver that is not an attribute path of ``self``)."""
+    frames = _frames(node)
+    parts: list[str] = []
+    for k in range(len(frames) - 1, 0, -1):
+        if frames[k][2] == "forward":
+            return ".".join(parts)
+        receivers = {_receiver(c.func) for c in _calls_of(frames[k - 1], frames[k][2], any_receiver=True)}
+        if len(receivers) != 1 or None in receivers:
+            return None
+        parts[:0] = [r for r in receivers if r]
+    return None
+
+
+def _receiver(func: ast.expr) -> str | None:
+    """'' for ``self.f``/``f``, 'a.b' for ``self.a.b.f``, None for anything else."""
+    if isinstance(func, ast.Name) or getattr(getattr(func, "value", None), "id", None) == "self":
+        return ""
+    path = attribute_paths(func.value) if isinstance(func, ast.Attribute) else []
+    return path[0] if len(path) == 1 and re.fullmatch(r"\w+(\.\w+)*", path[0]) else None
 
 
 def _frames(node: fx.Node) -> list[tuple[str, int, str]]:
@@ -65,13 +92,15 @@ def _signature(body: str) -> ast.arguments | None:
     return None
 
 
-def _calls_of(outer: tuple[str, int, str], name: str) -> list[ast.Call]:
-    """The calls of ``name`` in the caller's statement: ``self.name(...)`` or ``name(...)``."""
+def _calls_of(outer: tuple[str, int, str], name: str, any_receiver: bool = False) -> list[ast.Call]:
+    """The calls of ``name`` in the caller's statement: ``self.name(...)`` or ``name(...)`` (with
+    ``any_receiver``, ``obj.name(...)`` too)."""
     try:
         tree = ast.parse(textwrap.dedent(statement_at(*outer[:2])).strip())
     except SyntaxError:
         return []
-    return [c for c in ast.walk(tree) if isinstance(c, ast.Call) and _calls(c.func, name)]
+    return [c for c in ast.walk(tree) if isinstance(c, ast.Call) and (
+        _calls(c.func, name) or (any_receiver and getattr(c.func, "attr", None) == name))]
 
 
 def _calls(func: ast.expr, name: str) -> bool:

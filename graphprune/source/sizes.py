@@ -35,6 +35,8 @@ def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "re
                 args = args[1:]  # torch.reshape(x, shape)
             if len(args) == 1 and isinstance(args[0], ast.Name):
                 args = [_assigned_tuple(node, args[0].id)]
+            if len(args) == 1 and isinstance(args[0], ast.Attribute) and attribute_paths(args[0]):
+                args = [_items(args[0], ndim)]  # view(self.bias_shape): a tuple attribute, item by item
             if len(args) == 1 and isinstance(args[0], (ast.BinOp, ast.Call)) and _shape_elts(args[0]):
                 args = [ast.Tuple(elts=_shape_elts(args[0]), ctx=ast.Load())]  # view(x.size()[:-2] + (-1,))
             if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
@@ -57,6 +59,12 @@ def _align(args: list, ndim: int) -> list[ast.expr] | None:
         return None
     i = stars[0]
     return args[:i] + [FROM_SHAPE] * (ndim - len(args) + 1) + args[i + 1:]
+
+
+def _items(attr: ast.expr, ndim: int) -> ast.Tuple:
+    """``self.shape_attr`` as ``(self.shape_attr[0], ..., self.shape_attr[ndim - 1])``."""
+    items = [ast.Subscript(value=attr, slice=ast.Constant(value=i), ctx=ast.Load()) for i in range(ndim)]
+    return ast.Tuple(elts=items, ctx=ast.Load())
 
 
 def _assigned_tuple(node: fx.Node, name: str) -> ast.expr | None:
