@@ -63,6 +63,11 @@ ARCHS = [
                                     decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
                                     use_cache=False, **TEXT), ("BartForConditionalGeneration",), decoder=True),
     Arch("deit", "DeiTConfig", VISION, ("DeiTForImageClassification",), extra=dict(num_labels=10)),
+    # v3-style: heads folded into the batch dim, the head count passed to a helper, relative positions
+    Arch("deberta_v2", "DebertaV2Config", dict(ENCODER, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                               position_biased_input=False, max_relative_positions=-1,
+                                               position_buckets=32, share_att_key=True, norm_rel_ebd="layer_norm"),
+         ("DebertaV2Model", "DebertaV2ForSequenceClassification")),
     # audio: example inputs come from the config (mel frames for Whisper's encoder, raw samples for wav2vec2)
     Arch("whisper", "WhisperConfig", dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                                           decoder_attention_heads=4, encoder_ffn_dim=160, decoder_ffn_dim=160,
