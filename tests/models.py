@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -323,6 +324,28 @@ class FoldedHeads(nn.Module):
         return self.fc(x + self.o(ctx.contiguous().view(ctx.size()[:-2] + (-1,))))
 
 
+class EinopsAttention(nn.Module):
+    """Heads split and merged by ``einops.rearrange``, the head count given as ``h=self.heads``
+    (``given="heads"``), the head size as ``d=self.dim_head`` (``"dim_head"``) or a number (``"number"``)."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, given: str = "heads"):
+        super().__init__()
+        self.heads, self.dim_head, self.given = heads, dim // heads, given
+        self.qkv, self.proj, self.fc = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 3)
+
+    def split(self, t):
+        if self.given == "heads":
+            return rearrange(t, "b n (h d) -> b h n d", h=self.heads)
+        if self.given == "dim_head":
+            return rearrange(t, "b n (h d) -> b h n d", d=self.dim_head)
+        return rearrange(t, "b n (h d) -> b h n d", h=4)
+
+    def forward(self, x):
+        q, k, v = (self.split(t) for t in self.qkv(x).chunk(3, dim=-1))
+        y = rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)")
+        return self.fc(x + self.proj(y))
+
+
 @dataclass(frozen=True)
 class Toy:
     name: str
@@ -360,4 +383,5 @@ TOYS = [
     Toy("resnext_se", ResNeXtSE, _img()),
     Toy("list_split", ListSplit, _img()),
     Toy("folded_heads", FoldedHeads, _seq(16)),
+    Toy("einops_attention", EinopsAttention, _seq(16)),
 ]

@@ -12,7 +12,7 @@ import graphprune
 from graphprune import source
 from graphprune.testing import assert_prune_matches
 
-from .models import HandGQA
+from .models import EinopsAttention, HandGQA
 
 X = torch.randn(2, 5, 16)
 
@@ -208,3 +208,20 @@ def test_attributes_read_in_a_childs_method_bind_on_the_child() -> None:
     assert assert_prune_matches(model, X, kinds=("heads",)).groups_checked == 1
     small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2, prune=("heads",))
     assert small.num_heads == small.rel.bias_shape[2] == small.rel.table.out_features < 4
+
+
+@pytest.mark.parametrize("given", ["heads", "dim_head"])
+def test_einops_rearrange_sizes_are_read_from_its_pattern(given: str) -> None:
+    model = EinopsAttention(given=given).eval()
+    heads = [g for g in graphprune.find_groups(model, X).prunable if g.unit == "head"]
+    assert len(heads) == 1 and [a.attr for a in heads[0].attrs] == ["heads"]  # the merge back binds it too
+    assert assert_prune_matches(model, X, kinds=("heads",)).groups_checked == 1
+    small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2, prune=("heads",))
+    assert small.qkv.out_features < 48 and small(X).shape == model(X).shape
+    assert small.heads == small.qkv.out_features // 12
+
+
+def test_einops_axis_lengths_written_as_numbers_keep_the_heads() -> None:
+    groups = graphprune.find_groups(EinopsAttention(given="number"), X)
+    assert not [g for g in groups.prunable if g.unit == "head"]
+    assert any("number written in the model's code" in (g.frozen or "") for g in groups)

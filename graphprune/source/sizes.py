@@ -44,6 +44,11 @@ def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "re
             aligned = _align(list(args), ndim)
             if aligned is not None:
                 found.append(aligned)
+    if not found and methods == ("view", "reshape") and node.args and hasattr(node.args[0], "meta"):
+        from .rearrange import rearrange_exprs  # it imports FROM_SHAPE from here
+
+        in_ndim = len(getattr(node.args[0].meta.get("val"), "shape", ()))
+        found = [e for e in [rearrange_exprs(tree, in_ndim, ndim)] if e is not None]
     dumps = [[ast.dump(a) for a in f] for f in found]
     if not found or any(d != dumps[0] for d in dumps):
         return None
