@@ -6,6 +6,8 @@ import ast
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
+from einops.layers.torch import Rearrange
 from torch import nn
 
 import graphprune
@@ -225,3 +227,53 @@ def test_einops_axis_lengths_written_as_numbers_keep_the_heads() -> None:
     groups = graphprune.find_groups(EinopsAttention(given="number"), X)
     assert not [g for g in groups.prunable if g.unit == "head"]
     assert any("number written in the model's code" in (g.frozen or "") for g in groups)
+
+
+class EinopsViT(nn.Module):
+    """vit-pytorch's layout: patches cut by a ``Rearrange`` layer, the class token grown by
+    ``einops.repeat``, heads split in a lambda mapped over q, k, v."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        cut = Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=4, p2=4)
+        self.patches = nn.Sequential(cut, nn.Linear(48, dim))
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.to_qkv, self.to_out, self.head = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 3)
+
+    def forward(self, img):
+        x = self.patches(img)
+        b, n, _ = x.shape
+        x = torch.cat((repeat(self.cls, "1 1 d -> b 1 d", b=b), x), dim=1)
+        q, k, v = map(lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.heads), self.to_qkv(x).chunk(3, dim=-1))
+        x = x + self.to_out(rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)"))
+        return self.head(x[:, 0])
+
+
+class ConvToTokens(nn.Module):
+    """A conv stem handing its channels to a token MLP through ``Rearrange("b c h w -> b (h w) c")``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+        self.tokens = Rearrange("b c h w -> b (h w) c")
+
+    def forward(self, img):
+        return self.fc(torch.relu(self.tokens(self.conv(img))))
+
+
+def test_einops_layers_and_repeat_leave_the_residual_stream_and_heads_prunable() -> None:
+    model, img = EinopsViT().eval(), torch.randn(2, 3, 8, 8)
+    prunable = graphprune.find_groups(model, img).prunable
+    assert any(g.unit == "head" for g in prunable)
+    assert any(m.fqn == "cls" for g in prunable for m in g.members)  # the class token's repeat froze it
+    assert assert_prune_matches(model, img).groups_checked >= 1
+    small = graphprune.shrink(model, 0.3, example_inputs=img, tolerance=0.1)
+    assert small.cls.shape[-1] == small.to_qkv.in_features < 16 and small(img).shape == (2, 3)
+
+
+def test_a_rearrange_layer_passes_channels_it_reads_from_the_shape() -> None:
+    model, img = ConvToTokens().eval(), torch.randn(2, 3, 4, 4)
+    conv = next(g for g in graphprune.find_groups(model, img).prunable if g.width == 8)
+    assert {m.fqn for m in conv.members} >= {"conv.weight", "fc.weight"}
+    assert assert_prune_matches(model, img, fraction=0.5).groups_checked == 1

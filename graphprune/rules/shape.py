@@ -53,7 +53,8 @@ def reshape(b: Builder, node: fx.Node) -> None:
         if s == 1:
             b.touch(outs[j])
     written = any(canonical_is(node, k) for k in (aten.view, aten.reshape, aten._unsafe_view))
-    exprs = (source.size_exprs(node, len(outs)) if written else None) or [None] * len(outs)
+    exprs = source.size_exprs(node, len(outs), module=b.module()[1]) if written else None
+    exprs = exprs or [None] * len(outs)
     first_binding = len(b.c.bindings)
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:

@@ -139,7 +139,7 @@ def _model_functions(model: nn.Module) -> set[tuple[str, str]]:
     modules of the packages the model's classes come from (``timm.*``, a user's module), torch's
     own packages excepted (their helpers are not the model's code)."""
     roots = {c.__module__.split(".")[0] for m in model.modules() for c in type(m).__mro__}
-    roots -= {"torch", "builtins"}
+    roots -= {"torch", "builtins", "einops"}  # einops reshapes for the rearrange line that calls it
     out: set[tuple[str, str]] = set()
     for name in sorted(n for n in list(sys.modules) if n.split(".")[0] in roots):
         out |= _module_functions(name)

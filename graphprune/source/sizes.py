@@ -15,14 +15,16 @@ from .frames import function_source, statement_source
 FROM_SHAPE = ast.Constant(value="from a shape")  # a position a starred shape (``*input_shape``) covers
 
 
-def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "reshape")) -> list[ast.expr] | None:
+def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "reshape"),
+               module: object = None) -> list[ast.expr] | None:
     """The size arguments of the statement's ``.view(...)``/``.reshape(...)`` call (or another of
     ``methods``: ``expand``, ``repeat``) with ``ndim`` sizes, as expressions. A shape held in a
     name (``view(hidden_shape)``) is read from its last assignment in the function; positions a
     starred shape covers (``reshape(*input_shape, -1)``) are ``FROM_SHAPE``; a parameter of a
     helper function reads as what its caller passed (``calls.with_arguments``). None if the call
     is not written out, the statement does not parse alone, or two such calls in it disagree (a
-    cat of two views)."""
+    cat of two views). ``module`` (the one running the node) lets an einops ``Rearrange`` layer's
+    pattern be read."""
     try:
         tree = ast.parse(textwrap.dedent(statement_source(node)).strip())
     except SyntaxError:
@@ -45,10 +47,10 @@ def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "re
             if aligned is not None:
                 found.append(aligned)
     if not found and methods == ("view", "reshape") and node.args and hasattr(node.args[0], "meta"):
-        from .rearrange import rearrange_exprs  # it imports FROM_SHAPE from here
+        from .rearrange import layer_call, rearrange_exprs  # they import FROM_SHAPE from here
 
         in_ndim = len(getattr(node.args[0].meta.get("val"), "shape", ()))
-        found = [e for e in [rearrange_exprs(tree, in_ndim, ndim)] if e is not None]
+        found = [e for e in [rearrange_exprs(layer_call(module) or tree, in_ndim, ndim)] if e is not None]
     dumps = [[ast.dump(a) for a in f] for f in found]
     if not found or any(d != dumps[0] for d in dumps):
         return None
