@@ -277,3 +277,12 @@ def test_a_rearrange_layer_passes_channels_it_reads_from_the_shape() -> None:
     conv = next(g for g in graphprune.find_groups(model, img).prunable if g.width == 8)
     assert {m.fqn for m in conv.members} >= {"conv.weight", "fc.weight"}
     assert assert_prune_matches(model, img, fraction=0.5).groups_checked == 1
+
+
+def test_a_line_inside_a_call_spread_over_lines_reads_the_whole_statement(tmp_path) -> None:
+    code = tmp_path / "spread.py"
+    code.write_text("def f(q, idx, n):\n    s = torch.gather(\n        q, -1,\n        idx.expand([q.size(0), n, n]))\n"
+                    "    return s\n")
+    text = source.frames.statement_at(str(code), 4)
+    assert text.strip().startswith("s = torch.gather(") and "expand([q.size(0), n, n])" in text
+    assert source.frames.statement_at(str(code), 5).strip() == "return s"

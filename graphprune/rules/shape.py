@@ -71,7 +71,8 @@ def reshape(b: Builder, node: fx.Node) -> None:
                     b.bind_code_attrs(ins[ra[0]], exprs[j])
         elif len(rb) == 1 and ra:
             b.factor(outs[rb[0]], [ins[i] for i in ra])
-            _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra], {outs[rb[0]]: exprs[rb[0]]})
+            if ra[0] > 0:  # (B, H) -> B*H folds heads into the batch: its parts are no (heads, head_dim)
+                _bind_sizes(b, outs[rb[0]], [ins[i] for i in ra], {outs[rb[0]]: exprs[rb[0]]})
             if exprs[rb[0]] is not None:  # x.reshape(B, -1, self.dim_out) merging heads: only the written position binds
                 b.bind_code_attrs(outs[rb[0]], exprs[rb[0]])
                 _bind_product(b, node, outs[rb[0]], [ins[i] for i in ra], exprs[rb[0]])  # h * self.n_rep

@@ -3,13 +3,16 @@ statement and function a node's stack trace points at, and the helper functions 
 in those traces."""
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
+import functools
 import inspect
 import linecache
 import os
 import re
 import sys
+import textwrap
 from typing import Any, Iterator
 
 import torch
@@ -69,8 +72,9 @@ def statement_source(node: fx.Node | None) -> str:
 
 
 def statement_at(path: str, line: int) -> str:
-    """The statement starting at ``line`` of ``path``, whole: a call spread over several lines is
-    read until the brackets opened on its first line close."""
+    """The statement at ``line`` of ``path``, whole: a call spread over several lines is read until
+    the brackets opened on its first line close; a line inside such a call (``index=x.expand(...),``
+    on the third line of a ``gather(...)``) gives the statement around it."""
     text, depth = "", 0
     for n in range(line, line + 12):
         code = linecache.getline(path, n)
@@ -78,7 +82,41 @@ def statement_at(path: str, line: int) -> str:
         depth += sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
         if depth <= 0 or not code:
             break
-    return text
+    return text if depth == 0 and _parses(text) else (_enclosing(path, line) or text)
+
+
+def _parses(text: str) -> bool:
+    try:
+        ast.parse(textwrap.dedent(text).strip())
+    except SyntaxError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _enclosing(path: str, line: int) -> str | None:
+    """The innermost simple statement of the function around ``line`` that spans it."""
+    top = next((n for n in range(line, max(line - 400, 0), -1)
+                if re.match(r"\s*(async\s+)?def\s", linecache.getline(path, n))), None)
+    if top is None:
+        return None
+    indent = len(linecache.getline(path, top)) - len(linecache.getline(path, top).lstrip())
+    lines = [linecache.getline(path, top)]
+    for n in range(top + 1, top + 2000):
+        code = linecache.getline(path, n)
+        if not code or (code.strip() and len(code) - len(code.lstrip()) <= indent and n > line):
+            break
+        lines.append(code)
+    try:
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except SyntaxError:
+        return None
+    spans = [s for s in ast.walk(tree) if isinstance(s, ast.stmt) and not hasattr(s, "body")
+             and s.lineno <= line - top + 1 <= (s.end_lineno or s.lineno)]
+    if not spans:
+        return None
+    first, last = spans[-1].lineno + top - 1, (spans[-1].end_lineno or spans[-1].lineno) + top - 1
+    return "".join(linecache.getline(path, n) for n in range(first, last + 1))
 
 
 def statement_names(node: fx.Node | None) -> set[str]:

@@ -8,7 +8,7 @@ import graphprune
 from graphprune.rules.shape import match_dims
 from graphprune.testing import assert_prune_matches
 
-from ..models import FlattenFC, FusedQKV
+from ..models import FlattenFC, FoldedHeads, FusedQKV
 
 
 def test_match_dims_pairs_runs_of_equal_product() -> None:
@@ -186,3 +186,12 @@ def test_a_head_size_computed_from_the_input_width_couples_heads_to_it() -> None
     small = graphprune.shrink(InputWidthHeads().eval(), 0.3, example_inputs=x, tolerance=0.2)
     assert small.attn.num_heads * 4 == small.embed.out_features < 16 and small(x).shape == (2, 5, 2)
     assert_prune_matches(InputWidthHeads(), x)
+
+
+def test_heads_folded_into_a_batch_of_the_same_size_still_prune() -> None:
+    # (B, H) -> B*H with B == H: the merge's parts are batch and heads, not (heads, head_dim), so no
+    # head count is bound to the batch by value (which froze the heads)
+    model, x = FoldedHeads(dim=8, heads=2).eval(), torch.randn(2, 5, 8)
+    heads = [g for g in graphprune.find_groups(model, x).prunable if g.unit == "head"]
+    assert [g.width for g in heads] == [2]
+    assert assert_prune_matches(model, x, fraction=0.5).groups_checked == 1
