@@ -10,9 +10,9 @@ import torch
 
 from tests.fuzz.check import LOUD, WRONG, check
 
-CHUNK, CHUNKS, RECURRENT_CHUNKS = 100, 30, 5  # 3,000 seeds of the mixed family, 500 recurrent
-CASES = [pytest.param("mixed", i * CHUNK, id=f"seeds{i * CHUNK}") for i in range(CHUNKS)] + \
-    [pytest.param("recurrent", i * CHUNK, id=f"recurrent-seeds{i * CHUNK}") for i in range(RECURRENT_CHUNKS)]
+CHUNK, CHUNKS = 100, {"mixed": 30, "recurrent": 5, "source": 5}  # 3,000 mixed seeds, 500 of the others
+CASES = [pytest.param(family, i * CHUNK, id=f"{'' if family == 'mixed' else family + '-'}seeds{i * CHUNK}")
+         for family, n in CHUNKS.items() for i in range(n)]
 
 
 @pytest.mark.fuzz

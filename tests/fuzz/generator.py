@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import blocks as B
+from . import source_blocks as S
 
 T, HW, VOCAB = 5, 6, 11  # tokens, image side, vocabulary: small, the fuzzer runs thousands of models
 
@@ -134,6 +135,14 @@ def _recurrent_block(d: int, rng: random.Random) -> tuple[nn.Module, int]:
     return {"recurrent": B.Recurrent, "cells": B.CellLoop, "bilinear": B.BilinearMix}[kind](d, rng), d
 
 
+def _source_block(d: int, rng: random.Random) -> tuple[nn.Module, int]:
+    """The source family's blocks (``source_blocks``): sizes only the code names, passed around as
+    real code does, between the sequence blocks of the mixed family."""
+    if rng.random() < 0.3:
+        return _seq_block(d, rng)
+    return S.source_block(d, rng, T + 1), d
+
+
 class HybridNet(nn.Module):
     """Conv blocks, then the feature map as tokens (ViT's patch embedding) for sequence blocks."""
 
@@ -168,8 +177,10 @@ class HybridNet(nn.Module):
 
 def random_model(seed: int, family: str = "mixed") -> tuple[nn.Module, tuple[torch.Tensor, ...], str]:
     """(model in eval mode, example inputs, one-line recipe) for ``seed``. ``family="recurrent"``:
-    sequence models with recurrent layers, cells and bilinear maps, drawn from a stream of their own
-    so the mixed family's seeds (and their regression seeds) stay the models they were."""
+    sequence models with recurrent layers, cells and bilinear maps; ``"source"``: sequence models
+    with sizes only the code names (einops, helpers' arguments, folded heads, repeats). Each family
+    draws from a stream of its own, so the mixed family's seeds (and their regression seeds) stay
+    the models they were."""
     rng = random.Random(seed if family == "mixed" else f"{family}-{seed}")
     torch.manual_seed(seed)
     two_inputs, two_outputs = rng.random() < 0.25, rng.random() < 0.25
@@ -177,7 +188,7 @@ def random_model(seed: int, family: str = "mixed") -> tuple[nn.Module, tuple[tor
     if kind is HybridNet:
         two_inputs = two_outputs = False
     tokens = kind is SeqNet and rng.random() < 0.25
-    block = _recurrent_block if family == "recurrent" else None
+    block = {"recurrent": _recurrent_block, "source": _source_block}.get(family)
     model = (kind(rng, two_inputs, two_outputs, tokens, block) if kind is SeqNet
              else kind(rng, two_inputs, two_outputs)).eval()
     gen = torch.Generator().manual_seed(seed)

@@ -10,6 +10,7 @@ import graphprune
 from graphprune.testing import oracle_groups
 
 from .check import EXACT, FROZEN, check
+from . import source_blocks as S
 from .generator import random_model
 
 FAST_SEEDS = list(range(24))
@@ -57,3 +58,19 @@ def test_random_model_shrinks_and_keeps_its_outputs(seed: int) -> None:
     shapes = lambda out: [tuple(t.shape) for t in (out if isinstance(out, tuple) else (out,))]
     assert shapes(got) == shapes(want), recipe
     assert graphprune.count_params(small) < graphprune.count_params(model), recipe
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_source_model_prunes_exactly_where_the_code_names_its_sizes(seed: int) -> None:
+    # einops patterns and layers, head counts passed to helpers, heads folded into the batch dim,
+    # a child's method sizing a per-head bias, repeated units: each must prune exactly, and every
+    # multi-head block's heads must be among the checked groups (a helper that rebinds its
+    # parameter may keep them)
+    torch.set_num_threads(1)
+    outcome = check(seed, family="source")
+    assert outcome.result == EXACT, f"seed {seed}: {outcome.recipe}: {outcome.result}: {outcome.detail}"
+    model, inputs, recipe = random_model(seed, "source")
+    heads = {m.fqn for g in oracle_groups(graphprune.find_groups(model, inputs)) if g.unit == "head" for m in g.members}
+    for name, block in model.named_modules():
+        if isinstance(block, S._Heads) and block.heads > 1 and getattr(block, "how", "") != "rebound":
+            assert f"{name}.{'qkv' if block.fused else 'q'}.weight" in heads, f"{recipe}: {name} kept its heads"
