@@ -13,6 +13,8 @@ from einops import rearrange
 from einops.layers.torch import Rearrange
 from torch import nn
 
+from ..models import FoldedHeads
+
 
 def _split_heads(x, heads):
     return x.view(*x.shape[:-1], heads, -1).transpose(1, 2)
@@ -117,10 +119,7 @@ class FoldedAttention(_Heads):
         self.relative = rng.random() < 0.7
         self.rel = nn.Parameter(torch.randn(2 * self.span, d))
 
-    def fold(self, t, heads):
-        new_shape = t.size()[:-1] + (heads, -1)
-        t = t.view(new_shape)
-        return t.permute(0, 2, 1, 3).contiguous().view(-1, t.size(1), t.size(-1))
+    fold = FoldedHeads.fold  # the toy's (B, T, H*d) -> (B*H, T, d), the head count passed in
 
     def forward(self, x):
         n = x.size(1)

@@ -36,11 +36,8 @@ def test_random_model_prunes_exactly_or_says_why_not(seed: int) -> None:
 def test_random_recurrent_model_prunes_exactly(seed: int) -> None:
     # LSTM/GRU/RNN layers and cells, and bilinear maps, between sequence blocks: every one of these
     # seeds has checkable groups, recurrent hidden units among them
-    torch.set_num_threads(1)
-    outcome = check(seed, family="recurrent")
-    assert outcome.result == EXACT, f"seed {seed}: {outcome.recipe}: {outcome.result}: {outcome.detail}"
-    model, inputs, recipe = random_model(seed, "recurrent")
-    checked = {m.fqn for g in oracle_groups(graphprune.find_groups(model, inputs)) for m in g.members}
+    model, recipe, groups = _exact(seed, "recurrent")
+    checked = {m.fqn for g in groups for m in g.members}
     assert any("weight_hh" in f for f in checked) == ("Recurrent" in recipe or "CellLoop" in recipe), recipe
     assert any(f.endswith("bil.weight") for f in checked) == ("BilinearMix" in recipe), recipe
 
@@ -66,11 +63,17 @@ def test_random_source_model_prunes_exactly_where_the_code_names_its_sizes(seed:
     # a child's method sizing a per-head bias, repeated units: each must prune exactly, and every
     # multi-head block's heads must be among the checked groups (a helper that rebinds its
     # parameter may keep them)
-    torch.set_num_threads(1)
-    outcome = check(seed, family="source")
-    assert outcome.result == EXACT, f"seed {seed}: {outcome.recipe}: {outcome.result}: {outcome.detail}"
-    model, inputs, recipe = random_model(seed, "source")
-    heads = {m.fqn for g in oracle_groups(graphprune.find_groups(model, inputs)) if g.unit == "head" for m in g.members}
+    model, recipe, groups = _exact(seed, "source")
+    heads = {m.fqn for g in groups if g.unit == "head" for m in g.members}
     for name, block in model.named_modules():
         if isinstance(block, S._Heads) and block.heads > 1 and getattr(block, "how", "") != "rebound":
             assert f"{name}.{'qkv' if block.fused else 'q'}.weight" in heads, f"{recipe}: {name} kept its heads"
+
+
+def _exact(seed: int, family: str) -> tuple[torch.nn.Module, str, list[graphprune.Group]]:
+    """The seed's model, recipe and checked groups, once the oracle found it exact."""
+    torch.set_num_threads(1)
+    outcome = check(seed, family=family)
+    assert outcome.result == EXACT, f"seed {seed}: {outcome.recipe}: {outcome.result}: {outcome.detail}"
+    model, inputs, recipe = random_model(seed, family)
+    return model, recipe, oracle_groups(graphprune.find_groups(model, inputs))
