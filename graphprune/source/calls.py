@@ -10,9 +10,8 @@ import textwrap
 from torch import fx
 
 from .attrs import attribute_paths
-from .frames import enabled, function_at, function_source, statement_at
+from .frames import function_at, function_source, stack, statement_at
 
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 MAX_DEPTH = 3  # helpers calling helpers; deeper chains are left unread (the size stays frozen)
 
 
@@ -21,7 +20,7 @@ def with_arguments(node: fx.Node, expr: ast.expr) -> ast.expr:
     the argument its caller passed (or the parameter's default), as far up as the caller's own
     parameters go. A name the function assigns before using it, or one the call cannot be matched
     for (``*args``, calls in one statement passing different things), is left as it is."""
-    frames = _frames(node)
+    frames = stack(node)
     for depth in range(min(MAX_DEPTH, len(frames) - 1)):
         inner, outer = frames[len(frames) - 1 - depth], frames[len(frames) - 2 - depth]
         params = _passed(inner, outer, function_source(node) if depth == 0 else function_at(*inner[:2]))
@@ -38,7 +37,7 @@ def self_path(node: fx.Node) -> str | None:
     and the node is made in ``get_bias`` (the module stack names only the attention); ``""`` when
     it is that module itself. None when the chain of calls cannot be read (a frame the trace does
     not keep, ``self.blocks[0].f()``, a receiver that is not an attribute path of ``self``)."""
-    frames = _frames(node)
+    frames = stack(node)
     parts: list[str] = []
     for k in range(len(frames) - 1, 0, -1):
         if frames[k][2] == "forward":
@@ -56,12 +55,6 @@ def _receiver(func: ast.expr) -> str | None:
         return ""
     path = attribute_paths(func.value) if isinstance(func, ast.Attribute) else []
     return path[0] if len(path) == 1 and re.fullmatch(r"\w+(\.\w+)*", path[0]) else None
-
-
-def _frames(node: fx.Node) -> list[tuple[str, int, str]]:
-    if not enabled():
-        return []
-    return [(p, int(n), f) for p, n, f in _FRAME.findall(node.meta.get("stack_trace") or "")]
 
 
 def _passed(inner: tuple[str, int, str], outer: tuple[str, int, str], body: str) -> dict[str, ast.expr]:

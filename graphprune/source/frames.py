@@ -59,10 +59,16 @@ def in_torch(node: fx.Node | None) -> bool:
 
 def frame(node: fx.Node | None) -> tuple[str, int] | None:
     """File and line of the node's innermost stack frame (the model code that made it)."""
+    frames = stack(node)
+    return frames[-1][:2] if frames else None
+
+
+def stack(node: fx.Node | None) -> list[tuple[str, int, str]]:
+    """(file, line, function) of the node's stack frames, outermost first."""
     if node is None or not enabled():
-        return None
-    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
-    return (frames[-1][0], int(frames[-1][1])) if frames else None
+        return []
+    found = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', node.meta.get("stack_trace") or "")
+    return [(path, int(line), fn) for path, line, fn in found]
 
 
 def statement_source(node: fx.Node | None) -> str:
