@@ -57,8 +57,7 @@ def _copies(b: Builder, node: fx.Node, ins: list, reps: list[int]) -> None:
     of width ``n`` repeated ``r`` times (``pos.repeat(B, 1, 1)`` over heads) is ``r`` copies in a
     row: a factor of (copies, the input's units), the copies never pruned."""
     outs, out_shape = b.slots(node), b.shape(node)
-    exprs = source.size_exprs(node, len(outs), methods=("expand", "repeat")) or [None] * len(outs)
-    function = None
+    exprs = function = None  # read once, and only for a dim grown from 1
     for j, (s, r, o) in enumerate(zip(ins, reps, outs)):
         n = 1 if s is None else b.size(s)
         if out_shape[j] < 2 or (n == out_shape[j] and r == 1):
@@ -69,7 +68,9 @@ def _copies(b: Builder, node: fx.Node, ins: list, reps: list[int]) -> None:
             b.factor(o, [copies, units], f"{r} copies of {n} units ({b.where()})")
             b.freeze(copies, "copies made by repeat")
             continue
-        function = source.function_source(node) if function is None else function
+        if exprs is None:
+            exprs = source.size_exprs(node, len(outs), methods=("expand", "repeat")) or [None] * len(outs)
+            function = source.function_source(node)
         if exprs[j] is not None and not source.direct_read(exprs[j]) and source.follows(exprs[j], function):
             b.touch(o)
 

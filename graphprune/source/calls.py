@@ -4,13 +4,14 @@ passed (``self.num_attention_heads``), so it binds like a size written in place.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import textwrap
 
 from torch import fx
 
 from .attrs import attribute_paths
-from .frames import function_at, function_source, stack, statement_at
+from .frames import function_at, stack, statement_at
 
 MAX_DEPTH = 3  # helpers calling helpers; deeper chains are left unread (the size stays frozen)
 
@@ -23,7 +24,7 @@ def with_arguments(node: fx.Node, expr: ast.expr) -> ast.expr:
     frames = stack(node)
     for depth in range(min(MAX_DEPTH, len(frames) - 1)):
         inner, outer = frames[len(frames) - 1 - depth], frames[len(frames) - 2 - depth]
-        params = _passed(inner, outer, function_source(node) if depth == 0 else function_at(*inner[:2]))
+        params = _passed(inner, outer, function_at(*inner[:2]))
         names = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}
         if not params or not names & set(params):
             break
@@ -88,12 +89,19 @@ def _signature(body: str) -> ast.arguments | None:
 def _calls_of(outer: tuple[str, int, str], name: str, any_receiver: bool = False) -> list[ast.Call]:
     """The calls of ``name`` in the caller's statement: ``self.name(...)`` or ``name(...)`` (with
     ``any_receiver``, ``obj.name(...)`` too)."""
-    try:
-        tree = ast.parse(textwrap.dedent(statement_at(*outer[:2])).strip())
-    except SyntaxError:
-        return []
+    tree = _statement_tree(*outer[:2])
     return [c for c in ast.walk(tree) if isinstance(c, ast.Call) and (
-        _calls(c.func, name) or (any_receiver and getattr(c.func, "attr", None) == name))]
+        _calls(c.func, name) or (any_receiver and getattr(c.func, "attr", None) == name))] if tree else []
+
+
+@functools.lru_cache(maxsize=4096)
+def _statement_tree(path: str, line: int) -> ast.AST | None:
+    """The caller's statement, parsed once: every node its call makes, and each rule reading
+    it, asks again (read only; substitutions work on copies)."""
+    try:
+        return ast.parse(textwrap.dedent(statement_at(path, line)).strip())
+    except SyntaxError:
+        return None
 
 
 def _calls(func: ast.expr, name: str) -> bool:

@@ -102,8 +102,7 @@ def _parses(text: str) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _enclosing(path: str, line: int) -> str | None:
     """The innermost simple statement of the function around ``line`` that spans it."""
-    top = next((n for n in range(line, max(line - 400, 0), -1)
-                if re.match(r"\s*(async\s+)?def\s", linecache.getline(path, n))), None)
+    top = _def_line(path, line)
     if top is None:
         return None
     indent = len(linecache.getline(path, top)) - len(linecache.getline(path, top).lstrip())
@@ -141,14 +140,16 @@ def function_source(node: fx.Node | None) -> str:
 
 
 def function_at(path: str, line: int) -> str:
-    """The function around ``line`` of ``path``, from its ``def`` to the line before ``line``."""
-    lines = []
-    for n in range(line - 1, max(line - 400, 0), -1):
-        code = linecache.getline(path, n)
-        lines.append(code)
-        if re.match(r"\s*(async\s+)?def\s", code):
-            break
-    return "".join(reversed(lines))
+    """The function around ``line`` of ``path``, from its ``def`` to the line before ``line``
+    (the 399 lines before it when no ``def`` is that close)."""
+    top = _def_line(path, line - 1, back=399) or max(line - 400, 0) + 1
+    return "".join(linecache.getline(path, n) for n in range(top, line))
+
+
+def _def_line(path: str, line: int, back: int = 400) -> int | None:
+    """The nearest ``def`` line at or above ``line``, among the ``back`` lines ending there."""
+    return next((n for n in range(line, max(line - back, 0), -1)
+                 if re.match(r"\s*(async\s+)?def\s", linecache.getline(path, n))), None)
 
 
 # -- helper frames --------------------------------------------------------------------------------
