@@ -52,9 +52,9 @@ def reshape(b: Builder, node: fx.Node) -> None:
     for j, s in enumerate(b.shape(node)):
         if s == 1:
             b.touch(outs[j])
-    written = any(canonical_is(node, k) for k in (aten.view, aten.reshape, aten._unsafe_view))
+    written = any(canonical_is(node, k) for k in (aten.view, aten.reshape, aten._unsafe_view, aten.unflatten))
     exprs = source.size_exprs(node, len(outs), module=b.module()[1]) if written else None
-    exprs = exprs or [None] * len(outs)
+    exprs = exprs or _unflatten_graph_sizes(node, len(outs)) or [None] * len(outs)
     first_binding = len(b.c.bindings)
     for ra, rb in match_dims(b.shape(src), b.shape(node)):
         if len(ra) == 1 and len(rb) == 1:
@@ -83,6 +83,17 @@ def reshape(b: Builder, node: fx.Node) -> None:
     elif written:
         _follow_input_sizes(b, node, exprs)
         _freeze_fixed_sizes(b, node, outs, exprs, frozenset(bd.attr for bd in b.c.bindings[first_binding:]))
+
+
+def _unflatten_graph_sizes(node: fx.Node, ndim: int) -> list | None:
+    """What the graph alone tells of an ``unflatten`` whose statement cannot be read: the dims
+    it leaves alone follow their input, and a ``-1`` among the new ones is computed; the other
+    new sizes are unknown (a number or an attribute's value look the same there)."""
+    if not canonical_is(node, aten.unflatten):
+        return None
+    at, sizes = node.args[1] % (ndim + 1 - len(node.args[2])), list(node.args[2])
+    new = [ast.Constant(value=-1) if n == -1 else None for n in sizes]
+    return [source.FROM_SHAPE] * at + new + [source.FROM_SHAPE] * (ndim - at - len(sizes))
 
 
 def _freeze_fixed_sizes(b: Builder, node: fx.Node, outs: list, exprs: list, bound: frozenset[str]) -> None:

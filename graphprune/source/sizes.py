@@ -31,6 +31,8 @@ def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "re
         return None
     found = []
     for call in ast.walk(tree):
+        if methods == ("view", "reshape") and getattr(getattr(call, "func", None), "attr", None) == "unflatten":
+            found += [e for e in [_unflatten_sizes(call, node, ndim)] if e is not None]
         if isinstance(call, ast.Call) and getattr(call.func, "attr", None) in methods:
             args = call.args
             if getattr(call.func.value, "id", None) == "torch":
@@ -55,6 +57,26 @@ def size_exprs(node: fx.Node, ndim: int, methods: tuple[str, ...] = ("view", "re
     if not found or any(d != dumps[0] for d in dumps):
         return None
     return [a if a is FROM_SHAPE else with_arguments(node, a) for a in found[0]]
+
+
+def _unflatten_sizes(call: ast.Call, node: fx.Node, ndim: int) -> list[ast.expr] | None:
+    """``x.unflatten(dim, sizes)`` (or ``torch.unflatten(x, dim, sizes)``) as one size per output
+    dim: the dims it leaves alone are ``FROM_SHAPE``, the new ones are the written ``sizes``. None
+    when ``dim`` is not a number or the sizes are not written out."""
+    args = call.args[1:] if getattr(call.func.value, "id", None) == "torch" else call.args
+    named = {k.arg: k.value for k in call.keywords}
+    dim, sizes = (list(args) + [named.get("dim"), named.get("sizes")][len(args):])[:2]
+    try:
+        at = ast.literal_eval(dim) if dim is not None else None
+    except ValueError:
+        return None
+    if isinstance(sizes, ast.Name):
+        sizes = _assigned_tuple(node, sizes.id)
+    in_ndim = ndim + 1 - len(sizes.elts) if isinstance(sizes, (ast.Tuple, ast.List)) else None
+    if type(at) is not int or in_ndim is None or not -in_ndim <= at < in_ndim:
+        return None
+    at %= in_ndim
+    return [FROM_SHAPE] * at + list(sizes.elts) + [FROM_SHAPE] * (in_ndim - 1 - at)
 
 
 def _align(args: list, ndim: int) -> list[ast.expr] | None:

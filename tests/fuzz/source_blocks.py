@@ -77,11 +77,11 @@ class EinopsAttention(_Heads):
 
 class HelperAttention(_Heads):
     """The head count reaches the reshape as a helper's parameter: positional or keyword, through a
-    second helper, a module-level function, a default, or rebound inside the helper."""
+    second helper, a module-level function, a default, rebound inside the helper, or an ``unflatten``."""
 
     def __init__(self, d: int, rng: random.Random):
         super().__init__(d, rng)
-        self.how = rng.choice(["positional", "keyword", "nested", "function", "rebound"])
+        self.how = rng.choice(["positional", "keyword", "nested", "function", "rebound", "unflatten"])
 
     def to_heads(self, t, heads, size=-1):
         return t.view(t.shape[0], t.shape[1], heads, size).transpose(1, 2)
@@ -93,7 +93,12 @@ class HelperAttention(_Heads):
         heads = max(heads, 1)
         return t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
 
+    def unflatten(self, t, count):
+        return t.unflatten(-1, (count, -1)).transpose(1, 2)
+
     def split(self, t):
+        if self.how == "unflatten":
+            return self.unflatten(t, self.heads)
         if self.how == "positional":
             return self.to_heads(t, self.heads)
         if self.how == "keyword":

@@ -195,3 +195,59 @@ def test_heads_folded_into_a_batch_of_the_same_size_still_prune() -> None:
     heads = [g for g in graphprune.find_groups(model, x).prunable if g.unit == "head"]
     assert [g.width for g in heads] == [2]
     assert assert_prune_matches(model, x, fraction=0.5).groups_checked == 1
+
+
+class UnflattenHeads(nn.Module):
+    """Heads made by ``unflatten``; ``sizes`` is the code's head split, ``keyword`` spells the call
+    as ``torch.unflatten(t, dim=-1, sizes=...)``."""
+
+    def __init__(self, sizes: str, keyword: bool = False):
+        super().__init__()
+        self.num_heads, self.sizes, self.keyword = 4, sizes, keyword
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.sizes == "number" and self.keyword:
+            q, k, v = (torch.unflatten(t, dim=-1, sizes=(4, -1)).transpose(1, 2) for t in (q, k, v))
+        elif self.sizes == "number":
+            q, k, v = (t.unflatten(-1, (4, -1)).transpose(1, 2) for t in (q, k, v))
+        elif self.keyword:
+            q, k, v = (torch.unflatten(t, dim=-1, sizes=(self.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+        else:
+            q, k, v = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(y.transpose(1, 2).flatten(2))
+
+
+def test_unflatten_sizes_are_read_like_a_views() -> None:
+    """``unflatten(-1, (4, -1))`` after removing a head would split into 4 heads of the wrong size:
+    the 4 stays. ``(self.num_heads, -1)`` binds the attribute, and the heads prune exactly."""
+    x = torch.randn(2, 5, 16)
+    for keyword in (False, True):
+        fixed = graphprune.find_groups(UnflattenHeads("number", keyword), x)
+        frozen = [g for g in fixed if any(m.fqn == "qkv.weight" and m.dim == 0 for m in g.members)]
+        assert frozen and all("a number written in the model's code" in (g.frozen or "") for g in frozen)
+        assert not [g for g in fixed.prunable if g.unit == "head"]
+        model = UnflattenHeads("attribute", keyword)
+        heads = [g for g in graphprune.find_groups(model, x).prunable if g.unit == "head"]
+        assert len(heads) == 1 and [a.attr for a in heads[0].attrs] == ["num_heads"]
+        assert_prune_matches(model, x)
+
+
+class SpatialUnflatten(nn.Module):
+    """``(B, C, H*W) -> (B, C, H, W)``: the channels pass through an unflatten of another dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv1d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x).unflatten(2, (4, 4)))
+
+
+def test_unflatten_leaves_the_dims_it_does_not_split_prunable_even_unread() -> None:
+    for read_source in (True, False):
+        groups = graphprune.find_groups(SpatialUnflatten(), torch.randn(2, 3, 16), read_source=read_source)
+        assert [g.width for g in groups.prunable] == [8]
+    assert_prune_matches(SpatialUnflatten(), torch.randn(2, 3, 16))
