@@ -31,7 +31,7 @@ def weight_files(folder: str | Path) -> dict[str, str]:
     sharded one, or the keys of a single ``model.safetensors``."""
     folder = Path(folder)
     if (folder / INDEX).is_file():
-        return _checked_index(folder / INDEX)
+        return checked_index(folder / INDEX)
     if (folder / SINGLE).is_file():
         with safe_open(folder / SINGLE, "pt") as fh:
             return {name: SINGLE for name in fh.keys()}
@@ -39,7 +39,7 @@ def weight_files(folder: str | Path) -> dict[str, str]:
                           f"save_pretrained(..., safe_serialization=True)")
 
 
-def _checked_index(path: Path) -> dict[str, str]:
+def checked_index(path: Path) -> dict[str, str]:
     """The index's weight map, refusing shard names that are not plain ``*.safetensors`` file names
     in the folder: a tampered ``"../x"`` or absolute path would be read, then written, elsewhere."""
     try:

@@ -13,11 +13,13 @@ an edited field would otherwise give a model that runs and computes something el
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .checkpoint import INDEX, checked_index
 from .errors import GraphPruneError, LoadError, PlanError
 from .plan import Plan
 from .record import read_record, reshape_
@@ -98,6 +100,8 @@ def from_pretrained(path: str, model_class: Any = None, **kwargs: Any) -> nn.Mod
     import transformers
 
     kwargs.setdefault("use_safetensors", True)
+    if kwargs["use_safetensors"] and (Path(path) / INDEX).is_file():
+        checked_index(Path(path) / INDEX)  # transformers would follow a shard named '.bin' (a pickle) or '../x'
     config = _guarded(lambda: transformers.AutoConfig.from_pretrained(path), path, "config.json")
     raw = getattr(config, "graphprune", None)
     cls = model_class or _architecture(config, path, needed=raw is not None)

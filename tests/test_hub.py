@@ -69,3 +69,21 @@ def test_a_config_that_is_not_json_is_a_load_error(tmp_path) -> None:
     (tmp_path / "config.json").write_text("{ not json")
     with pytest.raises(LoadError, match="cannot load config.json"):
         graphprune.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("shard", ["weights.bin", "../outside.safetensors"])
+def test_an_index_naming_a_pickle_or_a_file_outside_is_refused_before_any_read(saved, tmp_path, shard,
+                                                                                monkeypatch) -> None:
+    # transformers would torch.load a '.bin' shard (a pickle) and follow '../x' out of the folder
+    path, small, config = saved
+    for f in path.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(small.state_dict(), tmp_path / "weights.bin")
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: shard for k in small.state_dict()}}))
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(LoadError, match=rf"maps tensor .* to shard '{shard}', which is not a plain \*\.safetensors"):
+        graphprune.from_pretrained(str(tmp_path))
+    assert not loads
