@@ -8,6 +8,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from .errors import CalibrationError, TraceError
 
@@ -32,16 +33,28 @@ def normalize_inputs(example_inputs: Any) -> Inputs:
     (1, {})
     """
     if isinstance(example_inputs, Call):
-        return tuple(example_inputs.args), dict(example_inputs.kwargs)
+        return _not_empty((tuple(example_inputs.args), dict(example_inputs.kwargs)))
     if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
+        return _not_empty(((example_inputs,), {}))
     if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
+        return _not_empty(((), dict(example_inputs)))
     if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
+        return _not_empty((tuple(example_inputs), {}))
     raise TraceError(
         f"example_inputs must be a Tensor, a tuple of positional args or a dict of keyword args, "
         f"got {type(example_inputs).__name__}; e.g. example_inputs=torch.randn(1, 3, 224, 224)")
+
+
+def _not_empty(inputs: Inputs) -> Inputs:
+    """Refuse inputs whose every tensor is empty (a batch of 0): the model runs on them, so the
+    value check after surgery would compare empty outputs and prove nothing."""
+    tensors = [t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)]
+    if tensors and all(t.numel() == 0 for t in tensors):
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors[:4])
+        raise TraceError(f"the inputs hold no values (every tensor is empty: {shapes}); graphprune runs them to "
+                         f"check what the pruned model computes, and an empty batch checks nothing: pass at "
+                         f"least one sample, e.g. a batch of 1")
+    return inputs
 
 
 def _built_size(model: nn.Module, size: tuple) -> tuple:

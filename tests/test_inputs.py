@@ -63,3 +63,13 @@ def test_a_timm_vit_built_for_another_image_size_gets_inputs_of_that_size(kw: di
     (x,), _ = default_inputs(model)
     assert tuple(x.shape) == (1, 3, *size)
     assert model(x).shape == (1, 1000)  # the size it was built for runs
+
+
+@pytest.mark.parametrize("empty", [torch.randn(0, 16), (torch.randn(0, 16),), {"x": torch.randn(0, 16)}])
+def test_an_empty_batch_is_refused_before_anything_runs(empty) -> None:
+    # its outputs are empty too, so the value check after surgery would pass whatever the surgery did
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(graphprune.TraceError, match=r"every tensor is empty: \(0, 16\).*a batch of 1"):
+        graphprune.shrink(model, 0.3, example_inputs=empty, inplace=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
