@@ -81,8 +81,8 @@ def sparsify_(model: nn.Module, ratio: float | None = None, *, calibration: Iter
     "wanda" (reads ``calibration=`` batches) or any of ``list_mask_scorers()``, ``scope`` "layer"
     (every layer, or with Wanda every output row, loses the same fraction) or "global", ``ignore``,
     ``head``. Embeddings, norms, the output head (unless ``head=True``), tied weights and ``ignore=``
-    stay dense and are listed in the report. Calling it again re-scores the masked weights and
-    replaces the masks. ``example_inputs`` (else the first calibration batch) runs the model once to
+    stay dense and are listed in the report. Calling it again re-scores and grows the masks: weights
+    masked before stay zero, and a ratio below the sparsity a layer already has is refused. ``example_inputs`` (else the first calibration batch) runs the model once to
     find its output head. Returns ``model``, or ``(model, SparsityReport)`` with ``return_report=True``.
 
     >>> m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -152,13 +152,36 @@ def _masks(chosen: list[Candidate], fn: Callable, stats: Stats | None, pat: Patt
         if s.shape != c.weight.shape or not torch.isfinite(s).all():
             raise ConfigError(f"scorer {_name(fn)!r} gave {tuple(s.shape)} (or non-finite values) for {c.fqn!r}; "
                               f"it must return finite scores shaped like the weight, {tuple(c.weight.shape)}")
-        scores.append(s)
+        old = _old_mask(c.module)  # masked before: those weights are zero now and stay gone
+        scores.append(s if old is None else s.masked_fill(~old, float("-inf")))
     if pat.structured:
-        return [patterns.n_m(s, pat, c.layout) for s, c in zip(scores, chosen)]
-    if config.scope == "global":
-        return patterns.global_masks(scores, config.ratio)
-    per_row = bool(getattr(fn, "per_row", False))
-    return [patterns.unstructured(s, config.ratio, c.layout, per_row) for s, c in zip(scores, chosen)]
+        masks = [patterns.n_m(s, pat, c.layout) for s, c in zip(scores, chosen)]
+    elif config.scope == "global":
+        masks = patterns.global_masks(scores, config.ratio)
+    else:
+        per_row = bool(getattr(fn, "per_row", False))
+        masks = [patterns.unstructured(s, config.ratio, c.layout, per_row) for s, c in zip(scores, chosen)]
+    return [_grown(c, mask, pat, config.ratio) for c, mask in zip(chosen, masks)]
+
+
+def _old_mask(module: nn.Module) -> torch.Tensor | None:
+    return module.parametrizations.weight[0].mask if is_masked(module) else None
+
+
+def _grown(cand: Candidate, mask: torch.Tensor, pat: Pattern, ratio: float | None) -> torch.Tensor:
+    """A new mask on a layer masked before keeps only weights the old one kept: the others were
+    zeroed in the stored weight. An N:M pattern may keep a zero in a group that has too few others
+    (still at most N non-zeros); a ratio below what is already zero cannot be met, and is refused."""
+    old = _old_mask(cand.module)
+    if old is None:
+        return mask
+    lost = mask.bool() & ~old
+    if lost.any() and not pat.structured:
+        raise SparsityError(f"{cand.fqn!r} is masked already with {1 - old.float().mean().item():.1%} of its weights "
+                            f"zero, more than ratio={ratio} asks for; masked weights are zeroed for good, so a "
+                            f"mask can only grow: pass ratio >= the current sparsity, or sparsify a copy of the "
+                            f"model taken before the first call")
+    return mask.bool() & old
 
 
 def _attach_(cand: Candidate, mask: torch.Tensor, pattern: str) -> None:

@@ -96,6 +96,43 @@ def test_again_with_a_larger_ratio_keeps_the_earlier_zeros() -> None:
     assert all(len(m.parametrizations.weight) == 1 for m in model.modules() if hasattr(m, "parametrizations"))
 
 
+
+def test_again_with_a_smaller_ratio_is_refused_and_changes_nothing() -> None:
+    # the first call zeroed the stored weights: a 20% mask cannot bring them back, and the report
+    # must not say 20% while 80% of the weights are zero
+    model = Mixed()
+    graphprune.sparsify_(model, 0.8, head=True)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(SparsityError, match=r"masked already with 80\.0%.*ratio=0\.2.*can only grow"):
+        graphprune.sparsify_(model, 0.2, head=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_pattern_over_unstructured_zeros_reports_the_zeros_it_has() -> None:
+    # 2:4 after 70% unstructured: groups with three zeros keep one of them, so more than half is zero
+    model = Mixed()
+    graphprune.sparsify_(model, 0.7, scorer="magnitude", head=True)
+    first = {f: m.clone() for f, m in _masks(model).items()}
+    _, report = graphprune.sparsify_(model, pattern="2:4", head=True, return_report=True)
+    for layer in report.masked:
+        mask = _masks(model)[layer.fqn]
+        assert not (mask & ~first[layer.fqn]).any(), layer.fqn
+        assert layer.sparsity == pytest.approx(1 - mask.float().mean().item()) and layer.sparsity >= 0.7 - 1e-6
+        module = model.get_submodule(layer.fqn)
+        groups = module.weight.detach().movedim(layout_of(module).in_axis, -1).reshape(-1, 4)
+        assert ((groups != 0).sum(1) <= 2).all(), layer.fqn  # still at most 2 of every 4
+
+
+def test_global_scope_again_keeps_every_earlier_zero() -> None:
+    model = Mixed()
+    graphprune.sparsify_(model, 0.4, scope="global", head=True)
+    first = {f: m.clone() for f, m in _masks(model).items()}
+    graphprune.sparsify_(model, 0.6, scope="global", scorer="wanda", calibration=Mixed.data(), head=True)
+    masks = _masks(model)
+    assert all(not (masks[f] & ~first[f]).any() for f in masks)
+    total = sum(m.numel() for m in masks.values())
+    assert sum(m.numel() - int(m.sum()) for m in masks.values()) == count(0.6, total)
+
 def test_dense_by_default_embeddings_norms_head_and_tied_listed() -> None:
     model = Tiny()
     ids = torch.randint(0, 32, (2, 5))
