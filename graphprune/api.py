@@ -13,7 +13,7 @@ from .criteria.blocks import block_needs, score_blocks
 from .depth import resolve_block_scorer
 from .compat import compiled_inner, recompiled
 from .compensate import Compensation, compensation
-from .config import ShrinkConfig, check_flags, check_options
+from .config import ShrinkConfig, check_callable, check_flags, check_options
 from .groups import Groups, find_groups
 from .inputs import check_batches, reusable
 from .errors import CalibrationError, PlanError, SurgeryError
@@ -25,7 +25,7 @@ from .report import Report, count_macs, make_report
 from .scores import Scores, needs_of, reads_drift, score, warn_uncompensated
 from .sparsity.masks import check_no_masks
 from .surgery import apply_plan_shared_, shared_copy, unshare_
-from .surgery.proof import check_exact_part, checkable, misread_group, reference, value_note
+from .surgery.proof import check_exact_part, checkable, misread_group, reference, removed_groups, value_note
 from .trace import check_module, check_runs, trace
 from .surgery.tensors import copy_model
 
@@ -59,6 +59,7 @@ def shrink(model: nn.Module, ratio: float, *, example_inputs: Any = None, inplac
     check_module(model)
     check_flags(inplace=inplace, return_report=return_report)
     check_options(options, also=SHRINK_KEYWORDS)
+    check_callable("loss_fn", loss_fn, "(output, batch) -> loss")
     if submodules is not None:
         from .partial import shrink_submodules
         return shrink_submodules(model, ratio, submodules, example_inputs=example_inputs, inplace=inplace,
@@ -151,6 +152,7 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
     type unpruned and plan again. Surgery restores the model on each failure, so nothing half-done
     stays. Returns the plan, the compensation and the report's line on what the value check proved."""
     left_out: list[str] = []
+    guessed: list[str] = []  # modules left out for their type's sake, taken back once a group explains the failure
     for _ in range(MAX_RETRIES):
         plan = _make_plan_noting(model, groups, config, scores, left_out, depth)
         comp = compensation(model, plan, groups, stats, config.compensate, config.ridge) if config.compensate else None
@@ -176,9 +178,12 @@ def _plan_and_apply_(target: nn.Module, model: nn.Module, groups: Any, config: S
                 raise SurgeryError(f"{err} {_root_advice(model, groups, plan, inputs, config)}") from err
             culprits = _same_type(model, getattr(err, "module", None))
             if not culprits or set(culprits) <= set(config.ignore):
-                raise
+                config = _without_breaking(model, groups, plan, err, inputs, config, guessed)
+                guessed, left_out = [], []
+                continue
             warnings.warn(f"graphprune: {err}; leaving {len(culprits)} module(s) like {culprits[0]!r} unpruned")
             left_out.append(type(model.get_submodule(culprits[0])).__qualname__)
+            guessed += [c for c in culprits if c not in config.ignore]
             config = dataclasses.replace(config, ignore=(*config.ignore, *culprits))
     raise SurgeryError(f"the pruned forward still fails after leaving {MAX_RETRIES} module types unpruned")
 
@@ -196,6 +201,24 @@ def _without_misread(model: nn.Module, groups: Any, chosen: list, err: SurgeryEr
                   f"{group.unit}s) as a number: pruning it changes what the code computes, not just which units "
                   f"run; leaving {fqn!r} unpruned")
     return dataclasses.replace(config, ignore=(*config.ignore, fqn))
+
+
+def _without_breaking(model: nn.Module, groups: Any, plan: Plan, err: SurgeryError, inputs: Any,
+                      config: ShrinkConfig, guessed: list[str]) -> ShrinkConfig:
+    """``config`` leaving out the module of the group whose pruning alone breaks the forward, where
+    leaving the failing module's type unpruned did not help: the failure shows where a width
+    arrives, not the module whose width the code reads (``if h.shape[-1] == 32:`` fails in the
+    next layer once the branch is skipped). The ``guessed`` modules, left out for that type's
+    sake, are pruned again. ``err`` when no single group or new module explains it."""
+    group = misread_group(model, groups, removed_groups(plan, groups), inputs, values=False)
+    fqn = group.members[0].fqn.rpartition(".")[0] if group is not None else ""
+    if not fqn or fqn in config.ignore:
+        raise SurgeryError(f"{str(err).split('. A module computes')[0]}; no single pruned group explains it (the "
+                           f"code may read a sum of widths): find the groups it needs whole with graphprune."
+                           f"testing.assert_prune_matches(model) and leave their modules out with ignore=") from err
+    warnings.warn(f"graphprune: the forward breaks when {group.module or '<root>'} ({group.width} {group.unit}s) is "
+                  f"pruned (its width is read in a branch or a shape the graph fixed): leaving {fqn!r} unpruned")
+    return dataclasses.replace(config, ignore=(*[i for i in config.ignore if i not in guessed], fqn))
 
 
 def _make_plan_noting(model: nn.Module, groups: Any, config: ShrinkConfig, scores: Scores, left_out: list[str],

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .block_stats import BLOCK_NEEDS, BlockProbe
+from .config import check_callable
 from .drift import DriftHooks, Reference
 from .errors import CalibrationError
 from .grads import PROJECTION, Grads, loss_of, requires_grad
@@ -84,6 +85,7 @@ def calibrate(model: nn.Module, groups: Groups | None, batches: Iterable[Any], *
     """
     needs = _check_needs(needs)
     check_batches(batches)
+    check_callable("loss_fn", loss_fn, "(output, batch) -> loss")
     if groups is None and "grads" in needs:
         raise CalibrationError("needs=('grads',) reduces gradients onto groups: pass groups=find_groups(model)")
     consumers = {c[0]: c[1] for g in (groups.prunable if groups is not None else ()) for m in g.members

@@ -150,6 +150,8 @@ def keyed_spaces(c: Coupling, ch: Channels) -> dict[int, Space]:
 
 def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct values of a sorted array, where each run starts and its length (no sort needed)."""
+    if not len(values):  # a zero-width dim (nn.Linear(16, 0)): no channels, no runs
+        return values, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     start = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
     return values[start], start, np.diff(np.append(start, len(values)))
 

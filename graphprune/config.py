@@ -47,6 +47,18 @@ def check_number(name: str, value: Any) -> None:
         raise ConfigError(f"{name}={value!r} must be a number (an int or float), got {got}")
 
 
+def check_seed(seed: Any) -> None:
+    """Refuse a seed that is not an integer (``seed="a"``, ``seed=1.5``): torch would, from deep inside."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
+        raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**63), e.g. seed=0")
+
+
+def check_callable(name: str, value: Any, signature: str) -> None:
+    """Refuse a value where a function is expected (``loss_fn="mse"``), before any data runs."""
+    if value is not None and not callable(value):
+        raise ConfigError(f"{name}={value!r} must be a function {signature} or None, got {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class ShrinkConfig:
     """What to prune and how much.
@@ -160,6 +172,7 @@ class ShrinkConfig:
                               f"input energy, e.g. 1e-3) or None to choose it per layer by cross-validation")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
+        check_seed(self.seed)
         check_flags(read_source=self.read_source, recalibrate_bn=self.recalibrate_bn, uniform=self.uniform,
                     strict=self.strict)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from typing import Any, Callable
 
 from .errors import PlanError
@@ -208,9 +209,12 @@ def read_text(path: str, what: str) -> str:
 
 def read_json(text_or_path: str, what: str) -> tuple[Any, str]:
     """(parsed JSON, where it came from) from JSON text or the path of a JSON file."""
-    if not isinstance(text_or_path, str):
+    if isinstance(text_or_path, os.PathLike):
+        path = os.fspath(text_or_path)
+        text, where = read_text(path, f"{what} file"), f"{what} file {path!r}"
+    elif not isinstance(text_or_path, str):
         raise PlanError(f"a {what} is JSON text or the path of a JSON file, got {type(text_or_path).__name__}")
-    if text_or_path.lstrip()[:1] in ("{", "[") or text_or_path.strip() in ("null", "true", "false"):
+    elif text_or_path.lstrip()[:1] in ("{", "[") or text_or_path.strip() in ("null", "true", "false"):
         text, where = text_or_path, what  # JSON text (a file name never looks like this)
     else:
         text, where = read_text(text_or_path, f"{what} file"), f"{what} file {text_or_path!r}"
@@ -218,3 +222,5 @@ def read_json(text_or_path: str, what: str) -> tuple[Any, str]:
         return json.loads(text), where
     except json.JSONDecodeError as err:
         raise PlanError(f"{where} is not valid JSON ({err}); graphprune reads the JSON it writes") from err
+    except RecursionError as err:  # json nests by recursion: thousands of '[' exhaust the stack
+        raise PlanError(f"{where} nests arrays or objects too deeply to be one graphprune writes") from err

@@ -194,7 +194,12 @@ def _caller(fn: Callable) -> Callable[[ScoreContext], Any]:
 
 
 def _checked(values: Any, g: Group, scorer: Any, tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
-    raw = np.asarray(values, dtype=np.float64)
+    try:
+        raw = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:  # a string, a list of tensors with grad, a dict...
+        raise ConfigError(f"scorer {_name(scorer)!r} returned {type(values).__name__} {str(values)[:40]!r} for group "
+                          f"{g.id} ({g.module}), not numbers; it must return one score per unit, shape "
+                          f"({g.width},)") from err
     if raw.shape != (g.width,):
         raise ConfigError(f"scorer {_name(scorer)!r} returned shape {raw.shape} for group {g.id} "
                           f"({g.module}); it must return one score per unit, shape ({g.width},)")

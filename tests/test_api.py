@@ -70,6 +70,30 @@ def test_unreachable_after_leaving_modules_out_names_them():
         graphprune.shrink(Tower().eval(), 0.85, example_inputs=X)
 
 
+
+class WidthBranch(nn.Module):
+    """``if h.shape[-1] == 32:``: pruning fc1 skips fc2, and the forward fails in fc3, which is
+    not what the code misreads."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        if h.shape[-1] == 32:
+            h = torch.relu(self.fc2(h))
+        return self.fc3(h)
+
+
+def test_a_width_read_in_a_branch_leaves_the_group_that_breaks_unpruned_not_the_layer_that_fails():
+    model, x = WidthBranch().eval(), torch.randn(2, 16)
+    with pytest.warns(UserWarning, match=r"forward breaks when fc1 \(32 channels\) is pruned.*leaving 'fc1' unpruned"):
+        small, report = graphprune.shrink(model, 0.3, example_inputs=x, tolerance=0.05, return_report=True)
+    assert small.fc1.out_features == 32 and small.fc3.in_features < 32  # fc3 was only a guess: pruned again
+    assert report.left_out == ("fc1",) and "values checked" in str(report)
+    assert abs(1 - graphprune.count_params(small) / graphprune.count_params(model) - 0.3) <= 0.05
+
 def test_plan_json_records_criterion_scope_compensation_and_calibration() -> None:
     import json
 

@@ -214,3 +214,62 @@ def test_non_finite_weights_are_named_when_a_weight_criterion_cannot_rank() -> N
         model[0].weight[3, 1] = float("nan")
     with pytest.raises(ConfigError, match=r"NaN or inf in 0\.weight; load finite weights"):
         graphprune.shrink(model, 0.3, example_inputs=torch.randn(2, 8))
+
+
+MLP_X = torch.randn(2, 16)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda m: graphprune.shrink(m, 0.3, example_inputs=MLP_X, scorer="random", seed="a"), ConfigError,
+     r"seed='a' must be an integer"),
+    (lambda m: graphprune.shrink(m, 0.3, example_inputs=MLP_X, scorer="random", seed=1.5), ConfigError,
+     r"seed=1.5 must be an integer"),
+    (lambda m: graphprune.sparsify_(m, 0.5, scorer="random", seed=-1), ConfigError, r"seed=-1 must be an integer"),
+    (lambda m: graphprune.shrink(m, 0.3, example_inputs=MLP_X, scorer="taylor", calibration=[MLP_X], loss_fn="mse"),
+     ConfigError, r"loss_fn='mse' must be a function \(output, batch\) -> loss"),
+    (lambda m: graphprune.Pruner(m, 0.3, scorer="taylor", calibration=[MLP_X], loss_fn="mse"),
+     ConfigError, r"loss_fn='mse' must be a function"),
+    (lambda m: graphprune.shrink(m, 0.3, example_inputs=MLP_X, scorer=lambda ctx: "x"), ConfigError,
+     r"returned str 'x' for group .*, not numbers; it must return one score per unit"),
+    (lambda m: graphprune.apply_plan_(m, "plan.json"), PlanError,
+     r"plan= must be a graphprune Plan, got str 'plan.json'; read a saved one with graphprune.Plan.from_json"),
+    (lambda m: graphprune.apply_plan_(m, {"version": 3}), PlanError, r"got dict .*graphprune.Plan.from_dict\(data\)"),
+    (lambda m: graphprune.apply_plan_("m", graphprune.shrink(m, 0.3, example_inputs=MLP_X, tolerance=0.2,
+                                                             return_report=True)[1].plan), TraceError,
+     r"prunes an nn.Module, got an object of type str"),
+    (lambda m: graphprune.make_dense_("m"), TraceError, r"got an object of type str"),
+    (lambda m: graphprune.sparsify_(None, 0.5), TraceError, r"got an object of type NoneType"),
+    (lambda m: graphprune.Plan.from_json("[" * 100_000 + "]" * 100_000), PlanError, r"nests .* too deeply"),
+])
+def test_arguments_of_the_wrong_kind_are_graphprune_errors_naming_them(call, error, match) -> None:
+    model = _mlp()
+    state = _state(model)
+    with pytest.raises(error, match=match):
+        call(model)
+    assert _same(model, state)
+
+
+def test_a_plan_file_may_be_given_as_a_path_object(tmp_path) -> None:
+    small, report = graphprune.shrink(_mlp(), 0.3, example_inputs=MLP_X, tolerance=0.2, return_report=True)
+    report.plan.to_json(str(tmp_path / "plan.json"))
+    again = graphprune.apply_plan_(_mlp(), graphprune.Plan.from_json(tmp_path / "plan.json"), MLP_X)
+    assert [p.shape for p in again.parameters()] == [p.shape for p in small.parameters()]
+
+
+def test_a_zero_width_layer_is_no_crash_and_the_rest_prunes_exactly() -> None:
+    class Zero(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(16, 0), nn.Linear(16, 32), nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.c(torch.relu(torch.cat([self.a(x), self.b(x)], -1)))
+
+    from graphprune.testing import assert_prune_matches
+
+    assert [g.width for g in graphprune.find_groups(Zero(), MLP_X).prunable] == [32]
+    assert assert_prune_matches(Zero(), MLP_X).groups_checked == 1

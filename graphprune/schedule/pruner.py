@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..config import ShrinkConfig
+from ..config import ShrinkConfig, check_callable
 from ..errors import ConfigError, PlanError
 from ..groups import find_groups
 from ..inputs import reusable
@@ -16,7 +16,7 @@ from ..plan import Plan, count_params
 from ..recalibrate import check_recalibration
 from ..scores import warn_uncompensated
 from ..sparsity.masks import check_no_masks
-from ..trace import _eval_mode
+from ..trace import _eval_mode, check_module
 from . import regularize
 from .optim import ParamMap, check_optimizer, param_map, remap_optimizer_, snapshot
 from .rounds import Round, baseline, notes_of, prune_round_
@@ -62,7 +62,9 @@ class Pruner:
                  example_inputs: Any = None, optimizer: torch.optim.Optimizer | None = None, **options: Any):
         self.config = ShrinkConfig(ratio=ratio, scorer=scorer if isinstance(scorer, str) else "l2", steps=steps,
                                    **options)
+        check_module(model)
         check_no_masks(model)
+        check_callable("loss_fn", loss_fn, "(output, batch) -> loss")
         check_recalibration(self.config, calibration)
         warn_uncompensated(scorer or self.config.scorer, self.config.compensate)
         if optimizer is not None:

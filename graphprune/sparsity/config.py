@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from ..config import _ignore_names, check_flags, check_number
+from ..config import _ignore_names, check_flags, check_number, check_seed
 from ..errors import ConfigError
 from .pattern import Pattern, parse_pattern
 
@@ -56,6 +56,7 @@ class SparsityConfig:
                                   f"layer's weights to zero, e.g. ratio=0.5")
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ConfigError(f"max_batches={self.max_batches!r} must be an integer >= 1 or None")
+        check_seed(self.seed)
         object.__setattr__(self, "ignore", _ignore_names(self.ignore))
 
     @property

@@ -14,6 +14,7 @@ from ..calibrate import Stats, calibrate
 from ..config import check_flags
 from ..errors import CalibrationError, ConfigError, SparsityError
 from ..options import resolve_ignore
+from ..trace import check_module
 from . import pattern as patterns
 from .config import SparsityConfig
 from .layers import Candidate, choose_layers
@@ -90,6 +91,7 @@ def sparsify_(model: nn.Module, ratio: float | None = None, *, calibration: Iter
     >>> [layer.sparsity for layer in report.masked], bool((m[0].weight == 0).sum() == 64)
     ([0.5, 0.5], True)
     """
+    check_module(model)
     check_flags(return_report=return_report)
     config = SparsityConfig(ratio=ratio, **options)
     resolve_ignore(model, config.ignore)  # a typo in ignore= is an error, as in shrink, not a dense layer missed
@@ -232,6 +234,7 @@ def make_dense_(model: nn.Module) -> nn.Module:
     >>> type(make_dense_(m)[0].weight).__name__, int((m[0].weight == 0).sum())
     ('Parameter', 8)
     """
+    check_module(model)
     for _, mod in sorted(model.named_modules()):
         if is_masked(mod):
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)

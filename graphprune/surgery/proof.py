@@ -96,24 +96,31 @@ def value_note(plan: Any, groups: Any, compensation: Any, checked: bool) -> str 
             f"(e.g. {inexact[0].module or '<root>'}: {inexact[0].inexact}), so only output shapes were checked there")
 
 
-def misread_group(model: nn.Module, groups: Any, chosen: list[tuple[Any, list[int]]], inputs: Inputs) -> Any:
-    """One group whose removal alone fails the value check, found by halving ``chosen`` on copies
-    of ``model`` (only after the check failed); None when no single group does (code reading a sum
-    of widths, say)."""
+def misread_group(model: nn.Module, groups: Any, chosen: list[tuple[Any, list[int]]], inputs: Inputs,
+                  values: bool = True) -> Any:
+    """One group whose removal alone fails the value check (``values``) or breaks the forward (not
+    ``values``: the code reads its width in a branch or a shape the graph fixed), found by halving
+    ``chosen`` on copies of ``model`` (only after the check failed); None when no single group
+    does (code reading a sum of widths, say)."""
     while len(chosen) > 1:
         half = chosen[: len(chosen) // 2]
-        chosen = half if _misread(model, groups, half, inputs) else chosen[len(chosen) // 2:]
-    return chosen[0][0] if chosen and _misread(model, groups, chosen, inputs) else None
+        chosen = half if _misread(model, groups, half, inputs, values) else chosen[len(chosen) // 2:]
+    return chosen[0][0] if chosen and _misread(model, groups, chosen, inputs, values) else None
 
 
-def _misread(model: nn.Module, groups: Any, part: list[tuple[Any, list[int]]], inputs: Inputs) -> bool:
+def removed_groups(plan: Any, groups: Any) -> list[tuple[Any, list[int]]]:
+    """(group, units) of every group of ``groups`` the plan removes units of."""
+    return [(g, u) for g, u in _removed(plan, groups) if g is not None]
+
+
+def _misread(model: nn.Module, groups: Any, part: list[tuple[Any, list[int]]], inputs: Inputs, values: bool) -> bool:
     from ..plan import plan_from_units  # the plan stage imports surgery
     from .core import apply_checked_
     from .tensors import copy_model
 
     plan = plan_from_units(model, part, {}, groups)
     try:
-        apply_checked_(copy_model(model), plan, inputs, expected=zeroed_outputs(model, part, inputs))
+        apply_checked_(copy_model(model), plan, inputs, expected=zeroed_outputs(model, part, inputs) if values else None)
     except SurgeryError as err:
-        return getattr(err, "values", None) is not None
+        return not values or getattr(err, "values", None) is not None
     return False

@@ -54,8 +54,15 @@ def check_plan(model: nn.Module, plan: Any) -> None:
     Traceback (most recent call last):
     graphprune.errors.PlanError: the plan was made for another model ...
     """
-    from ..plan import PLAN_VERSION, REMAKE
+    from ..plan import PLAN_VERSION, REMAKE, Plan
+    from ..trace import check_module
 
+    check_module(model)
+    if not isinstance(plan, Plan):
+        how = {str: "Plan.from_json(path)", dict: "Plan.from_dict(data)"}.get(type(plan), "Plan.from_json(path)")
+        raise PlanError(f"plan= must be a graphprune Plan, got {type(plan).__name__} {str(plan)[:60]!r}; read a "
+                        f"saved one with graphprune.{how}, or take one from make_plan or from shrink's report "
+                        f"(report.plan)")
     if plan.version != PLAN_VERSION:
         raise PlanError(f"the plan is plan format version {plan.version!r}; this graphprune applies format "
                         f"{PLAN_VERSION} only. {REMAKE}")
