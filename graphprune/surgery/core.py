@@ -96,16 +96,19 @@ def check_plan_units(model: nn.Module, plan: Plan, example_inputs: Any = None) -
     from ..groups import find_groups
     from ..inputs import Call
     from ..validate import named_tensors
-    from ..validate.units import check_units
+    from ..blocks import find_blocks
+    from ..validate.units import check_blocks, check_units
 
-    if not plan.keep:
-        return True  # nothing sliced: structure and attribute writes have checks of their own
+    if not plan.keep and not plan.structure:
+        return True  # nothing sliced or removed: attribute writes have checks of their own
     try:
         groups = find_groups(model, None if example_inputs is None else Call(*as_inputs(example_inputs)))
     except GraphPruneError as err:
         warnings.warn(f"graphprune: the plan's kept indices were not checked against the model's coupled units, "
                       f"since the model does not trace ({str(err).splitlines()[0]}); pass example_inputs= to check")
         return False
+    if plan.structure:
+        check_blocks(plan, find_blocks(groups.traced))
     check_units(plan, groups, named_tensors(model))
     return True
 

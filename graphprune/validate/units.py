@@ -59,6 +59,30 @@ def check_units(plan: Any, groups: Any, tensors: dict[str, torch.Tensor]) -> Non
                             f"group of the model (find_groups): it would change alone")
 
 
+def check_blocks(plan: Any, blocks: Any) -> None:
+    """Every module a ``replace`` or ``drop_entries`` action removes is a block the model's graph
+    proves to be ``input + branches`` (``find_blocks``): any other module's output is more than
+    what its input already carries, and removing it would change what the model computes.
+
+    >>> import torch, graphprune
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> plan = graphprune.Plan.build(keep={}, config={}, params_before=30, params_after=10,
+    ...                              structure=[graphprune.actions.Replace("0", "identity")])
+    >>> check_blocks(plan, graphprune.find_blocks(mlp, torch.randn(1, 4)))
+    Traceback (most recent call last):
+    graphprune.errors.PlanError: plan action replace '0' by 'identity': '0' is no block of the model ...
+    """
+    known = {b.fqn for b in blocks}
+    for a in getattr(plan, "structure", ()):
+        gone = [a.module] if a.op == "replace" else [f"{a.module}.{j}" for j in a.indices]
+        for fqn in gone:
+            if fqn not in known:
+                listed = ", ".join(sorted(known)[:6]) or "none"
+                raise PlanError(f"plan action {a.op} {a.module!r}{f' by {a.by!r}' if a.op == 'replace' else ''}: "
+                                f"{fqn!r} is no block of the model (a module whose output is its input plus "
+                                f"branches, so that it can go whole); find_blocks(model) lists them: {listed}")
+
+
 def _dropped(size: int, kept: list[int]) -> np.ndarray:
     out = np.ones(size, dtype=bool)
     out[np.asarray(kept, dtype=np.int64)] = False
