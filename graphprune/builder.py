@@ -5,6 +5,7 @@ The values it builds (slots, factors, bindings, ``Coupling``) live in ``slots.py
 from __future__ import annotations
 
 import bisect
+import inspect
 import operator
 import re
 from typing import Any
@@ -200,6 +201,10 @@ class Builder:
         self.g.nodes[s]["unit"].append(name)
 
     def bind(self, s: Slot, fqn: str, attr: str, scale: int = 1) -> None:
+        why = _unwritable(self.traced.model, fqn, attr)
+        if why:  # surgery could not write the pruned count: the slot keeps its size
+            self.freeze(s, why)
+            return
         self.c.bindings.append(Binding(s, fqn, attr, scale))
         self.bound.add(s)
 
@@ -257,7 +262,7 @@ class Builder:
         if mod is None or size < 2 or not source.enabled():
             return []
         text = source.statement_source(self.node) if expr is None else None
-        names = source.names_in(expr) if expr is not None else set(source.NAME.findall(text))
+        names = source.evidence_names(self.node, expr) if expr is not None else set(source.NAME.findall(text))
         found = {k for k, v in vars(mod).items() if type(v) is int and v == size and k in names}
         if expr is not None or re.search(r"self\.\w+\s*[.\[]", text):  # self.sub.x, self.xs[i]
             found.update(source.int_attrs_named(mod, expr if expr is not None else text, size))
@@ -324,4 +329,19 @@ def _is_range(idx: np.ndarray) -> bool:
 
 def _within(path: str, fqn: str) -> bool:
     return path == fqn or path.startswith(fqn + ".") if fqn else True
+
+
+def _unwritable(model: torch.nn.Module, fqn: str, attr: str) -> str | None:
+    """Why surgery could not write ``attr`` of the module at ``fqn`` (a read-only property, the
+    class's ``@property def heads``); None when it can, or when the attribute is a path or item
+    (``self.attn.heads``, ``heads[0]``), which the plan's checks judge."""
+    if "." in attr or "[" in attr:
+        return None
+    try:
+        found = inspect.getattr_static(type(model.get_submodule(fqn)), attr, None)
+    except AttributeError:
+        return None
+    if isinstance(found, property) and found.fset is None:
+        return f"{fqn or '<root>'}.{attr} is a read-only property: pruning could not update it"
+    return None
 

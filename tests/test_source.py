@@ -286,3 +286,56 @@ def test_a_line_inside_a_call_spread_over_lines_reads_the_whole_statement(tmp_pa
     text = source.frames.statement_at(str(code), 4)
     assert text.strip().startswith("s = torch.gather(") and "expand([q.size(0), n, n])" in text
     assert source.frames.statement_at(str(code), 5).strip() == "return s"
+
+
+heads = 4  # a module-level constant named like the attribute below (the "global" variant reads it)
+
+
+class NamedLikeAttribute(nn.Module):
+    """The view's head count is a bare name equal in name and value to an attribute the forward
+    never reads: only a name the code sets from that attribute may bind it."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.heads, self.cfg = how, 4, (4, 4)
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.mid, self.fc = nn.Linear(16, 32), nn.Linear(32, 3)  # a group the oracle can always check
+
+    def split(self, t, heads):
+        return t.view(t.shape[0], t.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+
+    def from_attribute(self, t):
+        heads = self.heads
+        return t.view(t.shape[0], t.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+
+    def literal(self, t):
+        heads = 2 * 2
+        return t.view(t.shape[0], t.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+
+    def another_attribute(self, t):
+        heads = self.cfg[0]
+        return t.view(t.shape[0], t.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+
+    def from_global(self, t):
+        return t.view(t.shape[0], t.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x):
+        me = self  # a receiver the helper reader does not follow: the caller's 4 stays unread
+        q, k, v = me.split(self.qkv(x), 4) if self.how == "helper" else getattr(self, self.how)(self.qkv(x))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.fc(torch.relu(self.mid(x + self.proj(y))))
+
+
+@pytest.mark.parametrize("how", ["literal", "another_attribute", "from_global", "helper"])
+def test_a_bare_name_the_code_sets_otherwise_does_not_bind_an_attribute_of_that_name(how: str) -> None:
+    model = NamedLikeAttribute(how).eval()
+    groups = graphprune.find_groups(model, X)
+    assert not [a for g in groups.prunable for a in g.attrs if a.attr == "heads"], how
+    assert assert_prune_matches(model, X).groups_checked == 1  # before: 4 heads of the wrong size, too
+
+
+def test_a_bare_name_set_from_the_attribute_binds_it() -> None:
+    model = NamedLikeAttribute("from_attribute").eval()
+    heads = [g for g in graphprune.find_groups(model, X).prunable if g.unit == "head"]
+    assert [a.attr for g in heads for a in g.attrs] == ["heads"]
+    assert assert_prune_matches(model, X, kinds=("heads",)).groups_checked == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from itertools import accumulate
 
 from torch import fx
@@ -241,10 +242,13 @@ def _bind_sizes(b: Builder, whole, parts: list, written: dict | None = None) -> 
     if mod is None or source.in_torch(b.node):  # torch's own layers are rebuilt by their slicers
         return
     written = written or {}
+    nearby = source.nearby_source(b.node) if canonical_is(b.node, aten.flatten) else ""
     for names, slots in ((WIDTH_ATTRS, [whole]), (HEAD_SIZE_ATTRS, parts[-1:]), (HEAD_COUNT_ATTRS, parts[:-1])):
         for name in names:
             value = getattr(mod, name, None)
+            if nearby and not re.search(rf"\b{name}\b", nearby):
+                continue  # a flatten writes no size: an attribute no code near it names matches by value alone
             fits = [s for s in slots if type(value) is int and value > 1 and b.size(s) == value
-                    and (written.get(s) is None or name in source.names_in(written[s]))]
+                    and (written.get(s) is None or name in source.evidence_names(b.node, written[s]))]
             if len(fits) == 1:  # (batch, heads) of equal sizes: no way to tell which one it counts
                 b.bind(fits[0], fqn, name)

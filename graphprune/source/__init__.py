@@ -18,13 +18,13 @@ by surgery and its module type left unpruned.
 from __future__ import annotations
 
 from .attrs import attr_read_at, attribute_paths, int_attrs_named, list_attr_matching, resolve
-from .calls import self_path, with_arguments
-from .frames import (NAME, OWN_LAYERS_DIR, TORCH_DIR, enabled, frame, function_source, helper_frames, in_torch, reading,
-                     statement_names, statement_source)
+from .calls import evidence_names, self_path, with_arguments
+from .frames import (NAME, OWN_LAYERS_DIR, TORCH_DIR, enabled, frame, function_source, helper_frames, in_torch,
+                     nearby_source, reading, statement_names, statement_source)
 from .sizes import (FROM_SHAPE, constant_size, direct_read, follows, names_in, product_terms, quotient, shape_read,
                     size_exprs)
 
 __all__ = ["FROM_SHAPE", "NAME", "OWN_LAYERS_DIR", "TORCH_DIR", "attr_read_at", "attribute_paths", "constant_size",
-           "direct_read", "enabled", "follows", "frame", "function_source", "helper_frames", "in_torch",
-           "int_attrs_named", "list_attr_matching", "names_in", "product_terms", "quotient", "reading", "resolve",
-           "self_path", "shape_read", "size_exprs", "statement_names", "statement_source", "with_arguments"]
+           "direct_read", "enabled", "evidence_names", "follows", "frame", "function_source", "helper_frames", "in_torch",
+           "int_attrs_named", "list_attr_matching", "names_in", "nearby_source", "product_terms", "quotient", "reading",
+           "resolve", "self_path", "shape_read", "size_exprs", "statement_names", "statement_source", "with_arguments"]

@@ -32,6 +32,46 @@ def with_arguments(node: fx.Node, expr: ast.expr) -> ast.expr:
     return expr
 
 
+def evidence_names(node: fx.Node, expr: ast.expr, depth: int = 0) -> set[str]:
+    """The names in ``expr`` that may be a module attribute of the same name: every attribute it
+    reads (``self.heads``), and each bare name the function set from such a read before the node's
+    statement (``heads = self.heads``; followed three assignments deep). A bare name the code gives
+    another value is no evidence that it is the attribute: ``heads = 2 * 2``, a global, or a
+    parameter whose argument the caller's statement does not show. A name bound in a way not read
+    here (a tuple unpacked, a ``for`` target) still counts, as a name always did.
+
+    >>> import torch
+    >>> evidence_names(None, ast.parse("self.heads * n", mode="eval").body) == {"self", "heads", "n"}
+    True
+    """
+    found = {n.attr for n in ast.walk(expr) if isinstance(n, ast.Attribute)}
+    body = function_at(*stack(node)[-1][:2]) if stack(node) else ""
+    for name in {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}:
+        value = _last_assignment(body, name) if body else None
+        if value is not None and depth < MAX_DEPTH:
+            found |= evidence_names(node, value, depth + 1)
+        elif name == "self" or not body or (value is None and _reassigned(body, name) and not _is_param(body, name)):
+            found.add(name)
+    return found
+
+
+def _last_assignment(body: str, name: str) -> ast.expr | None:
+    """The value of the last plain ``name = value`` in ``body`` (None: there is none, or it does not parse)."""
+    for line in reversed(body.splitlines()[1:]):
+        match = re.match(rf"\s*{re.escape(name)}\s*=(?!=)\s*(.+?)\s*(#.*)?$", line)
+        if match:
+            try:
+                return ast.parse(match.group(1), mode="eval").body
+            except SyntaxError:
+                return None
+    return None
+
+
+def _is_param(body: str, name: str) -> bool:
+    sig = _signature(body)
+    return sig is not None and name in {a.arg for a in sig.posonlyargs + sig.args + sig.kwonlyargs}
+
+
 def self_path(node: fx.Node) -> str | None:
     """Where ``self`` of the code that made ``node`` lives, relative to the module whose
     ``forward`` runs it: ``"rel_pos"`` when ``Attention.forward`` calls ``self.rel_pos.get_bias()``

@@ -133,6 +133,18 @@ def statement_names(node: fx.Node | None) -> set[str]:
     return set(NAME.findall(statement_source(node)))
 
 
+def nearby_source(node: fx.Node | None, callers: int = 3) -> str:
+    """The code that could have handed ``node`` a size: its function up to its statement, the
+    statement itself, and the statements of up to ``callers`` frames that called that function.
+    A size that none of it names (a head count, say) did not reach the node from there."""
+    frames = stack(node)
+    if not frames:
+        return ""
+    inner = frames[-1][:2]
+    outer = [statement_at(path, line) for path, line, _ in frames[-1 - callers:-1]]
+    return "".join([function_at(*inner), statement_at(*inner), *outer])
+
+
 def function_source(node: fx.Node | None) -> str:
     """The source of the function that made ``node``, from its ``def`` to the line before the node's."""
     found = frame(node)

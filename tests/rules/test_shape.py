@@ -251,3 +251,62 @@ def test_unflatten_leaves_the_dims_it_does_not_split_prunable_even_unread() -> N
         groups = graphprune.find_groups(SpatialUnflatten(), torch.randn(2, 3, 16), read_source=read_source)
         assert [g.width for g in groups.prunable] == [8]
     assert_prune_matches(SpatialUnflatten(), torch.randn(2, 3, 16))
+
+
+def _rotate_pairs(x):
+    """GPT-J's rotary: (.., d) as d/2 pairs, each turned; ``flatten(-2)`` merges (d/2, 2) back."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+class PairRotary(nn.Module):
+    """Partial rotary over 8 of each head's 16 dims: its flatten merges 4 pairs, and 4 is also the
+    head count, which no code near that flatten names."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_heads, self.head_dim, self.rotary = 4, 16, 8
+        self.qkv, self.proj = nn.Linear(64, 192), nn.Linear(64, 64)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = torch.cat([_rotate_pairs(q[..., :self.rotary]), q[..., self.rotary:]], dim=-1)
+        k = torch.cat([_rotate_pairs(k[..., :self.rotary]), k[..., self.rotary:]], dim=-1)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def test_a_flatten_binds_no_head_count_the_code_around_it_does_not_name() -> None:
+    model, x = PairRotary(), torch.randn(2, 5, 64)
+    prunable = graphprune.find_groups(model, x).prunable  # the residual stream is the output: it stays
+    assert [(g.unit, g.width) for g in prunable] == [("head", 4)]
+    assert assert_prune_matches(model, x).groups_checked == 1
+
+
+class PropertyHeads(nn.Module):
+    """The head count is a read-only property: surgery could not write a pruned count to it."""
+
+    def __init__(self):
+        super().__init__()
+        self._heads = (4,)
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    @property
+    def heads(self):
+        return self._heads[0]
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        x = x + self.proj(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1))
+        return x + self.down(torch.relu(self.up(x)))
+
+
+def test_a_head_count_read_through_a_read_only_property_keeps_the_heads_and_the_rest_prunes() -> None:
+    model, x = PropertyHeads().eval(), torch.randn(2, 5, 16)
+    groups = graphprune.find_groups(model, x)
+    assert not [g for g in groups.prunable if g.unit == "head"]
+    assert any("heads is a read-only property: pruning could not update it" in (g.frozen or "") for g in groups)
+    small = graphprune.shrink(model, 0.2, example_inputs=x, tolerance=0.1)  # before: a PlanError about attrs
+    assert small.qkv.out_features == 48 and small.up.out_features < 32
