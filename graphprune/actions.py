@@ -198,8 +198,7 @@ class Plan:
         """
         text = json.dumps(self.to_dict())
         if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
+            schema.write_text(path, text, "the plan")
         return text
 
     @classmethod

@@ -18,6 +18,7 @@ from .attrs import owner_key, one_width_per_attr
 from .channels import Channels, Space, channels, keyed_spaces, label_classes, label_reasons
 from .coupling import HEAD_COUNT_ATTRS, Coupling, build_coupling
 from .factors import resolve_factors
+from .schema import write_text
 from .trace import Traced, aliases_of, trace
 
 GROUP_CHANNEL = "group-channel"  # the unit of a grouped conv pruned inside its groups: one position in each
@@ -123,16 +124,12 @@ class Groups:
         text = json.dumps({"groups": [g.to_dict() for g in self.groups],
                            "unsupported": self.coupling.unsupported,
                            "rule_errors": self.coupling.rule_errors}, indent=1)
-        if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
-        return text
+        return _written(text, path)
 
 
 def _written(text: str, path: str | None) -> str:
     if path is not None:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write_text(path, text, "the groups")
     return text
 
 

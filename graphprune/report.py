@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import schema
 from .inputs import Inputs, run_model
 
 if TYPE_CHECKING:
@@ -143,8 +144,7 @@ class Report:
         """
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            with open(path, "w") as fh:
-                fh.write(text)
+            schema.write_text(path, text, "the report")
         return text
 
 

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Callable
 
-from .errors import PlanError
+from .errors import ConfigError, PlanError
 
 Check = Callable[[Any, str], Any]
 
@@ -189,6 +189,18 @@ def check_version(data: Any, path: str, want: int, what: str, fix: str) -> None:
     if version != want or type(version) is not int:
         raise PlanError(f"{path} has format version {version!r}; this graphprune reads {what} format {want} "
                         f"only. {fix}")
+
+
+def write_text(path: Any, text: str, what: str) -> None:
+    """Write ``text`` to the file ``path`` (a str or ``os.PathLike``); a ``ConfigError`` naming the
+    path, what was written and why when it cannot be (a folder, a missing parent, no permission)."""
+    try:
+        with open(os.fspath(path), "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except (OSError, TypeError) as err:
+        why = getattr(err, "strerror", None) or err
+        raise ConfigError(f"cannot write {what} to {path!r}: {why}; pass the path of a file in a folder that "
+                          f"exists and that you can write to") from err
 
 
 def read_text(path: str, what: str) -> str:

@@ -122,6 +122,9 @@ def test_hf_folder_end_to_end(tmp_path, capsys) -> None:
     (["shrink", "timm:test_resnet", "--ratio", "0.3", "--out", "{t}/NOTES"], "is a file; pass a folder"),
     (["shrink", "timm:test_resnet", "--ratio", "0.3", "--out", "{t}/FULL"], "already holds files"),
     (["inspect", "timm:test_resnet", "--html", "{t}/FULL"], "is a folder; pass a file name"),
+    (["inspect", "timm:test_resnet", "--json", ""], "--json is empty; pass the file to write"),
+    (["shrink", "timm:test_resnet", "--ratio", "0.3", "--out", ""], "--out is empty; pass the folder to write"),
+    (["shrink", "timm:test_resnet", "--ratio", "0.3", "--out", "/proc/OUT"], "--out /proc/OUT: cannot write into /proc"),
     (["apply", "timm:test_resnet", "{t}/NOTES", "--out", "{t}/OUT"], "is not valid JSON"),
     (["apply", "timm:test_resnet", "{t}/PLAN", "--out", "{t}/OUT"], "the plan was made for another model"),
     (["inspect", "class:no_such_module:Net"], "cannot find the model class"),
@@ -138,9 +141,11 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, match) ->
     assert not (tmp_path / "OUT").exists()  # checks come before any output
 
 
-def test_debug_shows_the_traceback(capsys) -> None:
+@pytest.mark.parametrize("argv", [["--debug", "inspect", "timm:resnet5"], ["inspect", "timm:resnet5", "--debug"]])
+def test_debug_shows_the_traceback(capsys, argv) -> None:
+    # after the command too: that is where a user adds it when an error says to rerun with it
     with pytest.raises(graphprune.LoadError):
-        main(["--debug", "inspect", "timm:resnet5"])
+        main(argv)
 
 
 def test_graphprune_warnings_are_one_line(tmp_path, capsys) -> None:

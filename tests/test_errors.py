@@ -273,3 +273,14 @@ def test_a_zero_width_layer_is_no_crash_and_the_rest_prunes_exactly() -> None:
 
     assert [g.width for g in graphprune.find_groups(Zero(), MLP_X).prunable] == [32]
     assert assert_prune_matches(Zero(), MLP_X).groups_checked == 1
+
+
+def test_writing_a_dump_where_no_file_can_be_is_a_config_error_naming_the_path(tmp_path) -> None:
+    small, report = graphprune.shrink(_mlp(), 0.3, example_inputs=MLP_X, tolerance=0.2, return_report=True)
+    groups = graphprune.find_groups(_mlp(), MLP_X)
+    for write, what in ((groups.to_json, "groups"), (groups.to_html, "groups"), (report.plan.to_json, "plan"),
+                        (report.to_json, "report")):
+        with pytest.raises(ConfigError, match=f"cannot write the {what} to .*: Is a directory"):
+            write(str(tmp_path))
+        with pytest.raises(ConfigError, match=f"cannot write the {what} to .*missing.*: No such file or directory"):
+            write(tmp_path / "missing" / "dump.txt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import tempfile
 from typing import Any
 
 import torch
@@ -61,6 +62,7 @@ def check_model_arg(text: str) -> ModelSpec:
 
 
 def check_out_dir(path: str, overwrite: bool) -> None:
+    _not_empty(path, "--out", "folder")
     if os.path.isfile(path):
         raise ConfigError(f"--out {path} is a file; pass a folder to write the model into")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
@@ -71,19 +73,32 @@ def check_out_dir(path: str, overwrite: bool) -> None:
 def check_out_file(path: str | None, flag: str) -> None:
     if path is None:
         return
+    _not_empty(path, flag, "file")
     if os.path.isdir(path):
         raise ConfigError(f"{flag} {path} is a folder; pass a file name")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the file exists and cannot be written (permission denied)")
     _check_writable(path, flag)
 
 
+def _not_empty(path: str, flag: str, what: str) -> None:
+    if not path.strip():
+        raise ConfigError(f"{flag} is empty; pass the {what} to write")
+
+
 def _check_writable(path: str, flag: str) -> None:
+    """Before any work: the nearest existing folder of ``path`` takes a new file (a probe written
+    and removed there; permissions alone do not tell, e.g. for root under /proc)."""
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.isdir(parent):  # folders that do not exist yet are made under the nearest that does
         if os.path.exists(parent):
             raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
         parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: cannot write into {parent} (permission denied)")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot write into {parent} ({err.strerror or err})") from err
 
 
 def import_modules(names: list[str]) -> None:

@@ -109,6 +109,8 @@ def build_parser(version: str) -> Parser:
     ck.add_argument("--uniform", action="store_true", help=OPTIONS["uniform"]["help"])
     ck.add_argument("--round-to", type=int, default=1, help=OPTIONS["round_to"]["help"])
     ck.add_argument("--overwrite", action="store_true", help="write into DST even if it holds files")
+    for sp in (ins, shr, app, ck):  # after the command too, where its error message sends the user
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     Parser.flags = sorted({f for sp in (p, ins, shr, app, ck) for f in sp._option_string_actions
                            if f.startswith("--")})
     return p
