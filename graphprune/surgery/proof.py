@@ -50,11 +50,12 @@ def reference(model: nn.Module, chosen: list, inputs: Inputs) -> Any:
 
 def check_exact_part(model: nn.Module, groups: Any, plan: Any, compensation: Any,
                      inputs: Inputs) -> tuple[bool, tuple[list, SurgeryError] | None]:
-    """For a plan that also cuts inexact groups (a transformer's hidden width under its norms):
-    apply only its exact groups to a copy sharing the model's tensors and check those. Returns
-    (whether they were checked, and (the exact part, the error) when the code misreads a width
-    there, else None). The copy is dropped either way."""
-    if _beyond_check(plan, compensation):
+    """For a plan that also cuts inexact groups (a transformer's hidden width under its norms), or
+    whose kept weights ``compensation`` rewrites: apply only its exact groups, uncompensated, to a
+    copy sharing the model's tensors and check those (code that misreads a pruned width misreads it
+    whatever the weights). Returns (whether they were checked, and (the exact part, the error) when
+    the code misreads a width there, else None). The copy is dropped either way."""
+    if plan.removed_blocks:
         return False, None
     part = [(g, u) for g, u in _removed(plan, groups) if g is not None and g.inexact is None]
     expected = reference(model, part, inputs) if part else None
@@ -82,6 +83,10 @@ def value_note(plan: Any, groups: Any, compensation: Any, checked: bool) -> str 
         return None
     why = _beyond_check(plan, compensation)
     inexact = [g for g in removed if g.inexact is not None]
+    if compensation is not None and checked and not plan.removed_blocks:
+        return ("values checked before compensation: without it the pruned model's outputs equal the original's "
+                "with the removed units' weights zeroed" + (f" for {len(removed) - len(inexact)} of {len(removed)} "
+                "pruned groups (the others inexact)" if inexact else "") + "; compensate= then rewrote the kept weights")
     if why is None and not checked:
         why = ("every pruned group is inexact (e.g. " + inexact[0].inexact + ")" if len(inexact) == len(removed)
                else "no reference: the zeroed model did not cut the removed units off, could not run, or is on "

@@ -51,6 +51,19 @@ def test_a_width_read_as_a_number_leaves_its_group_unpruned(how: str) -> None:
     torch.testing.assert_close(small(X), zeroed(X), rtol=1e-5, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("how", ["scale", "attribute"])
+def test_with_compensation_the_plan_is_checked_uncompensated_first(how: str) -> None:
+    # compensate= rewrites the kept weights, so the pruned model equals no zeroed original; the
+    # code's misreading of a width does not depend on the weights, and is caught on the plan alone
+    model = ReadsWidth(how).eval()
+    batches = [torch.randn(16, 8) for _ in range(4)]
+    with pytest.warns(UserWarning, match="reads the width of a .* as a number.*leaving 'a' unpruned"):
+        small, report = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2, return_report=True,
+                                          compensate="lstsq", calibration=batches)
+    assert small.a.out_features == 16 and small.c.out_features < 12
+    assert any(n.startswith("values checked before compensation") for n in report.notes), report.notes
+
 def test_a_model_that_reads_widths_it_does_not_use_is_pruned_without_a_word() -> None:
     model = ReadsWidth("none").eval()
     small = graphprune.shrink(model, 0.3, example_inputs=X, tolerance=0.2)
@@ -211,7 +224,8 @@ def test_the_report_says_what_the_value_check_proved() -> None:
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
     assert _values_note(mlp).startswith("values checked: the pruned model's outputs equal the original's")
     batches = [torch.randn(16, 8) for _ in range(2)]
-    assert "not checked (compensate=" in _values_note(mlp, compensate="mean", calibration=batches)
+    assert _values_note(mlp, compensate="mean", calibration=batches).startswith(
+        "values checked before compensation: without it the pruned model's outputs equal the original's")
     assert "no reference" in _values_note(ScaledWeight().eval())
     norm = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4)).eval()
     assert "not checked (every pruned group is inexact (e.g. normalised" in _values_note(norm)
