@@ -15,6 +15,7 @@ JSON with a format version that ``Plan.from_json`` checks, and re-applies to a f
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Iterable
@@ -150,6 +151,23 @@ class Plan:
         rest = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "actions"}
         rest.update({k: v for k, v in parts.items() if k not in mine})
         return Plan.build(**{**mine, **{k: v for k, v in parts.items() if k in mine}}, **rest)
+
+    def under(self, prefix: str) -> "Plan":
+        """The plan for a submodule, restated for the model that holds it at ``prefix``: every
+        tensor, module and coupled member named from there (``submodules=`` merges these).
+
+        >>> Plan.build(keep={"0.weight": {0: [1]}}, attrs={"": {"width": 1}}, config={}, params_before=2,
+        ...            params_after=1).under("backbone").keep
+        {'backbone.0.weight': {0: [1]}}
+        """
+        at = lambda name: f"{prefix}.{name}" if name else prefix  # noqa: E731
+        moved = {Slice: lambda a: Slice(at(a.tensor), a.dims), SetAttr: lambda a: SetAttr(at(a.module), a.attr, a.value),
+                 Replace: lambda a: Replace(at(a.module), a.by),
+                 DropEntries: lambda a: DropEntries(at(a.module), a.indices, a.count)}
+        actions = tuple(moved.get(type(a), lambda a: a)(a) for a in self.actions)
+        coupled = {g: [[at(m[0]), *m[1:]] for m in members] for g, members in self.coupled.items()}
+        return dataclasses.replace(self, actions=actions, coupled=coupled,
+                                   removed_blocks={at(k): v for k, v in self.removed_blocks.items()})
 
     def of(self, op: str) -> list[Action]:
         return [a for a in self.actions if a.op == op]

@@ -8,6 +8,7 @@ the model still fits), and checks the whole model still runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -16,9 +17,12 @@ from torch import nn
 from .config import ShrinkConfig
 from .errors import ConfigError, SurgeryError
 from .options import checked
-from .inputs import Call, Inputs, default_inputs, normalize_inputs, run_model
+from .actions import Plan
+from .inputs import Call, Inputs, default_inputs, normalize_inputs, output_shapes, run_model
 from .report import Report, count_macs
 from .plan import count_params
+from .schedule.rounds import STRIDE
+from .validate import fingerprint
 from .trace import _eval_mode, aliases_of
 from .untraceable import submodule_inputs
 from .surgery.tensors import copy_model
@@ -58,7 +62,7 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
         raise ConfigError(f"submodules={missing[0]!r} is not called by the model's forward on these inputs; "
                           f"name modules the forward runs")
     saved = {n: _state(target.get_submodule(n)) for n in names} if inplace else {}
-    before = (count_params(model), count_macs(model, inputs)) if return_report else None
+    before = (count_params(model), count_macs(model, inputs), fingerprint(model)) if return_report else None
     reports: list[tuple[str, Report]] = []
     try:
         for n in names:
@@ -67,7 +71,7 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
                             scorer=scorer, **_relative(options, n, sub, target))
             reports.append((n, rep))
         with _eval_mode(target):
-            run_model(target, inputs)
+            shapes = output_shapes(run_model(target, inputs))
     except BaseException as err:  # Ctrl-C too: no submodule is left pruned while another is not
         for n, state in saved.items():
             _restore(target.get_submodule(n), state)
@@ -78,7 +82,8 @@ def shrink_submodules(model: nn.Module, ratio: float, submodules: Any, *, exampl
                            f"the model was {'restored' if inplace else 'left as it was'}") from err
     if not return_report:
         return target
-    return target, _merged(target, inputs, before, reports)
+    return target, dataclasses.replace(_merged(target, inputs, before, reports),
+                                       plan=_merged_plan(target, before, shapes, reports))
 
 
 def _names(model: nn.Module, submodules: Any) -> tuple[str, ...]:
@@ -143,7 +148,23 @@ def _restore(module: nn.Module, state: list[tuple[nn.Module, dict[str, Any]]]) -
             t.data = data
 
 
-def _merged(model: nn.Module, inputs: Inputs, before: tuple[int, int], reports: list[tuple[str, Report]]) -> Report:
+def _merged_plan(model: nn.Module, before: tuple, shapes: list, reports: list[tuple[str, Report]]) -> Plan:
+    """One plan for the whole model: each submodule's plan restated from the root (``Plan.under``),
+    its group ids kept apart as the rounds of ``steps=`` keep theirs; it re-applies to a fresh
+    model with ``apply_plan_`` (which cannot trace the whole model to check the units again: each
+    submodule's plan was checked against its own groups when it was made)."""
+    plans = [(n, r.plan.under(n)) for n, r in reports]
+    removed = {k * STRIDE + g: u for k, (_, p) in enumerate(plans) for g, u in p.removed.items()}
+    coupled = {k * STRIDE + g: m for k, (_, p) in enumerate(plans) for g, m in p.coupled.items()}
+    first = plans[0][1]
+    return Plan(actions=tuple(a for _, p in plans for a in p.actions), removed=removed,
+                config={**first.config, "submodules": [n for n, _ in plans]}, params_before=before[0],
+                params_after=count_params(model), output_shapes=[list(s) for s in shapes], fingerprint=before[2],
+                model_class=type(model).__qualname__, coupled=coupled,
+                removed_blocks={k: v for _, p in plans for k, v in p.removed_blocks.items()})
+
+
+def _merged(model: nn.Module, inputs: Inputs, before: tuple, reports: list[tuple[str, Report]]) -> Report:
     """One report for the whole model: its numbers, and each submodule's lines under its FQN."""
     lines = lambda attr: tuple(f"{n}: {line}" for n, r in reports for line in getattr(r, attr))
     first = reports[0][1]

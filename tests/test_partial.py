@@ -107,3 +107,20 @@ def test_a_tensor_tied_outside_the_submodule_stays_whole(inplace: bool) -> None:
         small = graphprune.shrink(model, 0.2, submodules=("body",), example_inputs=x, tolerance=0.15, inplace=inplace)
     assert small.body.a.out_features == 32 and small.body.c.out_features < 24
     assert small.aux.weight is small.body.a.weight and small.embed(x).shape == (4, 32)
+
+
+def test_the_report_holds_one_plan_that_re_applies_to_a_fresh_model(tmp_path) -> None:
+    model = Detector().eval()
+    small, report = graphprune.shrink(model, 0.4, example_inputs=X, submodules=("backbone",), return_report=True,
+                                      tolerance=0.05)
+    report.plan.to_json(str(tmp_path / "plan.json"))
+    plan = graphprune.Plan.from_json(tmp_path / "plan.json")
+    assert plan.config["submodules"] == ["backbone"] and all(f.startswith("backbone.") for f in plan.keep)
+    fresh = Detector().eval()
+    fresh.load_state_dict(model.state_dict())
+    with pytest.warns(UserWarning, match="not checked against the model's coupled units, since the model does not trace"):
+        again = graphprune.apply_plan_(fresh, plan, X)
+    assert torch.equal(again(X), small(X))
+    assert [p.shape for p in again.parameters()] == [p.shape for p in small.parameters()]
+    with pytest.raises(graphprune.PlanError, match="made for another model"):
+        graphprune.apply_plan_(nn.Sequential(nn.Linear(2, 2)), plan)
