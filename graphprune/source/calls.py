@@ -38,15 +38,18 @@ def evidence_names(node: fx.Node, expr: ast.expr, depth: int = 0) -> set[str]:
     statement (``heads = self.heads``; followed three assignments deep). A bare name the code gives
     another value is no evidence that it is the attribute: ``heads = 2 * 2``, a global, or a
     parameter whose argument the caller's statement does not show. A name bound in a way not read
-    here (a tuple unpacked, a ``for`` target) still counts, as a name always did.
+    here (a tuple unpacked, a ``for`` target), or read as an object (``v`` in ``v.size(-1)``, whose
+    assignment computes a tensor, not a size), still counts, as a name always did.
 
     >>> import torch
     >>> evidence_names(None, ast.parse("self.heads * n", mode="eval").body) == {"self", "heads", "n"}
     True
     """
+    receivers = {id(n.value) for n in ast.walk(expr) if isinstance(n, ast.Attribute)}
     found = {n.attr for n in ast.walk(expr) if isinstance(n, ast.Attribute)}
+    found |= {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and id(n) in receivers}  # v in v.size(-1)
     body = function_at(*stack(node)[-1][:2]) if stack(node) else ""
-    for name in {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}:
+    for name in {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and id(n) not in receivers}:
         value = _last_assignment(body, name) if body else None
         if value is not None and depth < MAX_DEPTH:
             found |= evidence_names(node, value, depth + 1)
