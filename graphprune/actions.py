@@ -161,10 +161,9 @@ class Plan:
         {'backbone.0.weight': {0: [1]}}
         """
         at = lambda name: f"{prefix}.{name}" if name else prefix  # noqa: E731
-        moved = {Slice: lambda a: Slice(at(a.tensor), a.dims), SetAttr: lambda a: SetAttr(at(a.module), a.attr, a.value),
-                 Replace: lambda a: Replace(at(a.module), a.by),
-                 DropEntries: lambda a: DropEntries(at(a.module), a.indices, a.count)}
-        actions = tuple(moved.get(type(a), lambda a: a)(a) for a in self.actions)
+        named = {Slice: "tensor", SetAttr: "module", Replace: "module", DropEntries: "module"}  # SetConfig: the root's
+        actions = tuple(dataclasses.replace(a, **{named[type(a)]: at(getattr(a, named[type(a)]))}) if type(a) in named
+                        else a for a in self.actions)
         coupled = {g: [[at(m[0]), *m[1:]] for m in members] for g, members in self.coupled.items()}
         return dataclasses.replace(self, actions=actions, coupled=coupled,
                                    removed_blocks={at(k): v for k, v in self.removed_blocks.items()})

@@ -344,4 +344,3 @@ def _unwritable(model: torch.nn.Module, fqn: str, attr: str) -> str | None:
     if isinstance(found, property) and found.fset is None:
         return f"{fqn or '<root>'}.{attr} is a read-only property: pruning could not update it"
     return None
-

@@ -25,6 +25,7 @@ from .sizes import (FROM_SHAPE, constant_size, direct_read, follows, names_in, p
                     size_exprs)
 
 __all__ = ["FROM_SHAPE", "NAME", "OWN_LAYERS_DIR", "TORCH_DIR", "attr_read_at", "attribute_paths", "constant_size",
-           "direct_read", "enabled", "evidence_names", "follows", "frame", "function_source", "helper_frames", "in_torch",
-           "int_attrs_named", "list_attr_matching", "names_in", "nearby_source", "product_terms", "quotient", "reading",
-           "resolve", "self_path", "shape_read", "size_exprs", "statement_names", "statement_source", "with_arguments"]
+           "direct_read", "enabled", "evidence_names", "follows", "frame", "function_source", "helper_frames",
+           "in_torch", "int_attrs_named", "list_attr_matching", "names_in", "nearby_source", "product_terms", "quotient",
+           "reading", "resolve", "self_path", "shape_read", "size_exprs", "statement_names", "statement_source",
+           "with_arguments"]

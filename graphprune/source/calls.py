@@ -41,7 +41,6 @@ def evidence_names(node: fx.Node, expr: ast.expr, depth: int = 0) -> set[str]:
     here (a tuple unpacked, a ``for`` target), or read as an object (``v`` in ``v.size(-1)``, whose
     assignment computes a tensor, not a size), still counts, as a name always did.
 
-    >>> import torch
     >>> evidence_names(None, ast.parse("self.heads * n", mode="eval").body) == {"self", "heads", "n"}
     True
     """

@@ -83,8 +83,9 @@ def sparsify_(model: nn.Module, ratio: float | None = None, *, calibration: Iter
     (every layer, or with Wanda every output row, loses the same fraction) or "global", ``ignore``,
     ``head``. Embeddings, norms, the output head (unless ``head=True``), tied weights and ``ignore=``
     stay dense and are listed in the report. Calling it again re-scores and grows the masks: weights
-    masked before stay zero, and a ratio below the sparsity a layer already has is refused. ``example_inputs`` (else the first calibration batch) runs the model once to
-    find its output head. Returns ``model``, or ``(model, SparsityReport)`` with ``return_report=True``.
+    masked before stay zero, and a ratio below the sparsity a layer already has is refused.
+    ``example_inputs`` (else the first calibration batch) runs the model once to find its output
+    head. Returns ``model``, or ``(model, SparsityReport)`` with ``return_report=True``.
 
     >>> m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     >>> _, report = sparsify_(m, pattern="2:4", head=True, return_report=True)
