@@ -213,9 +213,10 @@ def _without_breaking(model: nn.Module, groups: Any, plan: Plan, err: SurgeryErr
     group = misread_group(model, groups, removed_groups(plan, groups), inputs, values=False)
     fqn = group.members[0].fqn.rpartition(".")[0] if group is not None else ""
     if not fqn or fqn in config.ignore:
-        raise SurgeryError(f"{str(err).split('. A module computes')[0]}; no single pruned group explains it (the "
-                           f"code may read a sum of widths): find the groups it needs whole with graphprune."
-                           f"testing.assert_prune_matches(model) and leave their modules out with ignore=") from err
+        said = str(err).removesuffix(" " + getattr(err, "fix", ""))  # its advice, ignore= that layer, did not help
+        raise SurgeryError(f"{said} No single pruned group explains it (the code may read a sum of widths): find "
+                           f"the groups it needs whole with graphprune.testing.assert_prune_matches(model) and "
+                           f"leave their modules out with ignore=") from err
     warnings.warn(f"graphprune: the forward breaks when {group.module or '<root>'} ({group.width} {group.unit}s) is "
                   f"pruned (its width is read in a branch or a shape the graph fixed): leaving {fqn!r} unpruned")
     return dataclasses.replace(config, ignore=(*[i for i in config.ignore if i not in guessed], fqn))

@@ -31,7 +31,7 @@ def check_forward(model: nn.Module, plan: Plan, example_inputs: Any) -> Any:
         failure = SurgeryError(f"the pruned model's forward fails in {fqn or '<root>'!r}, so the model was "
                                f"restored: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
                                f"{fix}")
-        failure.module = fqn
+        failure.module, failure.fix = fqn, fix
         raise failure from err
     if plan.output_shapes and [list(s) for s in shapes] != [list(s) for s in plan.output_shapes]:
         raise SurgeryError(f"the pruned model's output shapes {shapes} differ from the original "
