@@ -63,6 +63,9 @@ ARCHS = [
                                     decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
                                     use_cache=False, **TEXT), ("BartForConditionalGeneration",), decoder=True),
     Arch("deit", "DeiTConfig", VISION, ("DeiTForImageClassification",), extra=dict(num_labels=10)),
+    # partial rotary by pairs (rotate_every_two): rotary_dim / 2 == n_head, which no head count may bind by value
+    Arch("gptj", "GPTJConfig", dict(n_embd=64, n_inner=160, n_layer=2, n_head=4, rotary_dim=8, vocab_size=96,
+                                    n_positions=64, use_cache=False), ("GPTJForCausalLM",), decoder=True),
     # v3-style: heads folded into the batch dim, the head count passed to a helper, relative positions
     Arch("deberta_v2", "DebertaV2Config", dict(ENCODER, relative_attention=True, pos_att_type=["p2c", "c2p"],
                                                position_biased_input=False, max_relative_positions=-1,
