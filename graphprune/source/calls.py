@@ -32,7 +32,7 @@ def with_arguments(node: fx.Node, expr: ast.expr) -> ast.expr:
     return expr
 
 
-def evidence_names(node: fx.Node, expr: ast.expr, depth: int = 0) -> set[str]:
+def evidence_names(node: fx.Node, expr: ast.expr) -> set[str]:
     """The names in ``expr`` that may be a module attribute of the same name: every attribute it
     reads (``self.heads``), and each bare name the function set from such a read before the node's
     statement (``heads = self.heads``; followed three assignments deep). A bare name the code gives
@@ -44,14 +44,19 @@ def evidence_names(node: fx.Node, expr: ast.expr, depth: int = 0) -> set[str]:
     >>> evidence_names(None, ast.parse("self.heads * n", mode="eval").body) == {"self", "heads", "n"}
     True
     """
+    frames = stack(node)
+    return _evidence(function_at(*frames[-1][:2]) if frames else "", expr, 0)
+
+
+def _evidence(body: str, expr: ast.expr, depth: int) -> set[str]:
+    """``evidence_names`` within the function source ``body`` ("": unreadable, every name counts)."""
     receivers = {id(n.value) for n in ast.walk(expr) if isinstance(n, ast.Attribute)}
     found = {n.attr for n in ast.walk(expr) if isinstance(n, ast.Attribute)}
     found |= {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and id(n) in receivers}  # v in v.size(-1)
-    body = function_at(*stack(node)[-1][:2]) if stack(node) else ""
     for name in {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and id(n) not in receivers}:
         value = _last_assignment(body, name) if body else None
         if value is not None and depth < MAX_DEPTH:
-            found |= evidence_names(node, value, depth + 1)
+            found |= _evidence(body, value, depth + 1)
         elif name == "self" or not body or (value is None and _reassigned(body, name) and not _is_param(body, name)):
             found.add(name)
     return found

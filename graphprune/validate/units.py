@@ -74,8 +74,7 @@ def check_blocks(plan: Any, blocks: Any) -> None:
     """
     known = {b.fqn for b in blocks}
     for a in getattr(plan, "structure", ()):
-        gone = [a.module] if a.op == "replace" else [f"{a.module}.{j}" for j in a.indices]
-        for fqn in gone:
+        for fqn in _gone(a):
             if fqn not in known:
                 listed = ", ".join(sorted(known)[:6]) or "none"
                 raise PlanError(f"plan action {a.op} {a.module!r}{f' by {a.by!r}' if a.op == 'replace' else ''}: "
@@ -102,7 +101,9 @@ def _units(gone: np.ndarray, m: Any, g: Any, key: tuple[str, int]) -> np.ndarray
 
 def _removed_modules(plan: Any) -> tuple[str, ...]:
     """Prefixes of the modules the plan's structure actions remove (their tensors go whole)."""
-    out = []
-    for a in getattr(plan, "structure", ()):
-        out += [f"{a.module}."] if a.op == "replace" else [f"{a.module}.{j}." for j in a.indices]
-    return tuple(out)
+    return tuple(f"{fqn}." for a in getattr(plan, "structure", ()) for fqn in _gone(a))
+
+
+def _gone(action: Any) -> list[str]:
+    """The modules one ``replace`` or ``drop_entries`` action removes."""
+    return [action.module] if action.op == "replace" else [f"{action.module}.{j}" for j in action.indices]
